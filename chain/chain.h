@@ -1,0 +1,168 @@
+/* chain.h: the public interface of the chain reader.
+ *
+ * chain/ opens disk images (qcow2 v2/v3 and raw), validates them as untrusted
+ * input, follows their backing names under a strict policy (DESIGN.md 4.1) and
+ * answers "what does the guest see at this offset" for a whole chain.  It
+ * knows nothing of FUSE or libvirt.
+ *
+ * Thread model: after chain_open() returns, a Chain is immutable except for
+ * its caches, which have their own locks; every function taking a Chain or a
+ * ChainLayer may be called from many threads at once.  Objects are
+ * reference-counted; functions that return a new reference say so.
+ *
+ * Errors: control paths (open, policy, allocation maps) return NULL/FALSE and
+ * fill a GError in CHAIN_ERROR whose code is an errno value, so callers map it
+ * onto a reply without a table.  Data paths (map, read, seek) return -errno.
+ */
+#pragma once
+
+#include <glib.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+G_BEGIN_DECLS
+
+#define CHAIN_ERROR (chain_error_quark())
+GQuark chain_error_quark(void);
+
+/* Deepest chain the reader follows (DESIGN.md 4.1). */
+#define CHAIN_MAX_DEPTH 200
+
+typedef enum {
+  CHAIN_FORMAT_UNKNOWN = 0, /* no format known: a backing file like this is not followed */
+  CHAIN_FORMAT_RAW,
+  CHAIN_FORMAT_QCOW2,
+} ChainFormat;
+
+const char *chain_format_name(ChainFormat format);
+/* "raw" / "qcow2" -> format; anything else -> CHAIN_FORMAT_UNKNOWN. */
+ChainFormat chain_format_from_name(const char *name);
+
+/* Where layers may live and how deep a chain may go.  Borrowed by
+ * chain_open() for the duration of the call only. */
+typedef struct {
+  /* NULL-terminated list of absolute directories; every layer must be a
+   * regular file or block device whose canonical path lies under one of
+   * them.  NULL means "no restriction" and is for tools and tests only. */
+  const char *const *image_dirs;
+  /* 0 means CHAIN_MAX_DEPTH; larger values are clamped to it. */
+  guint max_depth;
+} ChainPolicy;
+
+/* ------------------------------------------------------------------ */
+/* One image file, without its backing chain.                          */
+
+typedef struct _ChainLayer ChainLayer;
+
+/* Opens and validates one image (read-only).  Does not follow the backing
+ * name.  Returns a new reference. */
+ChainLayer *chain_layer_open(const char *path, ChainFormat format, GError **error);
+ChainLayer *chain_layer_ref(ChainLayer *layer);
+void chain_layer_unref(ChainLayer *layer);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ChainLayer, chain_layer_unref)
+
+/* Canonical absolute path the layer was opened at (borrowed). */
+const char *chain_layer_path(const ChainLayer *layer);
+ChainFormat chain_layer_format(const ChainLayer *layer);
+guint64 chain_layer_virtual_size(const ChainLayer *layer);
+/* Guest bytes per cluster; the file size rounded to 512 for raw. */
+guint64 chain_layer_cluster_size(const ChainLayer *layer);
+/* The backing name exactly as stored in the header, or NULL (borrowed). */
+const char *chain_layer_backing_name(const ChainLayer *layer);
+/* From the backing-format header extension; UNKNOWN when absent. */
+ChainFormat chain_layer_backing_format(const ChainLayer *layer);
+/* Identity of the open file, for loop detection and sharing. */
+dev_t chain_layer_dev(const ChainLayer *layer);
+ino_t chain_layer_ino(const ChainLayer *layer);
+/* The open read-only descriptor; valid while the layer is referenced. */
+int chain_layer_fd(const ChainLayer *layer);
+
+/* ------------------------------------------------------------------ */
+/* Allocation bitmaps, for the planner and for delta files.            */
+
+/* A set of guest ranges at a fixed granularity: bit i covers guest bytes
+ * [i * granularity, (i + 1) * granularity). */
+typedef struct {
+  guint64 granularity;
+  guint64 nbits;
+  guint64 *words; /* (nbits + 63) / 64 words */
+} ChainBitmap;
+
+ChainBitmap *chain_bitmap_new(guint64 granularity, guint64 virtual_size);
+void chain_bitmap_free(ChainBitmap *bitmap);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ChainBitmap, chain_bitmap_free)
+void chain_bitmap_set_range(ChainBitmap *bitmap, guint64 offset, guint64 length);
+gboolean chain_bitmap_get(const ChainBitmap *bitmap, guint64 bit);
+guint64 chain_bitmap_count(const ChainBitmap *bitmap);
+/* Bits set in a and not in b; both must have the same granularity. */
+guint64 chain_bitmap_count_and_not(const ChainBitmap *a, const ChainBitmap *b);
+
+/* Which guest ranges this layer overrides (data, zero or compressed
+ * clusters: anything that hides the backing file).  granularity must be a
+ * power of two; a cluster marks every granule it touches.  Returns a new
+ * bitmap. */
+ChainBitmap *chain_layer_allocation(ChainLayer *layer, guint64 granularity, GError **error);
+
+/* ------------------------------------------------------------------ */
+/* A point in time: a top layer and everything under it.               */
+
+typedef struct _Chain Chain;
+
+/* Opens path as the top of a chain and follows backing names under
+ * policy.  The top layer's format must be known (it comes from libvirt);
+ * each backing file's format comes from its parent's backing-format
+ * extension, or from the matching entry of backing_formats when the
+ * caller knows it from libvirt (may be NULL; entry i is for layer i + 1,
+ * CHAIN_FORMAT_UNKNOWN-terminated).  Returns a new reference. */
+Chain *chain_open(const char *path, ChainFormat format, const ChainFormat *backing_formats,
+                  const ChainPolicy *policy, GError **error);
+Chain *chain_ref(Chain *chain);
+void chain_unref(Chain *chain);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Chain, chain_unref)
+
+guint64 chain_virtual_size(const Chain *chain);
+/* Number of layers, >= 1. */
+guint chain_depth(const Chain *chain);
+/* Layer i, 0 = top (borrowed; valid while the chain is referenced). */
+ChainLayer *chain_get_layer(const Chain *chain, guint i);
+
+typedef enum {
+  CHAIN_EXTENT_DATA,       /* bytes stored at (fd, host_offset), uncompressed */
+  CHAIN_EXTENT_ZERO,       /* reads as zeros: zero cluster, hole, or past the
+                            * end of a backing file shorter than the disk */
+  CHAIN_EXTENT_COMPRESSED, /* stored compressed: read it with chain_read() */
+} ChainExtentKind;
+
+typedef struct {
+  ChainExtentKind kind;
+  guint64 offset;      /* guest offset of the run */
+  guint64 length;      /* > 0 */
+  guint layer;         /* index of the layer that answers; chain_depth()
+                        * when nothing in the chain has the range */
+  gboolean allocated;  /* TRUE for data and compressed runs: what
+                        * SEEK_DATA and `qemu-img map` call data */
+  int fd;              /* DATA only: the layer's descriptor */
+  guint64 host_offset; /* DATA only */
+} ChainExtent;
+
+/* Describes the longest run of one kind, layer and (for data) contiguous
+ * host range that starts at offset and ends at or before offset + length.
+ * offset must be below the virtual size; length is clamped to it.
+ * Returns 0 or -errno (-EIO for a corrupt image, logged once). */
+int chain_map(Chain *chain, guint64 offset, guint64 length, ChainExtent *extent);
+
+/* Reads guest bytes [offset, offset + length) into buf, clamped to the
+ * virtual size.  Returns the number of bytes read (0 at or past the end)
+ * or -errno. */
+gssize chain_read(Chain *chain, void *buf, gsize length, guint64 offset);
+
+/* lseek(2) SEEK_DATA / SEEK_HOLE over the merged allocation of the chain,
+ * as `qemu-img map` reports it.  Returns the offset, or -ENXIO at or past
+ * the end (and for SEEK_DATA when no data follows), or another -errno. */
+gint64 chain_seek(Chain *chain, guint64 offset, int whence);
+
+/* Bytes of the guest disk that read from allocated data (what st_blocks
+ * reports).  Computed once and cached.  Returns -errno on error. */
+gint64 chain_allocated_bytes(Chain *chain);
+
+G_END_DECLS
