@@ -1,0 +1,104 @@
+/* backend.h: what the daemon knows of libvirt, as immutable snapshots.
+ *
+ * The backend owns the libvirt connection (with libvirt's event loop in a
+ * thread of its own), reads every domain's XML and snapshot XML, and
+ * publishes the result as a BackendModel: an immutable, reference-counted
+ * picture of all domains, their disks and their points in time.  When
+ * libvirt reports a change (lifecycle, snapshot, block job, device events,
+ * or a periodic poll for changes no event announces) the backend builds a
+ * new model, swaps it in atomically, and tells the listener.
+ *
+ * Thread model: backend_get_model() may be called from any thread and never
+ * blocks on libvirt; the listener is called from the backend's thread.
+ * Operations that change libvirt state (freeze, thaw, plans) block the
+ * calling thread and are serialised per domain.
+ */
+#pragma once
+
+#include <glib.h>
+#include <sys/types.h>
+
+#include "chain.h"
+
+G_BEGIN_DECLS
+
+/* One disk of a point in time: the image whose chain reads as that disk. */
+typedef struct {
+  char *target;            /* "vda", "sdb": the file name stem in the tree */
+  char *image_path;        /* the point image P(S), or the active image for @now */
+  ChainFormat format;      /* of image_path */
+  ChainFormat *backing_formats; /* formats libvirt reports for the layers
+                                 * below image_path, UNKNOWN-terminated; may
+                                 * be NULL (then chain/ uses the qcow2
+                                 * backing-format extension) */
+} BackendDisk;
+
+/* A point in time of a domain. */
+typedef struct {
+  char *name;              /* libvirt's snapshot name, unescaped */
+  char *parent;            /* parent snapshot name or NULL */
+  gint64 creation_time;    /* seconds since the epoch */
+  gboolean current;
+  char *xml;               /* libvirt's snapshot XML, for snapshot.xml */
+  GPtrArray *disks;        /* of BackendDisk, in target order */
+} BackendSnapshot;
+
+typedef struct {
+  char *name;
+  char *uuid;
+  gboolean running;
+  GPtrArray *disks;        /* of BackendDisk: the active images (present) */
+  GPtrArray *snapshots;    /* of BackendSnapshot, oldest first */
+} BackendDomain;
+
+typedef struct {
+  gint ref_count;
+  guint64 generation;      /* increases with every new model */
+  GPtrArray *domains;      /* of BackendDomain, sorted by name */
+  char **image_dirs;       /* policy for chain_open(): pool targets, the
+                            * directories of configured disks, -o image_dir */
+} BackendModel;
+
+BackendModel *backend_model_ref(BackendModel *model);
+void backend_model_unref(BackendModel *model);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendModel, backend_model_unref)
+
+/* Lookups in a model; borrowed results, valid while the model is held. */
+BackendDomain *backend_model_find_domain(BackendModel *model, const char *name);
+BackendSnapshot *backend_domain_find_snapshot(BackendDomain *domain, const char *name);
+
+typedef struct _Backend Backend;
+
+/* Called from the backend thread after a new model was published. */
+typedef void (*BackendChangeFunc)(BackendModel *old_model, BackendModel *new_model,
+                                  gpointer user_data);
+
+typedef struct {
+  const char *uri;               /* libvirt URI */
+  const char *state_dir;         /* journal and freeze records */
+  const char *const *image_dirs; /* extra allowed directories, may be NULL */
+} BackendOptions;
+
+/* Connects, reads the first model, repairs freezes a crash left behind,
+ * and starts watching for changes. */
+Backend *backend_new(const BackendOptions *options, GError **error);
+/* Thaws open freezes, stops the event thread, closes the connection. */
+void backend_free(Backend *backend);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Backend, backend_free)
+
+void backend_set_listener(Backend *backend, BackendChangeFunc func, gpointer user_data);
+
+/* The current model: a new reference, never NULL (empty while the
+ * connection is down and no model was ever read). */
+BackendModel *backend_get_model(Backend *backend);
+
+/* @now (DESIGN.md 4.2).  The first freeze of a domain takes a temporary
+ * external overlay of all its disks (no metadata, quiesced when the guest
+ * agent answers) and returns the frozen images as BackendDisks; further
+ * freezes share it.  Each successful backend_freeze() is paired with one
+ * backend_thaw(); the last thaw commits the overlays back and deletes
+ * them.  Returns a new array of BackendDisk (free with g_ptr_array_unref). */
+GPtrArray *backend_freeze(Backend *backend, const char *domain, GError **error);
+void backend_thaw(Backend *backend, const char *domain);
+
+G_END_DECLS
