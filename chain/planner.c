@@ -46,6 +46,10 @@ typedef struct {
   GHashTable *deferred;   /* "target\tpath" of layers left unmerged this time */
   GHashTable *primary;    /* target -> P(S) of the snapshot being deleted */
   GPtrArray *deletes;     /* PlanStep * (DELETE_FILE), appended last */
+  /* Files that left the graph but stay on disk, still backing onto
+   * something, until the plan's last steps delete them: PlanDisk, one per
+   * target, holding PlanImage copies (path, backing, pinned). */
+  PlanState *ghosts;
 } PlanWork;
 
 static void
@@ -56,6 +60,7 @@ plan_work_clear(PlanWork *w)
   g_clear_pointer(&w->deferred, g_hash_table_unref);
   g_clear_pointer(&w->primary, g_hash_table_unref);
   g_clear_pointer(&w->deletes, g_ptr_array_unref);
+  g_clear_pointer(&w->ghosts, plan_state_free);
   g_clear_pointer(&w->st, plan_state_free);
   g_clear_pointer(&w->plan, plan_free);
 }
@@ -304,7 +309,37 @@ drop_image(PlanWork *w, PlanDisk *disk, PlanImage *image)
   step->image = g_strdup(image->path);
   step->format = image->format;
   g_ptr_array_add(w->deletes, step);
+
+  PlanDisk *ghosts = plan_state_find_disk(w->ghosts, disk->target);
+  if (ghosts == NULL)
+    ghosts = plan_state_add_disk(w->ghosts, disk->target, NULL);
+  plan_disk_add_image(ghosts, image->path, image->format, image->backing, NULL)->pinned =
+    image->pinned;
   disk_remove_image(disk, image);
+}
+
+/* A file this plan dropped but has not deleted yet, that a reader has open
+ * and whose chain on disk still runs through path: writing into path would
+ * change what that reader sees. */
+static const PlanImage *
+pinned_ghost_above(const PlanWork *w, const PlanDisk *disk, const char *path)
+{
+  const PlanDisk *ghosts = plan_state_find_disk(w->ghosts, disk->target);
+  if (ghosts == NULL)
+    return NULL;
+  for (guint i = 0; i < ghosts->images->len; i++) {
+    const PlanImage *ghost = ghosts->images->pdata[i];
+    if (!ghost->pinned)
+      continue;
+    guint depth = 0;
+    for (const PlanImage *up = ghost; up != NULL && depth++ <= disk->images->len + ghosts->images->len;) {
+      if (strcmp(up->path, path) == 0)
+        return ghost;
+      const PlanImage *next = plan_disk_find_image(disk, up->backing);
+      up = next ? next : plan_disk_find_image(ghosts, up->backing);
+    }
+  }
+  return NULL;
 }
 
 static gboolean
@@ -434,10 +469,21 @@ drop_garbage(PlanWork *w, PlanDisk *disk)
 /* ------------------------------------------------------------------ */
 /* Rule 3: merging an unnamed layer F into its only child C or back.    */
 
+/* Plain ASCII for the log (g_format_size() uses a no-break space). */
 static char *
 format_bytes(guint64 bytes)
 {
-  return g_format_size_full(bytes, G_FORMAT_SIZE_IEC_UNITS);
+  static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+  guint u = 0;
+  while (u + 1 < G_N_ELEMENTS(units) && bytes >= 10240 && bytes % 1024 == 0) {
+    bytes /= 1024;
+    u++;
+  }
+  if (u == 0 && bytes >= 1024 && bytes % 1024 == 0) {
+    bytes /= 1024;
+    u++;
+  }
+  return g_strdup_printf("%" G_GUINT64_FORMAT " %s", bytes, units[u]);
 }
 
 static gboolean
@@ -464,8 +510,11 @@ merge_costs(const PlanDisk *disk, const PlanImage *f, const PlanImage *c, guint6
 
 /* Why commit (writes into f, drops c) may not run now, or NULL. */
 static char *
-commit_unsafe(const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
+commit_unsafe(const PlanWork *w, const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
 {
+  const PlanImage *ghost = pinned_ghost_above(w, disk, f->path);
+  if (ghost != NULL)
+    return g_strdup_printf("%s is open for reading and still backs onto %s", ghost->path, f->path);
   if (f->shared)
     return g_strdup_printf("%s is used outside this domain", f->path);
   if (f->pinned)
@@ -554,7 +603,7 @@ merge_layer(PlanWork *w, PlanDisk *disk, PlanImage *f, PlanImage *c, gboolean *m
   if (!merge_costs(disk, f, c, &commit_bytes, &pull_bytes, error))
     return FALSE;
 
-  g_autofree char *no_commit = commit_unsafe(disk, f, c);
+  g_autofree char *no_commit = commit_unsafe(w, disk, f, c);
   g_autofree char *no_pull = pull_unsafe(w->st, disk, f, c);
   g_autofree char *cb = format_bytes(commit_bytes);
   g_autofree char *pb = format_bytes(pull_bytes);
@@ -913,6 +962,7 @@ planner_plan(const PlanState *state, const PlanOp *op, GError **error)
     .deferred = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
     .primary = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free),
     .deletes = g_ptr_array_new_with_free_func((GDestroyNotify)plan_step_free),
+    .ghosts = plan_state_new(FALSE),
   };
 
   gboolean ok = FALSE;
