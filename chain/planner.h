@@ -14,6 +14,28 @@
  * named and has exactly one child is merged away, by commit (the child's
  * clusters go into it) or pull (its clusters go into the child).
  *
+ * Decisions:
+ * - Cost: commit moves the clusters allocated in C, pull those of F that C
+ *   does not override (PlanImage.allocation).  The cheaper safe one wins.
+ * - Tie: pull when C is the active image (no pivot, the domain keeps its
+ *   file and its XML; a block pull ends by itself), commit otherwise (it
+ *   writes only into F, the layer whose point in time is going, never into
+ *   a file holding a point that stays; and it is the only choice for an
+ *   intermediate C on a running domain, so both cases plan alike).
+ * - Safety: commit needs F unpinned (it writes F); pull needs C unpinned
+ *   (it writes C) and, on a running domain, C active or off the running
+ *   chain (libvirt pulls only into the active layer).  Commit with a pinned
+ *   C is safe: C is only unlinked, and C's readers never see the clusters
+ *   of F that C overrides.  No safe merge: EBUSY for the point being
+ *   deleted; a merge that only tidies up (a branch point left with one
+ *   child) is skipped instead (PLAN_MERGE_NONE) and done by a later plan.
+ * - Revert keeps the present as snapshot planner_pre_revert_name(now)
+ *   whose overlay is a new empty file on the old active image (libvirt
+ *   names points by overlays); the reverted-to snapshot then names the
+ *   new active overlay.  Discard drops what only the present used.
+ * - New files are named DIR/TARGET.PURPOSE-YYYYMMDDTHHMMSSZ[-N].qcow2 next
+ *   to the image they back onto (PURPOSE: revert, pre-revert, overlay).
+ *
  * Ownership: every char * and GPtrArray in these structs is owned by the
  * struct that holds it, except PlanImage.allocation (borrowed: it must
  * outlive planner_plan()).  Returned objects belong to the caller.
