@@ -397,13 +397,26 @@ test_branch_merge_deferred(void)
   g_assert_no_error(error);
   g_assert_cmpuint(sim_image_count(sim, "vda"), ==, 2);
 
-  /* Once the reader is gone, the next plan merges it too. */
+  /* Once the reader is gone from the base, the next plan merges it too.
+   * A reader still has the old active image N open: committing N into the
+   * base is fine (N is only unlinked), but afterwards N still backs onto
+   * the base on disk, so the second merge must not write the base again:
+   * it pulls into the new active image instead. */
+  g_autofree char *n = g_strdup(active);
   sim_unpin_all(sim);
   sim_snapshot(sim, "s4");
+  sim_write_mask(sim, "vda", "00000001");
+  sim_pin(sim, "vda", n);
   PlanOp del_s4 = { .kind = PLAN_OP_DELETE, .name = "s4" };
   g_autoptr(Plan) p3 = plan_and_run(sim, &del_s4, &error);
   g_assert_no_error(error);
   g_assert_cmpuint(p3->choices->len, ==, 2);
+  const PlanChoice *first = p3->choices->pdata[0], *second = p3->choices->pdata[1];
+  g_assert_cmpstr(first->layer, ==, "/img/vda-base");
+  g_assert_cmpint(first->chosen, ==, PLAN_MERGE_COMMIT);
+  g_assert_cmpint(second->chosen, ==, PLAN_MERGE_PULL);
+  g_assert_false(second->commit_safe);
+  g_assert_nonnull(strstr(second->reason, "still backs onto"));
   g_assert_cmpuint(sim_image_count(sim, "vda"), ==, 1);
 }
 
