@@ -22,6 +22,8 @@ struct _Sim {
   gint next_value;
   gint64 clock;
   GHashTable *doomed; /* while sim_run(): "target\tpath" the plan deletes at its end */
+  gint crash_at;      /* the next sim_run() cuts this step short once, or -1 */
+  gboolean half;      /* the step running now stops halfway (a crash) */
 };
 
 struct _SimExpect {
@@ -120,6 +122,7 @@ sim_new(guint nclusters)
   sim->maps = g_ptr_array_new_with_free_func((GDestroyNotify)chain_bitmap_free);
   sim->next_value = 1;
   sim->clock = 1700000000;
+  sim->crash_at = -1;
   return sim;
 }
 
@@ -183,6 +186,12 @@ sim_snapshot(Sim *sim, const char *name)
     disk->active = g_strdup(path);
     plan_snapshot_set_overlay(snapshot, disk->target, path);
   }
+}
+
+void
+sim_crash_at(Sim *sim, guint step)
+{
+  sim->crash_at = (gint)step;
 }
 
 void
@@ -394,11 +403,12 @@ run_commit(Sim *sim, PlanDisk *disk, const PlanStep *step, GError **error)
   }
 
   gint *t = image_data(sim, disk, top->path), *b = image_data(sim, disk, base->path);
-  for (guint i = 0; i < sim->n; i++)
+  for (guint i = 0; i < (sim->half ? sim->n / 2 : sim->n); i++)
     if (t[i] >= 0)
       b[i] = t[i];
 
-  if (step->block_job) {
+  /* A job cut short neither pivots nor moves a pointer. */
+  if (step->block_job && !sim->half) {
     for (guint i = 0; i < disk->images->len; i++) {
       PlanImage *child = disk->images->pdata[i];
       if (g_strcmp0(child->backing, top->path) == 0 && in_chain(disk, disk->active, child->path)) {
@@ -434,7 +444,7 @@ run_pull(Sim *sim, PlanDisk *disk, const PlanStep *step, GError **error)
   }
 
   gint *d = image_data(sim, disk, image->path);
-  for (guint i = 0; i < sim->n; i++) {
+  for (guint i = 0; i < (sim->half ? sim->n / 2 : sim->n); i++) {
     if (d[i] >= 0)
       continue;
     gint old = image->backing ? read_cluster(sim, disk, image->backing, i) : 0;
@@ -442,6 +452,9 @@ run_pull(Sim *sim, PlanDisk *disk, const PlanStep *step, GError **error)
     if (old != new)
       d[i] = old;
   }
+  /* qemu-img rebase -t writethrough: the header moves after the data. */
+  if (sim->half)
+    return TRUE;
   g_free(image->backing);
   image->backing = g_strdup(step->backing);
   return TRUE;
@@ -612,9 +625,22 @@ sim_run(Sim *sim, const Plan *plan, gboolean twice, GError **error)
   }
   sim->doomed = doomed;
   gboolean ok = TRUE;
+  gint crash_at = sim->crash_at;
+  sim->crash_at = -1;
   for (guint i = 0; ok && i < plan->steps->len; i++) {
+    const PlanStep *step = plan->steps->pdata[i];
+    if ((gint)i == crash_at && (step->kind == PLAN_STEP_COMMIT || step->kind == PLAN_STEP_ACTIVE_COMMIT ||
+                                step->kind == PLAN_STEP_PULL)) {
+      sim->half = TRUE;
+      ok = run_step(sim, step, error);
+      sim->half = FALSE;
+      if (!ok) {
+        g_prefix_error(error, "step %u cut short: ", i);
+        break;
+      }
+    }
     for (guint r = 0; r < (twice ? 2u : 1u); r++) {
-      if (!run_step(sim, plan->steps->pdata[i], error)) {
+      if (!run_step(sim, step, error)) {
         g_autofree char *line = plan_step_to_line(plan->steps->pdata[i]);
         g_prefix_error(error, "step %u (%s)%s: ", i, line, r ? " re-run" : "");
         ok = FALSE;

@@ -53,6 +53,9 @@ SimExpect *sim_expect(Sim *sim, const PlanOp *op);
 void sim_expect_free(SimExpect *expect);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(SimExpect, sim_expect_free)
 
+/* The next sim_run() stops step (a commit or pull) halfway once, as a
+ * crash would, then runs it again from the start, as recovery does. */
+void sim_crash_at(Sim *sim, guint step);
 /* Executes the plan's steps; twice: every step is run twice in a row, as a
  * recovery after a crash would.  FALSE with a message on a forbidden step. */
 gboolean sim_run(Sim *sim, const Plan *plan, gboolean twice, GError **error);

@@ -10,7 +10,8 @@
  * over its point image, and the simulator agrees with the plan's "after".
  * Without readers the graph must also be in normal form (no unnamed layer
  * with one child).  Half the sequences run every step twice, as recovery
- * from a crash would.
+ * from a crash would, and half the plans are cut short in the middle of a
+ * step (a commit or pull half done) and resumed from that step.
  *
  * A failure prints the seed; rerun one with VIRTSNAPFS_MODEL_SEED=N.
  */
@@ -147,7 +148,7 @@ max_children(const PlanState *st)
 
 /* Plans, executes and checks one operation; FALSE with the reason. */
 static gboolean
-do_op(Sim *sim, const PlanOp *op, gboolean twice, Stats *stats, GError **error)
+do_op(Sim *sim, const PlanOp *op, gboolean twice, GRand *rand, Stats *stats, GError **error)
 {
   g_autoptr(GError) local = NULL;
   gboolean pinned = any_pinned(sim_state(sim));
@@ -165,7 +166,7 @@ do_op(Sim *sim, const PlanOp *op, gboolean twice, Stats *stats, GError **error)
       }
       /* Without the readers the same operation must go through. */
       sim_unpin_all(sim);
-      return do_op(sim, op, twice, stats, error);
+      return do_op(sim, op, twice, rand, stats, error);
     }
     if (g_error_matches(local, PLANNER_ERROR, EEXIST) && op->kind == PLAN_OP_RENAME &&
         plan_state_find_snapshot(sim_state(sim), op->new_name) != NULL) {
@@ -192,6 +193,9 @@ do_op(Sim *sim, const PlanOp *op, gboolean twice, Stats *stats, GError **error)
   g_autofree char *again = plan_steps_to_text(parsed);
   g_assert_cmpstr(text, ==, again);
 
+  /* Half the plans crash in one step and are resumed there. */
+  if (plan->steps->len > 0 && g_rand_boolean(rand))
+    sim_crash_at(sim, (guint)g_rand_int_range(rand, 0, (gint32)plan->steps->len));
   if (!sim_run(sim, plan, twice, error) || !sim_check(sim, expect, plan, normal, error)) {
     g_prefix_error(error, "plan:\n%s", text);
     return FALSE;
@@ -260,7 +264,7 @@ run_sequence(guint32 seed, Stats *stats, GError **error)
     op.name = name;
 
     random_pins(rand, sim);
-    if (!do_op(sim, &op, twice, stats, error)) {
+    if (!do_op(sim, &op, twice, rand, stats, error)) {
       g_prefix_error(error, "op %u (%s %s): ", i,
                      op.kind == PLAN_OP_DELETE ? "delete" : op.kind == PLAN_OP_RENAME ? "rename" : "revert",
                      op.name);
@@ -279,7 +283,7 @@ run_sequence(guint32 seed, Stats *stats, GError **error)
       break;
     g_autofree char *name = g_strdup(random_snapshot(rand, st));
     PlanOp op = { .kind = PLAN_OP_DELETE, .name = name, .now = ++now };
-    if (!do_op(sim, &op, twice, stats, error)) {
+    if (!do_op(sim, &op, twice, rand, stats, error)) {
       g_prefix_error(error, "final delete of %s: ", name);
       return FALSE;
     }
