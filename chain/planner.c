@@ -345,7 +345,7 @@ pinned_ghost_above(const PlanWork *w, const PlanDisk *disk, const char *path)
 static gboolean
 path_taken(PlanWork *w, const char *path)
 {
-  const PlanState *states[] = { w->before, w->st };
+  const PlanState *states[] = { w->before, w->st, w->ghosts };
   for (guint s = 0; s < G_N_ELEMENTS(states); s++)
     for (guint i = 0; i < states[s]->disks->len; i++)
       if (plan_disk_find_image(states[s]->disks->pdata[i], path) != NULL)
@@ -416,14 +416,16 @@ repoint_dead_ends(PlanWork *w, PlanDisk *disk)
     if (overlay == NULL || !is_dead_end(w->st, disk, overlay))
       continue;
 
-    /* A sibling that stays anyway; the active image first, so that a
+    /* A sibling that stays anyway (or an empty overlay made for another
+     * snapshot of the same point); the active image first, so that a
      * revert leaves S naming the overlay the domain runs on, as if S had
      * just been taken. */
     PlanImage *best = NULL;
     for (guint j = 0; j < disk->images->len; j++) {
       PlanImage *sib = disk->images->pdata[j];
+      g_autofree char *sib_key = disk_key(disk, sib->path);
       if (sib == overlay || g_strcmp0(sib->backing, overlay->backing) != 0 ||
-          is_dead_end(w->st, disk, sib))
+          (is_dead_end(w->st, disk, sib) && !g_hash_table_contains(w->fresh, sib_key)))
         continue;
       if (best == NULL || g_strcmp0(disk->active, sib->path) == 0)
         best = sib;
