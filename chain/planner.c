@@ -133,154 +133,6 @@ disk_remove_image(PlanDisk *disk, PlanImage *image)
 }
 
 /* ------------------------------------------------------------------ */
-/* Input checks.                                                        */
-
-static gboolean
-check_disk(const PlanDisk *disk, GError **error)
-{
-  if (disk->unsupported != NULL)
-    return TRUE;
-  if (plan_disk_find_image(disk, disk->active) == NULL) {
-    g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: active image %s is not in its graph",
-                disk->target, disk->active ? disk->active : "(none)");
-    return FALSE;
-  }
-  for (guint i = 0; i < disk->images->len; i++) {
-    const PlanImage *image = disk->images->pdata[i];
-    if (image->path == NULL || plan_disk_find_image(disk, image->path) != image) {
-      g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: image %s is listed twice",
-                  disk->target, image->path ? image->path : "(null)");
-      return FALSE;
-    }
-    if (image->backing == NULL)
-      continue;
-    if (plan_disk_find_image(disk, image->backing) == NULL) {
-      g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: backing file %s of %s is not in its graph",
-                  disk->target, image->backing, image->path);
-      return FALSE;
-    }
-    if (image->format != CHAIN_FORMAT_QCOW2) {
-      g_set_error(error, PLANNER_ERROR, EOPNOTSUPP, "disk %s: %s has a backing file but is not qcow2",
-                  disk->target, image->path);
-      return FALSE;
-    }
-    /* A chain longer than the graph has a loop. */
-    guint depth = 0;
-    for (const PlanImage *up = image; up != NULL; up = plan_disk_find_image(disk, up->backing)) {
-      if (++depth > disk->images->len) {
-        g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: the backing chain of %s loops",
-                    disk->target, image->path);
-        return FALSE;
-      }
-    }
-  }
-  return TRUE;
-}
-
-static gboolean
-check_state(const PlanState *st, GError **error)
-{
-  for (guint i = 0; i < st->disks->len; i++) {
-    const PlanDisk *disk = st->disks->pdata[i];
-    if (plan_state_find_disk(st, disk->target) != disk) {
-      g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s is listed twice", disk->target);
-      return FALSE;
-    }
-    if (!check_disk(disk, error))
-      return FALSE;
-  }
-  for (guint i = 0; i < st->snapshots->len; i++) {
-    const PlanSnapshot *snapshot = st->snapshots->pdata[i];
-    if (plan_state_find_snapshot(st, snapshot->name) != snapshot) {
-      g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot %s is listed twice", snapshot->name);
-      return FALSE;
-    }
-    for (guint j = 0; j < snapshot->disks->len; j++) {
-      const PlanSnapshotDisk *sd = snapshot->disks->pdata[j];
-      const PlanDisk *disk = plan_state_find_disk(st, sd->target);
-      if (disk == NULL) {
-        g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot %s names disk %s, which the domain lacks",
-                    snapshot->name, sd->target);
-        return FALSE;
-      }
-      if (disk->unsupported != NULL)
-        continue;
-      const PlanImage *overlay = plan_disk_find_image(disk, sd->overlay);
-      if (overlay == NULL) {
-        g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot %s: overlay %s of disk %s is not in its graph",
-                    snapshot->name, sd->overlay ? sd->overlay : "(none)", sd->target);
-        return FALSE;
-      }
-      if (overlay->backing == NULL) {
-        g_set_error(error, PLANNER_ERROR, EOPNOTSUPP,
-                    "snapshot %s: overlay %s of disk %s has no backing file (not an external snapshot)",
-                    snapshot->name, sd->overlay, sd->target);
-        return FALSE;
-      }
-    }
-  }
-  return TRUE;
-}
-
-/* The disks a snapshot covers must all be ones the planner can handle. */
-static gboolean
-check_snapshot_disks(const PlanState *st, const PlanSnapshot *snapshot, GError **error)
-{
-  for (guint j = 0; j < snapshot->disks->len; j++) {
-    const PlanSnapshotDisk *sd = snapshot->disks->pdata[j];
-    const PlanDisk *disk = plan_state_find_disk(st, sd->target);
-    if (disk->unsupported != NULL) {
-      g_set_error(error, PLANNER_ERROR, EOPNOTSUPP, "snapshot %s: disk %s: %s",
-                  snapshot->name, disk->target, disk->unsupported);
-      return FALSE;
-    }
-  }
-  return TRUE;
-}
-
-gboolean
-planner_check_name(const char *name, GError **error)
-{
-  if (name == NULL || *name == '\0') {
-    g_set_error(error, PLANNER_ERROR, EINVAL, "a snapshot name must not be empty");
-    return FALSE;
-  }
-  if (strlen(name) > PLANNER_NAME_MAX) {
-    g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot name of %zu bytes is longer than %d",
-                strlen(name), PLANNER_NAME_MAX);
-    return FALSE;
-  }
-  if (!g_utf8_validate(name, -1, NULL)) {
-    g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot name is not valid UTF-8");
-    return FALSE;
-  }
-  for (const char *p = name; *p; p++) {
-    if ((guchar)*p < 0x20 || *p == 0x7f) {
-      g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot name holds control character 0x%02x",
-                  (guchar)*p);
-      return FALSE;
-    }
-  }
-  return TRUE;
-}
-
-static char *
-utc_stamp(gint64 now)
-{
-  g_autoptr(GDateTime) dt = g_date_time_new_from_unix_utc(now);
-  if (dt == NULL)
-    dt = g_date_time_new_from_unix_utc(0);
-  return g_date_time_format(dt, "%Y%m%dT%H%M%SZ");
-}
-
-char *
-planner_pre_revert_name(gint64 now)
-{
-  g_autofree char *stamp = utc_stamp(now);
-  return g_strconcat("pre-revert-", stamp, NULL);
-}
-
-/* ------------------------------------------------------------------ */
 /* Recording changes.                                                   */
 
 static PlanStep *
@@ -360,7 +212,7 @@ create_overlay(PlanWork *w, PlanDisk *disk, PlanImage *backing, const char *near
                const char *purpose)
 {
   g_autofree char *dir = g_path_get_dirname(near);
-  g_autofree char *stamp = utc_stamp(w->op->now);
+  g_autofree char *stamp = plan_utc_stamp(w->op->now);
   g_autofree char *path = NULL;
   for (guint n = 1; path == NULL || path_taken(w, path); n++) {
     g_free(path);
@@ -821,7 +673,7 @@ static gboolean
 plan_delete(PlanWork *w, GError **error)
 {
   PlanSnapshot *snapshot = plan_state_find_snapshot(w->st, w->op->name);
-  if (!check_snapshot_disks(w->st, snapshot, error))
+  if (!plan_check_snapshot_disks(w->st, snapshot, error))
     return FALSE;
 
   for (guint j = 0; j < snapshot->disks->len; j++) {
@@ -890,7 +742,7 @@ plan_revert(PlanWork *w, GError **error)
                 snapshot->name);
     return FALSE;
   }
-  if (!check_snapshot_disks(w->st, snapshot, error))
+  if (!plan_check_snapshot_disks(w->st, snapshot, error))
     return FALSE;
 
   g_autofree char *keep_name = NULL;
@@ -947,7 +799,7 @@ planner_plan(const PlanState *state, const PlanOp *op, GError **error)
 {
   g_return_val_if_fail(state != NULL && op != NULL, NULL);
 
-  if (!check_state(state, error))
+  if (!plan_check_state(state, error))
     return NULL;
   if (op->name == NULL || plan_state_find_snapshot(state, op->name) == NULL) {
     g_set_error(error, PLANNER_ERROR, ENOENT, "no snapshot %s", op->name ? op->name : "(null)");
