@@ -666,31 +666,34 @@ typedef struct {
   int error;
   const char *steps;
   guint images_after;
+  const char *to_overlay; /* what the reverted-to snapshot names after; "new" = the revert overlay */
+  const char *deleted;    /* the one file deleted, or NULL */
 } RevertCase;
 
 static const RevertCase revert_cases[] = {
   /* Keep: a new overlay on P(s2) runs; the present gets an overlay and a
    * name; nothing is copied or deleted. */
   { "keep-middle", "s2", FALSE, FALSE, "00000001", 0,
-    "create-overlay create-overlay redefine-snapshot set-current set-active", 6 },
+    "create-overlay create-overlay redefine-snapshot set-current set-active", 6, "/img/vda.s2", NULL },
   /* Discard: the data written since s3 goes; s3 names an empty overlay. */
   { "discard-middle", "s2", TRUE, FALSE, "00000001", 0,
-    "create-overlay create-overlay redefine-snapshot set-current set-active delete-file", 5 },
+    "create-overlay create-overlay redefine-snapshot set-current set-active delete-file", 5,
+    "/img/vda.s2", "/img/vda.s3" },
   /* Discard with nothing written since s3: the empty overlay stays. */
   { "discard-middle-empty", "s2", TRUE, FALSE, NULL, 0,
-    "create-overlay set-current set-active", 5 },
+    "create-overlay set-current set-active", 5, "/img/vda.s2", NULL },
   /* Revert to the newest snapshot, discarding: s3 names the new overlay,
    * the old one goes. */
   { "discard-newest", "s3", TRUE, FALSE, "11", 0,
-    "create-overlay redefine-snapshot set-active delete-file", 4 },
+    "create-overlay redefine-snapshot set-active delete-file", 4, "new", "/img/vda.s3" },
   { "keep-newest", "s3", FALSE, FALSE, "11", 0,
-    "create-overlay create-overlay redefine-snapshot set-active", 6 },
+    "create-overlay create-overlay redefine-snapshot set-active", 6, "/img/vda.s3", NULL },
   /* Revert to the first snapshot: the new overlay sits on the base. */
   { "keep-first", "s1", FALSE, FALSE, "1", 0,
-    "create-overlay create-overlay redefine-snapshot set-current set-active", 6 },
-  { "running", "s1", FALSE, TRUE, NULL, EBUSY, NULL, 0 },
-  { "running-discard", "s2", TRUE, TRUE, NULL, EBUSY, NULL, 0 },
-  { "missing", "nope", FALSE, FALSE, NULL, ENOENT, NULL, 0 },
+    "create-overlay create-overlay redefine-snapshot set-current set-active", 6, "/img/vda.s1", NULL },
+  { "running", "s1", FALSE, TRUE, NULL, EBUSY, NULL, 0, NULL, NULL },
+  { "running-discard", "s2", TRUE, TRUE, NULL, EBUSY, NULL, 0, NULL, NULL },
+  { "missing", "nope", FALSE, FALSE, NULL, ENOENT, NULL, 0, NULL, NULL },
 };
 
 static void
@@ -721,6 +724,14 @@ test_revert_case(gconstpointer data)
   g_assert_true(g_str_has_prefix(create->image, "/img/vda.revert-"));
   g_assert_cmpstr(plan_state_find_disk(plan->after, "vda")->active, ==, create->image);
   g_assert_true(plan_state_find_snapshot(plan->after, tc->to)->current);
+  g_assert_cmpstr(sim_overlay(sim, tc->to, "vda"), ==,
+                  strcmp(tc->to_overlay, "new") == 0 ? create->image : tc->to_overlay);
+  const PlanStep *del = find_step(plan, PLAN_STEP_DELETE_FILE, 0);
+  g_assert_cmpstr(del ? del->image : NULL, ==, tc->deleted);
+  g_assert_null(find_step(plan, PLAN_STEP_DELETE_FILE, 1));
+  /* Nothing is copied. */
+  g_assert_null(find_step(plan, PLAN_STEP_COMMIT, 0));
+  g_assert_null(find_step(plan, PLAN_STEP_PULL, 0));
 
   g_autofree char *kept = planner_pre_revert_name(1800000000);
   const PlanSnapshot *pre = plan_state_find_snapshot(plan->after, kept);
@@ -753,6 +764,40 @@ test_revert_twice_same_second(void)
   g_assert_nonnull(plan_state_find_snapshot(p2->after, kept2));
 }
 
+/* A discarding revert leaves files nothing references (the branch being
+ * left) and a branch point with one child: both are cleaned up. */
+static void
+test_revert_discard_collects_branch(void)
+{
+  const char *masks[] = { "11110000", "00001100" };
+  g_autoptr(Sim) sim = build_chain(1, masks, CHAIN_FORMAT_QCOW2, FALSE);
+  g_autoptr(GError) error = NULL;
+  /* base <- vda.s1 <- (pre-revert overlay), base <- revert overlay N. */
+  PlanOp keep = { .kind = PLAN_OP_REVERT, .name = "s1", .now = 1800000000 };
+  g_autoptr(Plan) p1 = plan_and_run(sim, &keep, &error);
+  g_assert_no_error(error);
+  sim_write_mask(sim, "vda", "00000011");
+  /* s1 goes: the base becomes an unnamed branch point. */
+  PlanOp del = { .kind = PLAN_OP_DELETE, .name = "s1" };
+  g_autoptr(Plan) p2 = plan_and_run(sim, &del, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(sim_image_count(sim, "vda"), ==, 4);
+
+  /* Back to the kept present, discarding N: N is garbage, and the base,
+   * left with vda.s1 only, merges with it. */
+  g_autofree char *kept = planner_pre_revert_name(1800000000);
+  PlanOp discard = { .kind = PLAN_OP_REVERT, .name = kept, .discard = TRUE, .now = 1800000100 };
+  g_autoptr(Plan) p3 = plan_and_run(sim, &discard, &error);
+  g_assert_no_error(error);
+  g_autofree char *sig = signature(p3);
+  g_test_message("%s", sig);
+  g_assert_cmpuint(p3->choices->len, ==, 1);
+  g_assert_cmpstr(((PlanChoice *)p3->choices->pdata[0])->layer, ==, "/img/vda-base");
+  /* vda.s1 (point of the kept snapshot) and the new active overlay. */
+  g_assert_cmpuint(sim_image_count(sim, "vda"), ==, 2);
+  g_assert_cmpuint(p3->after->snapshots->len, ==, 1);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -783,5 +828,6 @@ main(int argc, char **argv)
     g_test_add_data_func(path, &revert_cases[i], test_revert_case);
   }
   g_test_add_func("/planner/revert/twice-same-second", test_revert_twice_same_second);
+  g_test_add_func("/planner/revert/discard-collects-branch", test_revert_discard_collects_branch);
   return g_test_run();
 }
