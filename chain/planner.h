@@ -159,24 +159,27 @@ typedef struct {
 
 typedef enum {
   /* Write top's clusters into base = backing(top); top stays untouched.
-   * offline: qemu-img commit -t writethrough -d -f FORMAT top.
-   * block job: virDomainBlockCommit(disk, base, top, SHALLOW); libvirt moves
-   * the backing pointer of top's child in the running chain itself (other
-   * children get their own REBASE_UNSAFE steps). */
+   * offline: qemu-img commit -t writethrough -d -f FORMAT -b BASE top.
+   * block job: virDomainBlockCommit(disk, base, top, 0, 0) on an
+   * intermediate top; libvirt moves the backing pointer of top's child in
+   * the running chain itself (other children get REBASE_UNSAFE steps).
+   * Re-running is harmless; a block commit is done once top has left the
+   * running chain. */
   PLAN_STEP_COMMIT,
-  /* Running domain, top = active image: virDomainBlockCommit(ACTIVE |
-   * SHALLOW), wait for READY, virDomainBlockJobAbort(PIVOT).  Afterwards
-   * base is the active image.  Done when the domain's active image is base. */
+  /* Running domain, top = active image: virDomainBlockCommit(disk, base,
+   * top, 0, ACTIVE), wait for READY, virDomainBlockJobAbort(PIVOT).
+   * Afterwards base is the active image; done when it already is. */
   PLAN_STEP_ACTIVE_COMMIT,
   /* Copy into image what its chain reads and backing would not, then point
-   * image at backing (NULL: flatten, no backing).
-   * offline: qemu-img rebase -t writethrough -f FORMAT -b BACKING -F BFMT image
-   * (-b "" when backing is NULL).  Re-running it after the pointer moved
-   * copies nothing.
-   * block job (image = active): virDomainBlockRebase(disk, backing, 0, 0). */
+   * image at backing (NULL: flatten, no backing at all).
+   * offline: qemu-img rebase -t writethrough -f FORMAT -b BACKING -F BFMT
+   * image (-b "" to flatten).  Re-running it after the pointer moved copies
+   * nothing; write-through makes the pointer move after the data.
+   * block job (image = the active image): virDomainBlockRebase(disk,
+   * backing, 0, 0), backing NULL for a full pull. */
   PLAN_STEP_PULL,
-  /* Pointer only, content unchanged: qemu-img rebase -u -b BACKING -F BFMT image.
-   * Always offline (the image is not in the running chain). */
+  /* Pointer only, content unchanged: qemu-img rebase -u -f FORMAT -b BACKING
+   * -F BFMT image.  Always offline (the image is not in the running chain). */
   PLAN_STEP_REBASE_UNSAFE,
   /* qemu-img create -f qcow2 -b BACKING -F BFMT image (empty overlay).
    * Done when image exists with that backing; the executor must check
@@ -185,12 +188,15 @@ typedef enum {
   /* Make the domain definition name image (format) as the disk's source.
    * Done when it already does (an active commit's pivot may have). */
   PLAN_STEP_SET_ACTIVE,
-  /* virDomainSnapshotCreateXML(REDEFINE [| CURRENT]) from definition: new
-   * or changed name, parent, overlays or points.  Idempotent. */
+  /* virDomainSnapshotCreateXML(REDEFINE [| CURRENT]) from definition: a new
+   * snapshot (revert's pre-revert one; RENAME's new name) or a changed
+   * parent, overlay or point image (the <domain> copy's disk source).
+   * Idempotent. */
   PLAN_STEP_REDEFINE_SNAPSHOT,
-  /* virDomainSnapshotDelete(METADATA_ONLY) of snapshot; gone = done. */
+  /* virDomainSnapshotDelete(METADATA_ONLY) of snapshot; gone = done.
+   * libvirt reparents its children; later REDEFINE steps say the same. */
   PLAN_STEP_DELETE_SNAPSHOT,
-  /* Mark snapshot current (redefine with CURRENT). */
+  /* Mark snapshot current (its XML redefined with CURRENT). */
   PLAN_STEP_SET_CURRENT,
   /* unlink(image); absent = done.  Only after no metadata names it. */
   PLAN_STEP_DELETE_FILE,
@@ -231,10 +237,18 @@ typedef struct {
   char *reason;          /* "commit: 64 KiB < pull 1 MiB", "pull: F is pinned" */
 } PlanChoice;
 
+/* Steps come in this order: CREATE_OVERLAY, then per merge its COMMIT /
+ * ACTIVE_COMMIT / PULL and REBASE_UNSAFE steps (each merge sees the graph
+ * the previous one left); then REDEFINE of new snapshots, DELETE_SNAPSHOT,
+ * REDEFINE of changed ones, SET_CURRENT, SET_ACTIVE; DELETE_FILE last.
+ * Data steps of a running domain may be block jobs; everything else is
+ * offline or metadata. */
 typedef struct {
   GPtrArray *steps;    /* PlanStep *, in order */
   GPtrArray *choices;  /* PlanChoice * */
-  PlanState *after;    /* metadata and graph after the steps (allocation NULL) */
+  /* Metadata and graph after the steps: PlanSnapshotDisk.point filled,
+   * allocation NULL, pinned/shared as given. */
+  PlanState *after;
 } Plan;
 
 void plan_free(Plan *plan);
