@@ -237,10 +237,11 @@ typedef struct {
   char *reason;          /* "commit: 64 KiB < pull 1 MiB", "pull: F is pinned" */
 } PlanChoice;
 
-/* Steps come in this order: CREATE_OVERLAY, then per merge its COMMIT /
- * ACTIVE_COMMIT / PULL and REBASE_UNSAFE steps (each merge sees the graph
- * the previous one left); then REDEFINE of new snapshots, DELETE_SNAPSHOT,
- * REDEFINE of changed ones, SET_CURRENT, SET_ACTIVE; DELETE_FILE last.
+/* Steps come in this order: first the data steps (CREATE_OVERLAY, COMMIT,
+ * ACTIVE_COMMIT, PULL, REBASE_UNSAFE), disk after disk, each step seeing
+ * the files as the steps before it left them; then REDEFINE of new
+ * snapshots, DELETE_SNAPSHOT, REDEFINE of changed ones, SET_CURRENT,
+ * SET_ACTIVE; DELETE_FILE last.
  * Data steps of a running domain may be block jobs; everything else is
  * offline or metadata. */
 typedef struct {
