@@ -157,3 +157,15 @@ planner_pre_revert_name(gint64 now)
   g_autofree char *stamp = plan_utc_stamp(now);
   return g_strconcat("pre-revert-", stamp, NULL);
 }
+
+gboolean
+planner_check_create(const PlanState *state, const char *name, GError **error)
+{
+  if (!planner_check_name(name, error))
+    return FALSE;
+  if (plan_state_find_snapshot(state, name) != NULL) {
+    g_set_error(error, PLANNER_ERROR, EEXIST, "snapshot %s exists", name);
+    return FALSE;
+  }
+  return TRUE;
+}

@@ -271,6 +271,10 @@ Plan *planner_plan(const PlanState *state, const PlanOp *op, GError **error);
  * PLANNER_NAME_MAX bytes, valid UTF-8, no control characters.  EINVAL. */
 gboolean planner_check_name(const char *name, GError **error);
 
+/* Before libvirt creates snapshot name (mkdir): planner_check_name(), and
+ * EEXIST when the domain already has it.  No plan is needed. */
+gboolean planner_check_create(const PlanState *state, const char *name, GError **error);
+
 /* The name a revert at now gives the present it leaves. */
 char *planner_pre_revert_name(gint64 now);
 

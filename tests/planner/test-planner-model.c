@@ -41,12 +41,13 @@ random_snapshot(GRand *rand, const PlanState *st)
   return ((PlanSnapshot *)st->snapshots->pdata[g_rand_int_range(rand, 0, (gint32)st->snapshots->len)])->name;
 }
 
-/* Readers: random layers, the chain of a random point, or the present. */
+/* Readers: random layers, the chain of a random point, or the present
+ * (each one time in seven; no reader otherwise). */
 static gboolean
 random_pins(GRand *rand, Sim *sim)
 {
   const PlanState *st = sim_state(sim);
-  switch (g_rand_int_range(rand, 0, 6)) {
+  switch (g_rand_int_range(rand, 0, 7)) {
   case 0: {
     gboolean any = FALSE;
     for (guint i = 0; i < st->disks->len; i++) {
@@ -67,6 +68,17 @@ random_pins(GRand *rand, Sim *sim)
     sim_pin_point(sim, name);
     return TRUE;
   }
+  case 2:
+    /* A reader of @now: the daemon froze the present under a temporary
+     * overlay, so everything below the active image is open. */
+    for (guint i = 0; i < st->disks->len; i++) {
+      PlanDisk *disk = st->disks->pdata[i];
+      PlanImage *active = plan_disk_find_image(disk, disk->active);
+      for (PlanImage *image = plan_disk_find_image(disk, active->backing); image != NULL;
+           image = plan_disk_find_image(disk, image->backing))
+        sim_pin(sim, disk->target, image->path);
+    }
+    return TRUE;
   default:
     return FALSE;
   }

@@ -650,6 +650,17 @@ test_check_name(void)
   g_assert_true(planner_check_name("a/b %c .d @e", NULL));
   g_assert_true(planner_check_name("snäpshot", NULL));
   g_assert_false(planner_check_name("tab\there", NULL));
+  g_autoptr(Sim) sim = sim_new(NCLUSTERS);
+  sim_add_disk(sim, "vda", CHAIN_FORMAT_QCOW2);
+  sim_snapshot(sim, "s1");
+  g_autoptr(GError) error = NULL;
+  g_assert_true(planner_check_create(sim_state(sim), "s2", &error));
+  g_assert_false(planner_check_create(sim_state(sim), "s1", &error));
+  g_assert_error(error, PLANNER_ERROR, EEXIST);
+  g_clear_error(&error);
+  g_assert_false(planner_check_create(sim_state(sim), "", &error));
+  g_assert_error(error, PLANNER_ERROR, EINVAL);
+
   g_autofree char *pre = planner_pre_revert_name(1700000000);
   g_assert_cmpstr(pre, ==, "pre-revert-20231114T221320Z");
 }
