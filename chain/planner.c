@@ -22,12 +22,14 @@
  * by any plan is merged away by that plan.
  *
  * Safety (DESIGN.md 1, 4.3): the planner writes data only into the layer
- * being merged away (commit) or into its only child (pull), and never into a
- * pinned or shared file.  Commit writes into F while F has no other child
- * and no point in time of its own: the one exception DESIGN.md allows.
- * Commit leaves C untouched, and C's readers do not see F's clusters that C
- * overrides, so a pinned C does not stop a commit; unlinking a pinned file
- * is harmless because readers hold descriptors.
+ * being merged away (commit) or into its only child (pull), never into a
+ * shared file, and never so that an open reader sees data change.  Commit
+ * writes into F while F has no other child and no point in time of its
+ * own: the one exception DESIGN.md allows.  Readers keep the chain they
+ * opened (descriptors), so: a pull into C is refused when any reader's
+ * chain holds C; a commit into F when a reader's chain reaches F without
+ * passing C (C hides from it exactly the clusters the commit writes).
+ * Unlinking a file a reader has open is harmless.
  */
 #include <errno.h>
 #include <string.h>
@@ -46,10 +48,7 @@ typedef struct {
   GHashTable *deferred;   /* "target\tpath" of layers left unmerged this time */
   GHashTable *primary;    /* target -> P(S) of the snapshot being deleted */
   GPtrArray *deletes;     /* PlanStep * (DELETE_FILE), appended last */
-  /* Files that left the graph but stay on disk, still backing onto
-   * something, until the plan's last steps delete them: PlanDisk, one per
-   * target, holding PlanImage copies (path, backing, pinned). */
-  PlanState *ghosts;
+  GHashTable *dropped;    /* paths that left the graph (still on disk until the end) */
 } PlanWork;
 
 static void
@@ -60,7 +59,7 @@ plan_work_clear(PlanWork *w)
   g_clear_pointer(&w->deferred, g_hash_table_unref);
   g_clear_pointer(&w->primary, g_hash_table_unref);
   g_clear_pointer(&w->deletes, g_ptr_array_unref);
-  g_clear_pointer(&w->ghosts, plan_state_free);
+  g_clear_pointer(&w->dropped, g_hash_table_unref);
   g_clear_pointer(&w->st, plan_state_free);
   g_clear_pointer(&w->plan, plan_free);
 }
@@ -161,34 +160,29 @@ drop_image(PlanWork *w, PlanDisk *disk, PlanImage *image)
   step->image = g_strdup(image->path);
   step->format = image->format;
   g_ptr_array_add(w->deletes, step);
-
-  PlanDisk *ghosts = plan_state_find_disk(w->ghosts, disk->target);
-  if (ghosts == NULL)
-    ghosts = plan_state_add_disk(w->ghosts, disk->target, NULL);
-  plan_disk_add_image(ghosts, image->path, image->format, image->backing, NULL)->pinned =
-    image->pinned;
+  g_hash_table_add(w->dropped, g_strdup(image->path));
   disk_remove_image(disk, image);
 }
 
-/* A file this plan dropped but has not deleted yet, that a reader has open
- * and whose chain on disk still runs through path: writing into path would
- * change what that reader sees. */
-static const PlanImage *
-pinned_ghost_above(const PlanWork *w, const PlanDisk *disk, const char *path)
+/* The first open point in time whose chain, as it was opened, contains
+ * path and not also keep above it; NULL if none.  Readers resolved their
+ * chain at open() and hold descriptors, so their chains come from the
+ * state before the plan, whatever pointers the plan has moved since. */
+static const char *
+reader_of(const PlanWork *w, const PlanDisk *disk, const char *path, const char *keep)
 {
-  const PlanDisk *ghosts = plan_state_find_disk(w->ghosts, disk->target);
-  if (ghosts == NULL)
-    return NULL;
-  for (guint i = 0; i < ghosts->images->len; i++) {
-    const PlanImage *ghost = ghosts->images->pdata[i];
-    if (!ghost->pinned)
+  const PlanDisk *orig = plan_state_find_disk(w->before, disk->target);
+  for (guint i = 0; i < orig->images->len; i++) {
+    const PlanImage *top = orig->images->pdata[i];
+    if (!top->pinned)
       continue;
     guint depth = 0;
-    for (const PlanImage *up = ghost; up != NULL && depth++ <= disk->images->len + ghosts->images->len;) {
+    for (const PlanImage *up = top; up != NULL && depth++ <= orig->images->len;
+         up = plan_disk_find_image(orig, up->backing)) {
+      if (keep != NULL && strcmp(up->path, keep) == 0)
+        break;
       if (strcmp(up->path, path) == 0)
-        return ghost;
-      const PlanImage *next = plan_disk_find_image(disk, up->backing);
-      up = next ? next : plan_disk_find_image(ghosts, up->backing);
+        return top->path;
     }
   }
   return NULL;
@@ -197,7 +191,9 @@ pinned_ghost_above(const PlanWork *w, const PlanDisk *disk, const char *path)
 static gboolean
 path_taken(PlanWork *w, const char *path)
 {
-  const PlanState *states[] = { w->before, w->st, w->ghosts };
+  if (g_hash_table_contains(w->dropped, path))
+    return TRUE;
+  const PlanState *states[] = { w->before, w->st };
   for (guint s = 0; s < G_N_ELEMENTS(states); s++)
     for (guint i = 0; i < states[s]->disks->len; i++)
       if (plan_disk_find_image(states[s]->disks->pdata[i], path) != NULL)
@@ -362,33 +358,45 @@ merge_costs(const PlanDisk *disk, const PlanImage *f, const PlanImage *c, guint6
   return TRUE;
 }
 
-/* Why commit (writes into f, drops c) may not run now, or NULL. */
+static char *
+open_for_reading(const char *path, const char *reader)
+{
+  if (strcmp(path, reader) == 0)
+    return g_strdup_printf("%s is open for reading", path);
+  return g_strdup_printf("%s is open for reading (under %s)", path, reader);
+}
+
+/* Why commit (writes c's clusters into f, drops c) may not run now, or
+ * NULL.  A reader whose chain has c above f never reads those clusters
+ * of f; only one that reaches f some other way (f's own point, or through
+ * a file an earlier step of this plan took out of f's way) would see them. */
 static char *
 commit_unsafe(const PlanWork *w, const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
 {
-  const PlanImage *ghost = pinned_ghost_above(w, disk, f->path);
-  if (ghost != NULL)
-    return g_strdup_printf("%s is open for reading and still backs onto %s", ghost->path, f->path);
   if (f->shared)
     return g_strdup_printf("%s is used outside this domain", f->path);
-  if (f->pinned)
-    return g_strdup_printf("%s is open for reading", f->path);
   if (c->shared)
     return g_strdup_printf("%s is used outside this domain", c->path);
+  const char *reader = reader_of(w, disk, f->path, c->path);
+  if (reader != NULL)
+    return open_for_reading(f->path, reader);
   return NULL;
 }
 
-/* Why pull (writes into c, drops f) may not run now, or NULL. */
+/* Why pull (writes into c, drops f) may not run now, or NULL.  The data
+ * a reader of c sees would not change, but its file would: DESIGN.md 4.3
+ * writes into no layer an open reader depends on. */
 static char *
-pull_unsafe(const PlanState *st, const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
+pull_unsafe(const PlanWork *w, const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
 {
   if (c->shared)
     return g_strdup_printf("%s is used outside this domain", c->path);
-  if (c->pinned)
-    return g_strdup_printf("%s is open for reading", c->path);
   if (f->shared)
     return g_strdup_printf("%s is used outside this domain", f->path);
-  if (st->running && g_strcmp0(disk->active, c->path) != 0 && in_active_chain(disk, c->path))
+  const char *reader = reader_of(w, disk, c->path, NULL);
+  if (reader != NULL)
+    return open_for_reading(c->path, reader);
+  if (w->st->running && g_strcmp0(disk->active, c->path) != 0 && in_active_chain(disk, c->path))
     return g_strdup_printf("libvirt cannot pull into %s, an intermediate layer of the running domain",
                            c->path);
   return NULL;
@@ -458,7 +466,7 @@ merge_layer(PlanWork *w, PlanDisk *disk, PlanImage *f, PlanImage *c, gboolean *m
     return FALSE;
 
   g_autofree char *no_commit = commit_unsafe(w, disk, f, c);
-  g_autofree char *no_pull = pull_unsafe(w->st, disk, f, c);
+  g_autofree char *no_pull = pull_unsafe(w, disk, f, c);
   g_autofree char *cb = format_bytes(commit_bytes);
   g_autofree char *pb = format_bytes(pull_bytes);
   gboolean c_active = g_strcmp0(disk->active, c->path) == 0;
@@ -816,7 +824,7 @@ planner_plan(const PlanState *state, const PlanOp *op, GError **error)
     .deferred = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
     .primary = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free),
     .deletes = g_ptr_array_new_with_free_func((GDestroyNotify)plan_step_free),
-    .ghosts = plan_state_new(FALSE),
+    .dropped = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
   };
 
   gboolean ok = FALSE;

@@ -22,11 +22,15 @@
  *   writes only into F, the layer whose point in time is going, never into
  *   a file holding a point that stays; and it is the only choice for an
  *   intermediate C on a running domain, so both cases plan alike).
- * - Safety: commit needs F unpinned (it writes F); pull needs C unpinned
- *   (it writes C) and, on a running domain, C active or off the running
- *   chain (libvirt pulls only into the active layer).  Commit with a pinned
- *   C is safe: C is only unlinked, and C's readers never see the clusters
- *   of F that C overrides.  No safe merge: EBUSY for the point being
+ * - Safety: commit writes C's clusters into F, so it is refused when a
+ *   reader reaches F without C above it (F itself is pinned: S's point is
+ *   open).  A reader of C or of anything above C never reads those
+ *   clusters from F, and C itself is only unlinked: a pinned C does not
+ *   stop a commit.  Pull writes into C, so it is refused when any reader's
+ *   chain holds C (DESIGN.md 4.3: no writes into a layer a reader depends
+ *   on, even though the data it reads would not change), and on a running
+ *   domain unless C is active or off the running chain (libvirt pulls only
+ *   into the active layer).  No safe merge: EBUSY for the point being
  *   deleted; a merge that only tidies up (a branch point left with one
  *   child) is skipped instead (PLAN_MERGE_NONE) and done by a later plan.
  * - Revert keeps the present as snapshot planner_pre_revert_name(now)
@@ -69,10 +73,13 @@ typedef struct {
    * must use one granularity.  Needed for every image a merge may touch;
    * NULL in Plan.after (costs there are unknown). */
   const ChainBitmap *allocation;
-  /* An open reader's chain contains this file (the executor marks every
-   * layer of every open point in time).  The planner never writes into a
-   * pinned file; it may still unlink one (readers keep their fd) and move
-   * its backing pointer (readers parsed the header at open). */
+  /* An open reader reads from this file down: the executor marks the point
+   * image of every open snapshot file and the frozen image under @now.  The
+   * planner follows each such chain as it is now (readers hold descriptors
+   * to it) and never changes what one reads.  Marking more layers, e.g.
+   * every layer of each open chain, is safe and only makes plans more
+   * cautious.  Unlinking a file a reader has open, or moving its backing
+   * pointer, is harmless: readers resolved both at open(). */
   gboolean pinned;
   /* Something outside this domain uses the file (a template base shared by
    * several domains, a <readonly/> or <shareable/> disk): never written,
