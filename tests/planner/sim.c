@@ -23,6 +23,8 @@ struct _Sim {
   gint64 clock;
   GHashTable *doomed; /* while sim_run(): "target\tpath" the plan deletes at its end */
   gint crash_at;      /* the next sim_run() cuts this step short once, or -1 */
+  GPtrArray *readers; /* while sim_run(): SimReader * */
+  GHashTable *graveyard; /* while sim_run(): data of deleted files readers may hold */
   gboolean half;      /* the step running now stops halfway (a crash) */
 };
 
@@ -32,6 +34,23 @@ struct _SimExpect {
   GHashTable *names;  /* snapshot names before the operation */
   guint n;
 };
+
+/* An open point in time: the chain it opened (paths, top first) and what
+ * it read then.  Its descriptors keep deleted files readable. */
+typedef struct {
+  char *target;
+  GPtrArray *chain; /* char * */
+  gint *view;
+} SimReader;
+
+static void
+sim_reader_free(SimReader *reader)
+{
+  g_free(reader->target);
+  g_ptr_array_unref(reader->chain);
+  g_free(reader->view);
+  g_free(reader);
+}
 
 static char *
 key_of(const char *a, const char *b)
@@ -88,7 +107,7 @@ in_chain(const PlanDisk *disk, const char *top, const char *path)
 }
 
 /* Images backing onto path that matter: a file the running plan deletes
- * at its end and that no reader has open does not. */
+ * at its end does not (readers that still hold one are checked apart). */
 static guint
 other_children(Sim *sim, const PlanDisk *disk, const char *path, const char *except)
 {
@@ -97,7 +116,7 @@ other_children(Sim *sim, const PlanDisk *disk, const char *path, const char *exc
     PlanImage *image = disk->images->pdata[i];
     g_autofree char *key = key_of(disk->target, image->path);
     if (g_strcmp0(image->backing, path) == 0 && strcmp(image->path, except) != 0 &&
-        (image->pinned || sim->doomed == NULL || !g_hash_table_contains(sim->doomed, key)))
+        (sim->doomed == NULL || !g_hash_table_contains(sim->doomed, key)))
       n++;
   }
   return n;
@@ -344,16 +363,63 @@ sim_expect_free(SimExpect *expect)
     return FALSE;                                                                                  \
   } while (0)
 
-/* Writing content into path: allowed only if nobody reads it, nothing
- * else backs onto it (for a layer below), and the tool may touch it. */
+/* Writing content into image: never into a file another domain uses, and
+ * (DESIGN.md 4.3) never into a layer an open reader's chain holds, except
+ * under keep: clusters of keep, which every such reader reads from keep. */
 static gboolean
-check_writable(Sim *sim, const PlanDisk *disk, const PlanImage *image, const char *what,
-               GError **error)
+check_writable(Sim *sim, const PlanDisk *disk, const PlanImage *image, const char *keep,
+               const char *what, GError **error)
 {
-  if (image->pinned)
-    FAIL("%s writes into %s, which a reader has open", what, image->path);
   if (image->shared)
     FAIL("%s writes into %s, which another domain uses", what, image->path);
+  for (guint i = 0; sim->readers && i < sim->readers->len; i++) {
+    SimReader *reader = sim->readers->pdata[i];
+    if (strcmp(reader->target, disk->target) != 0)
+      continue;
+    for (guint j = 0; j < reader->chain->len; j++) {
+      const char *path = reader->chain->pdata[j];
+      if (keep != NULL && strcmp(path, keep) == 0)
+        break;
+      if (strcmp(path, image->path) == 0)
+        FAIL("%s writes into %s, which the reader of %s depends on", what, image->path,
+             (char *)reader->chain->pdata[0]);
+    }
+  }
+  return TRUE;
+}
+
+static gint *
+reader_view(Sim *sim, const SimReader *reader)
+{
+  gint *view = g_new(gint, sim->n);
+  for (guint c = 0; c < sim->n; c++) {
+    view[c] = 0;
+    for (guint j = 0; j < reader->chain->len; j++) {
+      g_autofree char *key = key_of(reader->target, reader->chain->pdata[j]);
+      gint *data = g_hash_table_lookup(sim->data, key);
+      if (data == NULL)
+        data = g_hash_table_lookup(sim->graveyard, key);
+      g_assert_nonnull(data);
+      if (data[c] >= 0) {
+        view[c] = data[c];
+        break;
+      }
+    }
+  }
+  return view;
+}
+
+static gboolean
+check_readers(Sim *sim, GError **error)
+{
+  for (guint i = 0; i < sim->readers->len; i++) {
+    SimReader *reader = sim->readers->pdata[i];
+    g_autofree gint *now = reader_view(sim, reader);
+    for (guint c = 0; c < sim->n; c++)
+      if (now[c] != reader->view[c])
+        FAIL("the reader of %s sees cluster %u change from %d to %d",
+             (char *)reader->chain->pdata[0], c, reader->view[c], now[c]);
+  }
   return TRUE;
 }
 
@@ -385,7 +451,7 @@ run_commit(Sim *sim, PlanDisk *disk, const PlanStep *step, GError **error)
     FAIL("commit: backing of %s is not %s", top->path, base->path);
   if (other_children(sim, disk, base->path, top->path) != 0)
     FAIL("commit into %s, which other images back onto", base->path);
-  if (!check_writable(sim, disk, base, "commit", error))
+  if (!check_writable(sim, disk, base, top->path, "commit", error))
     return FALSE;
   if (step->block_job) {
     if (!sim->st->running)
@@ -434,7 +500,7 @@ run_pull(Sim *sim, PlanDisk *disk, const PlanStep *step, GError **error)
     FAIL("pull: %s is not below %s", step->backing, image->path);
   if (step->backing != NULL && strcmp(step->backing, image->path) == 0)
     FAIL("pull: %s onto itself", image->path);
-  if (!check_writable(sim, disk, image, "pull", error))
+  if (!check_writable(sim, disk, image, NULL, "pull", error))
     return FALSE;
   if (step->block_job) {
     if (!sim->st->running || g_strcmp0(disk->active, image->path) != 0)
@@ -521,7 +587,9 @@ run_delete_file(Sim *sim, PlanDisk *disk, const PlanStep *step, GError **error)
       FAIL("delete %s, which snapshot %s names", image->path,
            ((PlanSnapshot *)sim->st->snapshots->pdata[i])->name);
   g_autofree char *key = key_of(disk->target, image->path);
-  g_hash_table_remove(sim->data, key);
+  gpointer old_key = NULL, data = NULL;
+  g_hash_table_steal_extended(sim->data, key, &old_key, &data);
+  g_hash_table_insert(sim->graveyard, old_key, data);
   g_ptr_array_remove(disk->images, image);
   return TRUE;
 }
@@ -624,6 +692,25 @@ sim_run(Sim *sim, const Plan *plan, gboolean twice, GError **error)
       g_hash_table_add(doomed, key_of(step->disk, step->image));
   }
   sim->doomed = doomed;
+  g_autoptr(GPtrArray) readers = g_ptr_array_new_with_free_func((GDestroyNotify)sim_reader_free);
+  g_autoptr(GHashTable) graveyard = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  sim->readers = readers;
+  sim->graveyard = graveyard;
+  for (guint d = 0; d < sim->st->disks->len; d++) {
+    PlanDisk *disk = sim->st->disks->pdata[d];
+    for (guint j = 0; j < disk->images->len; j++) {
+      PlanImage *top = disk->images->pdata[j];
+      if (!top->pinned)
+        continue;
+      SimReader *reader = g_new0(SimReader, 1);
+      reader->target = g_strdup(disk->target);
+      reader->chain = g_ptr_array_new_with_free_func(g_free);
+      for (PlanImage *image = top; image != NULL; image = plan_disk_find_image(disk, image->backing))
+        g_ptr_array_add(reader->chain, g_strdup(image->path));
+      reader->view = reader_view(sim, reader);
+      g_ptr_array_add(readers, reader);
+    }
+  }
   gboolean ok = TRUE;
   gint crash_at = sim->crash_at;
   sim->crash_at = -1;
@@ -632,7 +719,7 @@ sim_run(Sim *sim, const Plan *plan, gboolean twice, GError **error)
     if ((gint)i == crash_at && (step->kind == PLAN_STEP_COMMIT || step->kind == PLAN_STEP_ACTIVE_COMMIT ||
                                 step->kind == PLAN_STEP_PULL)) {
       sim->half = TRUE;
-      ok = run_step(sim, step, error);
+      ok = run_step(sim, step, error) && check_readers(sim, error);
       sim->half = FALSE;
       if (!ok) {
         g_prefix_error(error, "step %u cut short: ", i);
@@ -640,7 +727,7 @@ sim_run(Sim *sim, const Plan *plan, gboolean twice, GError **error)
       }
     }
     for (guint r = 0; r < (twice ? 2u : 1u); r++) {
-      if (!run_step(sim, step, error)) {
+      if (!run_step(sim, step, error) || !check_readers(sim, error)) {
         g_autofree char *line = plan_step_to_line(plan->steps->pdata[i]);
         g_prefix_error(error, "step %u (%s)%s: ", i, line, r ? " re-run" : "");
         ok = FALSE;
@@ -649,6 +736,8 @@ sim_run(Sim *sim, const Plan *plan, gboolean twice, GError **error)
     }
   }
   sim->doomed = NULL;
+  sim->readers = NULL;
+  sim->graveyard = NULL;
   return ok;
 }
 

@@ -41,13 +41,13 @@ random_snapshot(GRand *rand, const PlanState *st)
   return ((PlanSnapshot *)st->snapshots->pdata[g_rand_int_range(rand, 0, (gint32)st->snapshots->len)])->name;
 }
 
-/* Readers: random layers, the chain of a random point, or the present
- * (each one time in seven; no reader otherwise). */
+/* Readers: random layers, every layer of a random point's chain, its point
+ * image only, or the present (each one time in eight; else no reader). */
 static gboolean
 random_pins(GRand *rand, Sim *sim)
 {
   const PlanState *st = sim_state(sim);
-  switch (g_rand_int_range(rand, 0, 7)) {
+  switch (g_rand_int_range(rand, 0, 8)) {
   case 0: {
     gboolean any = FALSE;
     for (guint i = 0; i < st->disks->len; i++) {
@@ -68,7 +68,20 @@ random_pins(GRand *rand, Sim *sim)
     sim_pin_point(sim, name);
     return TRUE;
   }
-  case 2:
+  case 2: {
+    /* What the executor marks: the point image of an open snapshot. */
+    const char *name = random_snapshot(rand, st);
+    if (name == NULL)
+      return FALSE;
+    const PlanSnapshot *snapshot = plan_state_find_snapshot(st, name);
+    for (guint i = 0; i < snapshot->disks->len; i++) {
+      const PlanSnapshotDisk *sd = snapshot->disks->pdata[i];
+      PlanDisk *disk = plan_state_find_disk(st, sd->target);
+      sim_pin(sim, sd->target, plan_disk_find_image(disk, sd->overlay)->backing);
+    }
+    return TRUE;
+  }
+  case 3:
     /* A reader of @now: the daemon froze the present under a temporary
      * overlay, so everything below the active image is open. */
     for (guint i = 0; i < st->disks->len; i++) {
