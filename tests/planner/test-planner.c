@@ -155,6 +155,14 @@ static const DeleteCase delete_cases[] = {
   { "pinned-C-running-active-commits", TRUE, CHAIN_FORMAT_QCOW2, 2, { "1", "1", "11111111" },
     "s2", "/img/vda.s2", 0, PLAN_MERGE_COMMIT,
     "active-commit@ delete-snapshot set-current set-active delete-file" },
+  /* A reader of s4's point (vda.s3) reads through C and F: C hides from
+   * it what a commit writes into F, but a pull would write C. */
+  { "reader-above-C-commits", FALSE, CHAIN_FORMAT_QCOW2, 4, { "1", "10000000", "01111111", "1", "1" },
+    "s2", "/img/vda.s3", 0, PLAN_MERGE_COMMIT,
+    "commit rebase-unsafe delete-snapshot redefine-snapshot delete-file" },
+  /* The same reader with every layer of its chain marked: cautious. */
+  { "whole-chain-pinned-ebusy", FALSE, CHAIN_FORMAT_QCOW2, 4, { "1", "10000000", "01111111", "1", "1" },
+    "s2", "/img/vda.s3 /img/vda.s2 /img/vda.s1 /img/vda-base", EBUSY, PLAN_MERGE_NONE, NULL },
   { "pinned-elsewhere-irrelevant", FALSE, CHAIN_FORMAT_QCOW2, 3, { "1", "11111111", "10000000", NULL },
     "s2", "/img/vda-base /img/vda.s3", 0, PLAN_MERGE_COMMIT,
     "commit rebase-unsafe delete-snapshot redefine-snapshot delete-file" },
