@@ -18,21 +18,29 @@ check_disk(const PlanDisk *disk, GError **error)
 {
   if (disk->unsupported != NULL)
     return TRUE;
-  if (plan_disk_find_image(disk, disk->active) == NULL) {
-    g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: active image %s is not in its graph",
-                disk->target, disk->active ? disk->active : "(none)");
-    return FALSE;
-  }
+
+  g_autoptr(GHashTable) by_path = g_hash_table_new(g_str_hash, g_str_equal);
   for (guint i = 0; i < disk->images->len; i++) {
     const PlanImage *image = disk->images->pdata[i];
-    if (image->path == NULL || plan_disk_find_image(disk, image->path) != image) {
+    if (image->path == NULL || !g_hash_table_insert(by_path, image->path, (gpointer)image)) {
       g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: image %s is listed twice",
                   disk->target, image->path ? image->path : "(null)");
       return FALSE;
     }
+  }
+  if (disk->active == NULL || !g_hash_table_contains(by_path, disk->active)) {
+    g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: active image %s is not in its graph",
+                disk->target, disk->active ? disk->active : "(none)");
+    return FALSE;
+  }
+
+  /* Images whose chain is known to end (no loop). */
+  g_autoptr(GHashTable) ends = g_hash_table_new(NULL, NULL);
+  for (guint i = 0; i < disk->images->len; i++) {
+    const PlanImage *image = disk->images->pdata[i];
     if (image->backing == NULL)
       continue;
-    if (plan_disk_find_image(disk, image->backing) == NULL) {
+    if (!g_hash_table_contains(by_path, image->backing)) {
       g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: backing file %s of %s is not in its graph",
                   disk->target, image->backing, image->path);
       return FALSE;
@@ -42,15 +50,19 @@ check_disk(const PlanDisk *disk, GError **error)
                   disk->target, image->path);
       return FALSE;
     }
-    /* A chain longer than the graph has a loop. */
+    /* A walk longer than the graph has a loop. */
     guint depth = 0;
-    for (const PlanImage *up = image; up != NULL; up = plan_disk_find_image(disk, up->backing)) {
+    const PlanImage *up = image;
+    while (up != NULL && !g_hash_table_contains(ends, up)) {
       if (++depth > disk->images->len) {
         g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: the backing chain of %s loops",
                     disk->target, image->path);
         return FALSE;
       }
+      up = up->backing ? g_hash_table_lookup(by_path, up->backing) : NULL;
     }
+    for (up = image; up != NULL && g_hash_table_add(ends, (gpointer)up);)
+      up = up->backing ? g_hash_table_lookup(by_path, up->backing) : NULL;
   }
   return TRUE;
 }

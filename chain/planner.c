@@ -73,44 +73,11 @@ disk_key(const PlanDisk *disk, const char *path)
 /* ------------------------------------------------------------------ */
 /* Graph queries on one disk.                                           */
 
-static guint
-count_children(const PlanDisk *disk, const char *path, PlanImage **only)
-{
-  guint n = 0;
-  for (guint i = 0; i < disk->images->len; i++) {
-    PlanImage *image = disk->images->pdata[i];
-    if (g_strcmp0(image->backing, path) == 0) {
-      if (only)
-        *only = image;
-      n++;
-    }
-  }
-  return n;
-}
-
 static const char *
 snapshot_point(const PlanDisk *disk, const PlanSnapshot *snapshot)
 {
   PlanImage *overlay = plan_disk_find_image(disk, plan_snapshot_overlay(snapshot, disk->target));
   return overlay ? overlay->backing : NULL;
-}
-
-static gboolean
-is_point(const PlanState *st, const PlanDisk *disk, const char *path)
-{
-  for (guint i = 0; i < st->snapshots->len; i++)
-    if (g_strcmp0(snapshot_point(disk, st->snapshots->pdata[i]), path) == 0)
-      return TRUE;
-  return FALSE;
-}
-
-static gboolean
-is_overlay(const PlanState *st, const PlanDisk *disk, const char *path)
-{
-  for (guint i = 0; i < st->snapshots->len; i++)
-    if (g_strcmp0(plan_snapshot_overlay(st->snapshots->pdata[i], disk->target), path) == 0)
-      return TRUE;
-  return FALSE;
 }
 
 static gboolean
@@ -123,6 +90,68 @@ in_active_chain(const PlanDisk *disk, const char *path)
     if (strcmp(image->path, path) == 0)
       return TRUE;
   return FALSE;
+}
+
+/* Lookups over one disk for the normal-form rules, which ask them for every
+ * image: built in O(images + snapshots), valid until the graph or the
+ * metadata changes, so normalize_disk() rebuilds it after every change.
+ * Keys are borrowed from the images and snapshots. */
+typedef struct {
+  GHashTable *images;   /* path -> PlanImage * */
+  GHashTable *children; /* path -> GPtrArray of PlanImage * */
+  GHashTable *points;   /* paths that are a snapshot's point image */
+  GHashTable *overlays; /* paths that a snapshot names */
+} DiskIndex;
+
+static void
+disk_index_build(DiskIndex *idx, const PlanState *st, const PlanDisk *disk)
+{
+  idx->images = g_hash_table_new(g_str_hash, g_str_equal);
+  idx->children = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
+                                        (GDestroyNotify)g_ptr_array_unref);
+  idx->points = g_hash_table_new(g_str_hash, g_str_equal);
+  idx->overlays = g_hash_table_new(g_str_hash, g_str_equal);
+  for (guint i = 0; i < disk->images->len; i++) {
+    PlanImage *image = disk->images->pdata[i];
+    g_hash_table_insert(idx->images, image->path, image);
+    if (image->backing == NULL)
+      continue;
+    GPtrArray *kids = g_hash_table_lookup(idx->children, image->backing);
+    if (kids == NULL) {
+      kids = g_ptr_array_new();
+      g_hash_table_insert(idx->children, image->backing, kids);
+    }
+    g_ptr_array_add(kids, image);
+  }
+  for (guint i = 0; i < st->snapshots->len; i++) {
+    const char *path = plan_snapshot_overlay(st->snapshots->pdata[i], disk->target);
+    PlanImage *overlay = path ? g_hash_table_lookup(idx->images, path) : NULL;
+    if (overlay == NULL)
+      continue;
+    g_hash_table_add(idx->overlays, overlay->path);
+    if (overlay->backing != NULL)
+      g_hash_table_add(idx->points, overlay->backing);
+  }
+}
+
+static void
+disk_index_clear(DiskIndex *idx)
+{
+  g_clear_pointer(&idx->images, g_hash_table_unref);
+  g_clear_pointer(&idx->children, g_hash_table_unref);
+  g_clear_pointer(&idx->points, g_hash_table_unref);
+  g_clear_pointer(&idx->overlays, g_hash_table_unref);
+}
+
+static guint
+index_children(const DiskIndex *idx, const char *path, PlanImage **only)
+{
+  GPtrArray *kids = g_hash_table_lookup(idx->children, path);
+  if (kids == NULL || kids->len == 0)
+    return 0;
+  if (only != NULL)
+    *only = kids->pdata[0];
+  return kids->len;
 }
 
 static void
@@ -246,22 +275,22 @@ bitmap_union(PlanWork *w, const ChainBitmap *a, const ChainBitmap *b)
 /* Normal form, rule 1: dead-end overlays.                              */
 
 static gboolean
-is_dead_end(const PlanState *st, const PlanDisk *disk, const PlanImage *image)
+is_dead_end(const DiskIndex *idx, const PlanDisk *disk, const PlanImage *image)
 {
-  return count_children(disk, image->path, NULL) == 0 && g_strcmp0(disk->active, image->path) != 0 &&
-         !is_point(st, disk, image->path) && !image->shared;
+  return index_children(idx, image->path, NULL) == 0 && g_strcmp0(disk->active, image->path) != 0 &&
+         !g_hash_table_contains(idx->points, image->path) && !image->shared;
 }
 
 static gboolean
-repoint_dead_ends(PlanWork *w, PlanDisk *disk)
+repoint_dead_ends(PlanWork *w, PlanDisk *disk, const DiskIndex *idx)
 {
   for (guint i = 0; i < w->st->snapshots->len; i++) {
     PlanSnapshot *snapshot = w->st->snapshots->pdata[i];
     PlanSnapshotDisk *sd = plan_snapshot_find_disk(snapshot, disk->target);
     if (sd == NULL)
       continue;
-    PlanImage *overlay = plan_disk_find_image(disk, sd->overlay);
-    if (overlay == NULL || !is_dead_end(w->st, disk, overlay))
+    PlanImage *overlay = sd->overlay ? g_hash_table_lookup(idx->images, sd->overlay) : NULL;
+    if (overlay == NULL || !is_dead_end(idx, disk, overlay))
       continue;
 
     /* A sibling that stays anyway (or an empty overlay made for another
@@ -269,11 +298,12 @@ repoint_dead_ends(PlanWork *w, PlanDisk *disk)
      * revert leaves S naming the overlay the domain runs on, as if S had
      * just been taken. */
     PlanImage *best = NULL;
-    for (guint j = 0; j < disk->images->len; j++) {
-      PlanImage *sib = disk->images->pdata[j];
+    GPtrArray *siblings = g_hash_table_lookup(idx->children, overlay->backing);
+    for (guint j = 0; j < siblings->len; j++) {
+      PlanImage *sib = siblings->pdata[j];
       g_autofree char *sib_key = disk_key(disk, sib->path);
-      if (sib == overlay || g_strcmp0(sib->backing, overlay->backing) != 0 ||
-          (is_dead_end(w->st, disk, sib) && !g_hash_table_contains(w->fresh, sib_key)))
+      if (sib == overlay ||
+          (is_dead_end(idx, disk, sib) && !g_hash_table_contains(w->fresh, sib_key)))
         continue;
       if (best == NULL || g_strcmp0(disk->active, sib->path) == 0)
         best = sib;
@@ -292,7 +322,7 @@ repoint_dead_ends(PlanWork *w, PlanDisk *disk)
       continue;
     if (overlay->allocation != NULL && chain_bitmap_count(overlay->allocation) == 0)
       continue;
-    PlanImage *point = plan_disk_find_image(disk, overlay->backing);
+    PlanImage *point = g_hash_table_lookup(idx->images, overlay->backing);
     PlanImage *empty = create_overlay(w, disk, point, overlay->path, "overlay");
     g_free(sd->overlay);
     sd->overlay = g_strdup(empty->path);
@@ -303,12 +333,12 @@ repoint_dead_ends(PlanWork *w, PlanDisk *disk)
 
 /* Rule 2: garbage. */
 static gboolean
-drop_garbage(PlanWork *w, PlanDisk *disk)
+drop_garbage(PlanWork *w, PlanDisk *disk, const DiskIndex *idx)
 {
   for (guint i = 0; i < disk->images->len; i++) {
     PlanImage *image = disk->images->pdata[i];
-    if (count_children(disk, image->path, NULL) == 0 && g_strcmp0(disk->active, image->path) != 0 &&
-        !is_overlay(w->st, disk, image->path) && !image->shared) {
+    if (index_children(idx, image->path, NULL) == 0 && g_strcmp0(disk->active, image->path) != 0 &&
+        !g_hash_table_contains(idx->overlays, image->path) && !image->shared) {
       drop_image(w, disk, image);
       return TRUE;
     }
@@ -526,14 +556,14 @@ merge_layer(PlanWork *w, PlanDisk *disk, PlanImage *f, PlanImage *c, gboolean *m
 }
 
 static gboolean
-merge_unnamed(PlanWork *w, PlanDisk *disk, gboolean *changed, GError **error)
+merge_unnamed(PlanWork *w, PlanDisk *disk, const DiskIndex *idx, gboolean *changed, GError **error)
 {
   *changed = FALSE;
   for (guint i = 0; i < disk->images->len; i++) {
     PlanImage *f = disk->images->pdata[i];
     PlanImage *c = NULL;
-    if (g_strcmp0(disk->active, f->path) == 0 || f->shared || is_point(w->st, disk, f->path) ||
-        count_children(disk, f->path, &c) != 1)
+    if (g_strcmp0(disk->active, f->path) == 0 || f->shared ||
+        g_hash_table_contains(idx->points, f->path) || index_children(idx, f->path, &c) != 1)
       continue;
     g_autofree char *key = disk_key(disk, f->path);
     if (g_hash_table_contains(w->deferred, key))
@@ -553,9 +583,15 @@ normalize_disk(PlanWork *w, PlanDisk *disk, GError **error)
     return TRUE;
   for (;;) {
     gboolean changed = FALSE;
-    if (repoint_dead_ends(w, disk) || drop_garbage(w, disk))
-      continue;
-    if (!merge_unnamed(w, disk, &changed, error))
+    DiskIndex idx;
+    disk_index_build(&idx, w->st, disk);
+    gboolean ok = TRUE;
+    if (!repoint_dead_ends(w, disk, &idx) && !drop_garbage(w, disk, &idx))
+      ok = merge_unnamed(w, disk, &idx, &changed, error);
+    else
+      changed = TRUE;
+    disk_index_clear(&idx);
+    if (!ok)
       return FALSE;
     if (!changed)
       return TRUE;

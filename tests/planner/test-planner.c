@@ -313,6 +313,33 @@ test_delete_offline_branch_while_running(void)
   g_assert_nonnull(plan_state_find_snapshot(plan->after, kept));
 }
 
+/* A chain as deep as the reader follows: every other point deleted, on a
+ * running domain, in a time that does not grow out of hand. */
+static void
+test_delete_deep_chain(void)
+{
+  g_autoptr(Sim) sim = sim_new(NCLUSTERS);
+  sim_add_disk(sim, "vda", CHAIN_FORMAT_RAW);
+  sim_write_mask(sim, "vda", "11111111");
+  for (guint i = 1; i < CHAIN_MAX_DEPTH; i++) {
+    g_autofree char *name = g_strdup_printf("s%u", i);
+    sim_snapshot(sim, name);
+    sim_write(sim, "vda", i % NCLUSTERS, (gint)i);
+  }
+  sim_set_running(sim, TRUE);
+  gint64 start = g_get_monotonic_time();
+  for (guint i = 1; i < CHAIN_MAX_DEPTH; i += 2) {
+    g_autofree char *name = g_strdup_printf("s%u", i);
+    PlanOp op = { .kind = PLAN_OP_DELETE, .name = name };
+    g_autoptr(GError) error = NULL;
+    g_autoptr(Plan) plan = plan_and_run(sim, &op, &error);
+    g_assert_no_error(error);
+  }
+  g_test_message("%d deletes in a %d-layer chain: %" G_GINT64_FORMAT " ms", CHAIN_MAX_DEPTH / 2,
+                 CHAIN_MAX_DEPTH, (g_get_monotonic_time() - start) / 1000);
+  g_assert_cmpuint(sim_image_count(sim, "vda"), ==, CHAIN_MAX_DEPTH / 2);
+}
+
 /* ------------------------------------------------------------------ */
 /* Branches.                                                            */
 
@@ -829,6 +856,7 @@ main(int argc, char **argv)
   g_test_add_func("/planner/delete/costs", test_delete_costs);
   g_test_add_func("/planner/delete/commit-fields", test_delete_commit_fields);
   g_test_add_func("/planner/delete/offline-branch-while-running", test_delete_offline_branch_while_running);
+  g_test_add_func("/planner/delete/deep-chain", test_delete_deep_chain);
   g_test_add_func("/planner/branch/shared-layer-merges-away", test_branch_delete_keeps_shared_layer);
   g_test_add_func("/planner/branch/merge-deferred", test_branch_merge_deferred);
   g_test_add_func("/planner/multi-disk/choices", test_multi_disk);
