@@ -14,6 +14,18 @@
  * named and has exactly one child is merged away, by commit (the child's
  * clusters go into it) or pull (its clusters go into the child).
  *
+ * Use (the executor in fs/):
+ *
+ *   g_autoptr(PlanState) st = plan_state_new(domain_is_running);
+ *   PlanDisk *d = plan_state_add_disk(st, "vda", active_path);
+ *   PlanImage *im = plan_disk_add_image(d, path, CHAIN_FORMAT_QCOW2, backing_path, bitmap);
+ *   im->pinned = a_reader_opened_this_point_image;     (one call per file)
+ *   PlanSnapshot *s = plan_state_add_snapshot(st, name, ctime, parent, is_current);
+ *   plan_snapshot_set_overlay(s, "vda", overlay_path);  (from <disks><disk><source file>)
+ *   PlanOp op = { .kind = PLAN_OP_DELETE, .name = name, .now = time(NULL) };
+ *   g_autoptr(Plan) plan = planner_plan(st, &op, &error);
+ *   journal plan_steps_to_text(plan->steps), log plan->choices, run the steps.
+ *
  * Decisions:
  * - Cost: commit moves the clusters allocated in C, pull those of F that C
  *   does not override (PlanImage.allocation).  The cheaper safe one wins.
