@@ -812,7 +812,9 @@ plan_revert(PlanWork *w, GError **error)
     PlanImage *point = plan_disk_find_image(disk, snapshot_point(disk, snapshot));
     PlanImage *present = plan_disk_find_image(disk, disk->active);
 
-    PlanImage *overlay = create_overlay(w, disk, point, point->path, "revert");
+    /* Next to the present, not the point: that may be a template
+     * directory the domain only reads. */
+    PlanImage *overlay = create_overlay(w, disk, point, present->path, "revert");
     g_free(disk->active);
     disk->active = g_strdup(overlay->path);
 

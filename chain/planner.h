@@ -49,8 +49,9 @@
  *   whose overlay is a new empty file on the old active image (libvirt
  *   names points by overlays); the reverted-to snapshot then names the
  *   new active overlay.  Discard drops what only the present used.
- * - New files are named DIR/TARGET.PURPOSE-YYYYMMDDTHHMMSSZ[-N].qcow2 next
- *   to the image they back onto (PURPOSE: revert, pre-revert, overlay).
+ * - New files are named DIR/TARGET.PURPOSE-YYYYMMDDTHHMMSSZ[-N].qcow2, in
+ *   the directory of the active image (revert, pre-revert) or of the file
+ *   they replace (overlay), never next to a possibly shared base.
  *
  * Ownership: every char * and GPtrArray in these structs is owned by the
  * struct that holds it, except PlanImage.allocation (borrowed: it must

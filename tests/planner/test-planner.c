@@ -844,6 +844,29 @@ test_revert_discard_collects_branch(void)
   g_assert_cmpuint(p3->after->snapshots->len, ==, 1);
 }
 
+/* New files go where the domain keeps its images, not next to a template. */
+static void
+test_revert_new_file_dir(void)
+{
+  g_autoptr(PlanState) st = plan_state_new(FALSE);
+  PlanDisk *disk = plan_state_add_disk(st, "vda", "/img/vda.s1");
+  plan_disk_add_image(disk, "/templates/base", CHAIN_FORMAT_RAW, NULL, NULL)->shared = TRUE;
+  plan_disk_add_image(disk, "/img/vda.s1", CHAIN_FORMAT_QCOW2, "/templates/base", NULL);
+  plan_snapshot_set_overlay(plan_state_add_snapshot(st, "s1", 1, NULL, TRUE), "vda", "/img/vda.s1");
+
+  PlanOp op = { .kind = PLAN_OP_REVERT, .name = "s1", .discard = TRUE, .now = 1800000000 };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(Plan) plan = planner_plan(st, &op, &error);
+  g_assert_no_error(error);
+  const PlanStep *create = find_step(plan, PLAN_STEP_CREATE_OVERLAY, 0);
+  g_assert_cmpstr(create->image, ==, "/img/vda.revert-20270115T080000Z.qcow2");
+  g_assert_cmpstr(create->backing, ==, "/templates/base");
+  g_assert_cmpint(create->backing_format, ==, CHAIN_FORMAT_RAW);
+  g_assert_cmpstr(plan_snapshot_overlay(plan_state_find_snapshot(plan->after, "s1"), "vda"), ==,
+                  create->image);
+  g_assert_cmpstr(find_step(plan, PLAN_STEP_DELETE_FILE, 0)->image, ==, "/img/vda.s1");
+}
+
 int
 main(int argc, char **argv)
 {
@@ -876,5 +899,6 @@ main(int argc, char **argv)
   }
   g_test_add_func("/planner/revert/twice-same-second", test_revert_twice_same_second);
   g_test_add_func("/planner/revert/discard-collects-branch", test_revert_discard_collects_branch);
+  g_test_add_func("/planner/revert/new-file-dir", test_revert_new_file_dir);
   return g_test_run();
 }
