@@ -46,9 +46,12 @@
  *   deleted; a merge that only tidies up (a branch point left with one
  *   child) is skipped instead (PLAN_MERGE_NONE) and done by a later plan.
  * - Revert keeps the present as snapshot planner_pre_revert_name(now)
- *   whose overlay is a new empty file on the old active image (libvirt
- *   names points by overlays); the reverted-to snapshot then names the
- *   new active overlay.  Discard drops what only the present used.
+ *   (-2, -3... if taken) whose overlay is a new empty file on the old
+ *   active image (libvirt names points by overlays).  A snapshot whose
+ *   overlay became a dead end (a leaf nobody runs or reads as a point)
+ *   names a live sibling instead, the new active overlay first, as if it
+ *   had just been taken; with no sibling, an empty overlay replaces a dead
+ *   end that holds data.  Discard drops whatever only the present used.
  * - New files are named DIR/TARGET.PURPOSE-YYYYMMDDTHHMMSSZ[-N].qcow2, in
  *   the directory of the active image (revert, pre-revert) or of the file
  *   they replace (overlay), never next to a possibly shared base.
