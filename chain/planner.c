@@ -723,7 +723,13 @@ plan_delete(PlanWork *w, GError **error)
   for (guint j = 0; j < snapshot->disks->len; j++) {
     const PlanSnapshotDisk *sd = snapshot->disks->pdata[j];
     PlanDisk *disk = plan_state_find_disk(w->st, sd->target);
-    g_hash_table_insert(w->primary, g_strdup(disk->target), g_strdup(snapshot_point(disk, snapshot)));
+    const char *point = snapshot_point(disk, snapshot);
+    if (w->op->refuse_open && plan_disk_find_image(disk, point)->pinned) {
+      g_set_error(error, PLANNER_ERROR, EBUSY, "cannot delete snapshot %s: disk %s: %s is open for reading",
+                  snapshot->name, disk->target, point);
+      return FALSE;
+    }
+    g_hash_table_insert(w->primary, g_strdup(disk->target), g_strdup(point));
   }
 
   /* libvirt's tree: children move up to the parent, which also becomes

@@ -172,6 +172,10 @@ typedef struct {
   const char *name;
   const char *new_name;   /* RENAME */
   gboolean discard;       /* REVERT: drop the present instead of keeping it */
+  /* DELETE: EBUSY when a reader has the point being deleted open (its
+   * point image is pinned), as DESIGN.md 3's errno table reads, instead
+   * of planning around that reader (a pull leaves its files intact). */
+  gboolean refuse_open;
   /* UTC seconds: names the pre-revert snapshot and any file the plan
    * creates, so that the planner needs no clock. */
   gint64 now;

@@ -222,6 +222,26 @@ test_delete_case(gconstpointer data)
   g_assert_cmpuint(sim_image_count(sim, "vda"), ==, tc->layers);
 }
 
+/* The daemon may prefer EBUSY for an open point to planning around it. */
+static void
+test_delete_refuse_open(void)
+{
+  const char *masks[] = { "1", "11111111", "10000000", NULL };
+  g_autoptr(Sim) sim = build_chain(3, masks, CHAIN_FORMAT_QCOW2, FALSE);
+  sim_pin(sim, "vda", "/img/vda.s1");
+  PlanOp op = { .kind = PLAN_OP_DELETE, .name = "s2", .refuse_open = TRUE };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(Plan) plan = planner_plan(sim_state(sim), &op, &error);
+  g_assert_error(error, PLANNER_ERROR, EBUSY);
+  g_assert_nonnull(strstr(error->message, "/img/vda.s1 is open for reading"));
+  g_clear_error(&error);
+  /* A reader elsewhere does not count. */
+  sim_unpin_all(sim);
+  sim_pin(sim, "vda", "/img/vda.s2");
+  g_autoptr(Plan) p2 = plan_and_run(sim, &op, &error);
+  g_assert_no_error(error);
+}
+
 /* The costs reported for the log are the bytes each direction moves. */
 static void
 test_delete_costs(void)
@@ -877,6 +897,7 @@ main(int argc, char **argv)
     g_test_add_data_func(path, &delete_cases[i], test_delete_case);
   }
   g_test_add_func("/planner/delete/costs", test_delete_costs);
+  g_test_add_func("/planner/delete/refuse-open", test_delete_refuse_open);
   g_test_add_func("/planner/delete/commit-fields", test_delete_commit_fields);
   g_test_add_func("/planner/delete/offline-branch-while-running", test_delete_offline_branch_while_running);
   g_test_add_func("/planner/delete/deep-chain", test_delete_deep_chain);
