@@ -70,6 +70,13 @@ plan_and_run(Sim *sim, const PlanOp *op, GError **error)
   if (plan == NULL)
     return NULL;
 
+  /* after owns no maps: the planner's own ones are freed with it. */
+  for (guint i = 0; i < plan->after->disks->len; i++) {
+    const PlanDisk *disk = plan->after->disks->pdata[i];
+    for (guint j = 0; j < disk->images->len; j++)
+      g_assert_null(((PlanImage *)disk->images->pdata[j])->allocation);
+  }
+
   /* Journal lines must give the same plan back. */
   g_autofree char *text = plan_steps_to_text(plan->steps);
   g_autoptr(GError) perr = NULL;
