@@ -582,6 +582,40 @@ test_shared_base(void)
   g_assert_true(sim_has_file(sim, "vda", "/img/vda-base"));
 }
 
+/* An input that is not in normal form (an unnamed layer /u left by some
+ * other tool) gets tidied up too, but a merge nobody asked for waits when
+ * a map is missing, instead of failing the delete. */
+static void
+test_untidy_input(void)
+{
+  g_autoptr(ChainBitmap) full = chain_bitmap_new(SIM_GRANULARITY, 8 * SIM_GRANULARITY);
+  g_autoptr(ChainBitmap) one = chain_bitmap_new(SIM_GRANULARITY, 8 * SIM_GRANULARITY);
+  chain_bitmap_set_range(full, 0, 8 * SIM_GRANULARITY);
+  chain_bitmap_set_range(one, 0, 1);
+  g_autoptr(PlanState) st = plan_state_new(FALSE);
+  PlanDisk *disk = plan_state_add_disk(st, "vda", "/a");
+  plan_disk_add_image(disk, "/b", CHAIN_FORMAT_RAW, NULL, full);
+  plan_disk_add_image(disk, "/u", CHAIN_FORMAT_QCOW2, "/b", one);
+  plan_disk_add_image(disk, "/c", CHAIN_FORMAT_QCOW2, "/u", NULL);
+  plan_disk_add_image(disk, "/a", CHAIN_FORMAT_QCOW2, "/c", NULL);
+  plan_snapshot_set_overlay(plan_state_add_snapshot(st, "s1", 1, NULL, FALSE), "vda", "/u");
+  plan_snapshot_set_overlay(plan_state_add_snapshot(st, "s2", 2, "s1", TRUE), "vda", "/a");
+
+  PlanOp op = { .kind = PLAN_OP_DELETE, .name = "s1" };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(Plan) plan = planner_plan(st, &op, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(plan->choices->len, ==, 2);
+  const PlanChoice *asked = plan->choices->pdata[0], *tidy = plan->choices->pdata[1];
+  g_assert_cmpstr(asked->layer, ==, "/b");
+  g_assert_cmpint(asked->chosen, ==, PLAN_MERGE_COMMIT);
+  g_assert_cmpstr(tidy->layer, ==, "/b");
+  g_assert_cmpstr(tidy->child, ==, "/c");
+  g_assert_cmpint(tidy->chosen, ==, PLAN_MERGE_NONE);
+  g_autofree char *sig = signature(plan);
+  g_assert_cmpstr(sig, ==, "commit rebase-unsafe delete-snapshot redefine-snapshot delete-file");
+}
+
 static void
 test_bad_input(void)
 {
@@ -915,6 +949,7 @@ main(int argc, char **argv)
   g_test_add_func("/planner/input/unsupported-disk", test_unsupported_disk);
   g_test_add_func("/planner/input/shared-base", test_shared_base);
   g_test_add_func("/planner/input/bad", test_bad_input);
+  g_test_add_func("/planner/input/untidy", test_untidy_input);
   g_test_add_func("/planner/rename/steps", test_rename);
   for (guint i = 0; i < G_N_ELEMENTS(rename_errors); i++) {
     g_autofree char *path = g_strdup_printf("/planner/rename/%s", rename_errors[i].name);
