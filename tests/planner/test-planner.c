@@ -238,14 +238,14 @@ test_delete_refuse_open(void)
   sim_pin(sim, "vda", "/img/vda.s1");
   PlanOp op = { .kind = PLAN_OP_DELETE, .name = "s2", .refuse_open = TRUE };
   g_autoptr(GError) error = NULL;
-  g_autoptr(Plan) plan = planner_plan(sim_state(sim), &op, &error);
+  g_assert_null(planner_plan(sim_state(sim), &op, &error));
   g_assert_error(error, PLANNER_ERROR, EBUSY);
   g_assert_nonnull(strstr(error->message, "/img/vda.s1 is open for reading"));
   g_clear_error(&error);
   /* A reader elsewhere does not count. */
   sim_unpin_all(sim);
   sim_pin(sim, "vda", "/img/vda.s2");
-  g_autoptr(Plan) p2 = plan_and_run(sim, &op, &error);
+  plan_free(plan_and_run(sim, &op, &error));
   g_assert_no_error(error);
 }
 
@@ -324,7 +324,7 @@ test_delete_offline_branch_while_running(void)
   /* Revert to s1 (keeping the present), then run. */
   PlanOp revert = { .kind = PLAN_OP_REVERT, .name = "s1", .now = 1800000000 };
   g_autoptr(GError) error = NULL;
-  g_autoptr(Plan) r = plan_and_run(sim, &revert, &error);
+  plan_free(plan_and_run(sim, &revert, &error));
   g_assert_no_error(error);
   g_autofree char *kept = planner_pre_revert_name(1800000000);
   sim_write_mask(sim, "vda", "00000011");
@@ -359,7 +359,7 @@ test_delete_deep_chain(void)
     g_autofree char *name = g_strdup_printf("s%u", i);
     PlanOp op = { .kind = PLAN_OP_DELETE, .name = name };
     g_autoptr(GError) error = NULL;
-    g_autoptr(Plan) plan = plan_and_run(sim, &op, &error);
+    plan_free(plan_and_run(sim, &op, &error));
     g_assert_no_error(error);
   }
   g_test_message("%d deletes in a %d-layer chain: %" G_GINT64_FORMAT " ms", CHAIN_MAX_DEPTH / 2,
@@ -378,7 +378,7 @@ build_branch(void)
   Sim *sim = build_chain(2, masks, CHAIN_FORMAT_QCOW2, FALSE);
   PlanOp revert = { .kind = PLAN_OP_REVERT, .name = "s1", .now = 1800000000 };
   g_autoptr(GError) error = NULL;
-  g_autoptr(Plan) plan = plan_and_run(sim, &revert, &error);
+  plan_free(plan_and_run(sim, &revert, &error));
   g_assert_no_error(error);
   sim_write_mask(sim, "vda", "00000011");
   return sim;
@@ -434,10 +434,10 @@ test_branch_merge_deferred(void)
   g_autofree char *kept = planner_pre_revert_name(1800000000);
   g_autoptr(GError) error = NULL;
   PlanOp del_s1 = { .kind = PLAN_OP_DELETE, .name = "s1" };
-  g_autoptr(Plan) p0 = plan_and_run(sim, &del_s1, &error);
+  plan_free(plan_and_run(sim, &del_s1, &error));
   g_assert_no_error(error);
   PlanOp del_s2 = { .kind = PLAN_OP_DELETE, .name = "s2" };
-  g_autoptr(Plan) p1 = plan_and_run(sim, &del_s2, &error);
+  plan_free(plan_and_run(sim, &del_s2, &error));
   g_assert_no_error(error);
 
   /* Delete the kept present while a reader has the base and the active
@@ -533,7 +533,7 @@ test_multi_disk_ebusy(void)
   sim_pin(sim, "vdb", "/img/vdb.s1");
   PlanOp op = { .kind = PLAN_OP_DELETE, .name = "s1" };
   g_autoptr(GError) error = NULL;
-  g_autoptr(Plan) plan = planner_plan(sim_state(sim), &op, &error);
+  g_assert_null(planner_plan(sim_state(sim), &op, &error));
   g_assert_error(error, PLANNER_ERROR, EBUSY);
   g_assert_nonnull(strstr(error->message, "vdb"));
   g_assert_nonnull(strstr(error->message, "open for reading"));
@@ -552,17 +552,17 @@ test_unsupported_disk(void)
   /* A snapshot that does not cover it: fine. */
   PlanOp op = { .kind = PLAN_OP_DELETE, .name = "s1" };
   g_autoptr(GError) error = NULL;
-  g_autoptr(Plan) plan = planner_plan(st, &op, &error);
+  plan_free(planner_plan(st, &op, &error));
   g_assert_no_error(error);
 
   /* One that does: EOPNOTSUPP, for delete and revert. */
   plan_snapshot_set_overlay(plan_state_find_snapshot(st, "s1"), "vdb", "nbd://x");
-  g_autoptr(Plan) p2 = planner_plan(st, &op, &error);
+  g_assert_null(planner_plan(st, &op, &error));
   g_assert_error(error, PLANNER_ERROR, EOPNOTSUPP);
   g_assert_nonnull(strstr(error->message, "network disk"));
   g_clear_error(&error);
   PlanOp rev = { .kind = PLAN_OP_REVERT, .name = "s1" };
-  g_autoptr(Plan) p3 = planner_plan(st, &rev, &error);
+  g_assert_null(planner_plan(st, &rev, &error));
   g_assert_error(error, PLANNER_ERROR, EOPNOTSUPP);
 }
 
@@ -625,7 +625,7 @@ test_bad_input(void)
   plan_disk_add_image(disk, "/a", CHAIN_FORMAT_QCOW2, "/missing", NULL);
   plan_state_add_snapshot(st, "s", 0, NULL, TRUE);
   PlanOp op = { .kind = PLAN_OP_DELETE, .name = "s" };
-  g_autoptr(Plan) p1 = planner_plan(st, &op, &error);
+  g_assert_null(planner_plan(st, &op, &error));
   g_assert_error(error, PLANNER_ERROR, EINVAL);
   g_clear_error(&error);
 
@@ -633,7 +633,7 @@ test_bad_input(void)
   g_free(((PlanImage *)disk->images->pdata[0])->backing);
   ((PlanImage *)disk->images->pdata[0])->backing = g_strdup("/b");
   plan_disk_add_image(disk, "/b", CHAIN_FORMAT_QCOW2, "/a", NULL);
-  g_autoptr(Plan) p2 = planner_plan(st, &op, &error);
+  g_assert_null(planner_plan(st, &op, &error));
   g_assert_error(error, PLANNER_ERROR, EINVAL);
   g_assert_nonnull(strstr(error->message, "loops"));
   g_clear_error(&error);
@@ -644,7 +644,7 @@ test_bad_input(void)
   plan_disk_add_image(d2, "/base", CHAIN_FORMAT_RAW, NULL, NULL);
   plan_disk_add_image(d2, "/top", CHAIN_FORMAT_RAW, "/base", NULL);
   plan_state_add_snapshot(st2, "s", 0, NULL, TRUE);
-  g_autoptr(Plan) p3 = planner_plan(st2, &op, &error);
+  g_assert_null(planner_plan(st2, &op, &error));
   g_assert_error(error, PLANNER_ERROR, EOPNOTSUPP);
   g_clear_error(&error);
 
@@ -653,7 +653,7 @@ test_bad_input(void)
   PlanDisk *d3 = plan_state_add_disk(st3, "vda", "/base");
   plan_disk_add_image(d3, "/base", CHAIN_FORMAT_QCOW2, NULL, NULL);
   plan_snapshot_set_overlay(plan_state_add_snapshot(st3, "s", 0, NULL, TRUE), "vda", "/base");
-  g_autoptr(Plan) p4 = planner_plan(st3, &op, &error);
+  g_assert_null(planner_plan(st3, &op, &error));
   g_assert_error(error, PLANNER_ERROR, EOPNOTSUPP);
   g_clear_error(&error);
 
@@ -663,13 +663,13 @@ test_bad_input(void)
   plan_disk_add_image(d4, "/base", CHAIN_FORMAT_QCOW2, NULL, NULL);
   plan_disk_add_image(d4, "/top", CHAIN_FORMAT_QCOW2, "/base", NULL);
   plan_snapshot_set_overlay(plan_state_add_snapshot(st4, "s", 0, NULL, TRUE), "vda", "/top");
-  g_autoptr(Plan) p5 = planner_plan(st4, &op, &error);
+  g_assert_null(planner_plan(st4, &op, &error));
   g_assert_error(error, PLANNER_ERROR, EINVAL);
   g_assert_nonnull(strstr(error->message, "allocation"));
   g_clear_error(&error);
 
   PlanOp missing = { .kind = PLAN_OP_DELETE, .name = "nope" };
-  g_autoptr(Plan) p6 = planner_plan(st4, &missing, &error);
+  g_assert_null(planner_plan(st4, &missing, &error));
   g_assert_error(error, PLANNER_ERROR, ENOENT);
 }
 
@@ -860,7 +860,7 @@ test_revert_twice_same_second(void)
   g_autoptr(Sim) sim = build_chain(2, masks, CHAIN_FORMAT_QCOW2, FALSE);
   PlanOp op = { .kind = PLAN_OP_REVERT, .name = "s1", .now = 1800000000 };
   g_autoptr(GError) error = NULL;
-  g_autoptr(Plan) p1 = plan_and_run(sim, &op, &error);
+  plan_free(plan_and_run(sim, &op, &error));
   g_assert_no_error(error);
   sim_write_mask(sim, "vda", "01");
   g_autoptr(Plan) p2 = plan_and_run(sim, &op, &error);
@@ -881,12 +881,12 @@ test_revert_discard_collects_branch(void)
   g_autoptr(GError) error = NULL;
   /* base <- vda.s1 <- (pre-revert overlay), base <- revert overlay N. */
   PlanOp keep = { .kind = PLAN_OP_REVERT, .name = "s1", .now = 1800000000 };
-  g_autoptr(Plan) p1 = plan_and_run(sim, &keep, &error);
+  plan_free(plan_and_run(sim, &keep, &error));
   g_assert_no_error(error);
   sim_write_mask(sim, "vda", "00000011");
   /* s1 goes: the base becomes an unnamed branch point. */
   PlanOp del = { .kind = PLAN_OP_DELETE, .name = "s1" };
-  g_autoptr(Plan) p2 = plan_and_run(sim, &del, &error);
+  plan_free(plan_and_run(sim, &del, &error));
   g_assert_no_error(error);
   g_assert_cmpuint(sim_image_count(sim, "vda"), ==, 4);
 
