@@ -340,6 +340,37 @@ test_delete_offline_branch_while_running(void)
   g_assert_nonnull(plan_state_find_snapshot(plan->after, kept));
 }
 
+/* Running: C is in the running chain and also has a child on another
+ * branch.  libvirt moves the running child's pointer; the other one gets
+ * an offline pointer-only rebase. */
+static void
+test_delete_running_commit_with_branch(void)
+{
+  const char *masks[] = { "1", "11111111", "1", NULL };
+  g_autoptr(Sim) sim = build_chain(2, masks, CHAIN_FORMAT_QCOW2, FALSE);
+  /* Revert to s2 (point vda.s1): vda.s1 gets a second child. */
+  PlanOp revert = { .kind = PLAN_OP_REVERT, .name = "s2", .now = 1800000000 };
+  g_autoptr(GError) error = NULL;
+  plan_free(plan_and_run(sim, &revert, &error));
+  g_assert_no_error(error);
+  sim_set_running(sim, TRUE);
+
+  /* s1: F = base, C = vda.s1 (intermediate, running; commit is cheaper). */
+  PlanOp op = { .kind = PLAN_OP_DELETE, .name = "s1" };
+  g_autoptr(Plan) plan = plan_and_run(sim, &op, &error);
+  g_assert_no_error(error);
+  const PlanStep *commit = find_step(plan, PLAN_STEP_COMMIT, 0);
+  g_assert_true(commit->block_job);
+  g_assert_cmpstr(commit->image, ==, "/img/vda.s1");
+  g_assert_cmpstr(commit->backing, ==, "/img/vda-base");
+  const PlanStep *rebase = find_step(plan, PLAN_STEP_REBASE_UNSAFE, 0);
+  g_assert_nonnull(rebase);
+  g_assert_null(find_step(plan, PLAN_STEP_REBASE_UNSAFE, 1));
+  g_assert_false(rebase->block_job);
+  g_assert_cmpstr(rebase->image, ==, "/img/vda.s2");
+  g_assert_cmpstr(rebase->backing, ==, "/img/vda-base");
+}
+
 /* A chain as deep as the reader follows: every other point deleted, on a
  * running domain, in a time that does not grow out of hand. */
 static void
@@ -942,6 +973,7 @@ main(int argc, char **argv)
   g_test_add_func("/planner/delete/commit-fields", test_delete_commit_fields);
   g_test_add_func("/planner/delete/offline-branch-while-running", test_delete_offline_branch_while_running);
   g_test_add_func("/planner/delete/deep-chain", test_delete_deep_chain);
+  g_test_add_func("/planner/delete/running-commit-with-branch", test_delete_running_commit_with_branch);
   g_test_add_func("/planner/branch/shared-layer-merges-away", test_branch_delete_keeps_shared_layer);
   g_test_add_func("/planner/branch/merge-deferred", test_branch_merge_deferred);
   g_test_add_func("/planner/multi-disk/choices", test_multi_disk);
