@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "chain.h"
@@ -105,7 +106,8 @@ main(int argc, char **argv)
     end = MIN(off + len, size);
   }
 
-  gboolean seekable = read_spec == NULL && lseek(STDOUT_FILENO, 0, SEEK_CUR) >= 0;
+  struct stat st;
+  gboolean seekable = read_spec == NULL && fstat(STDOUT_FILENO, &st) == 0 && S_ISREG(st.st_mode);
   g_autofree guint8 *buf = g_malloc((gsize)block);
   for (guint64 pos = start; pos < end;) {
     if (seekable) {

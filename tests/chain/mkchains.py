@@ -171,7 +171,8 @@ def basic(b):
 
 def deep(b, depth):
     o = {"cluster_size": 64 * KIB}
-    b.chain(f"deep{depth}", ("qcow2", 64 * MIB, o), [(None, o)] * (depth - 1),
+    size = 64 * MIB if depth <= 64 else 32 * MIB
+    b.chain(f"deep{depth}", ("qcow2", size, o), [(None, o)] * (depth - 1),
             ops=lambda i: 1 + (i % 3 == 0), names="mixed", detached=True)
 
 
