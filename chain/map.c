@@ -250,6 +250,11 @@ chain_layer_map(ChainLayer *layer, guint64 offset, guint64 length, LayerRun *run
     return r;
   guint64 slice_clusters = (layer->slice_bytes - in_slice) / layer->l2_entry_bytes;
   end = MIN(end, (cluster + slice_clusters) << cb);
+  if (slice->n_words == 0) {
+    l2_slice_unref(slice);
+    *run = (LayerRun){.kind = LAYER_RUN_UNALLOCATED, .length = end - offset};
+    return 0;
+  }
 
   const guint64 *entry = slice->words + in_slice / 8;
   guint words = layer->l2_entry_bytes / 8;

@@ -133,23 +133,22 @@ main(int argc, char **argv)
   struct stat st;
   gboolean seekable = read_spec == NULL && fstat(STDOUT_FILENO, &st) == 0 && S_ISREG(st.st_mode);
   g_autofree guint8 *buf = g_malloc((gsize)block);
+  guint64 data_end = seekable ? start : end; /* end of the current data extent */
   for (guint64 pos = start; pos < end;) {
-    if (seekable) {
+    if (seekable && pos >= data_end) {
+      /* Like cp: find the next data extent, then read it whole. */
       gint64 data = chain_seek(chain, pos, SEEK_DATA);
       if (data == -ENXIO)
         break;
-      if (data < 0) {
-        g_printerr("chain-cat: seek: %s\n", g_strerror((int)-data));
+      gint64 hole = data < 0 ? data : chain_seek(chain, (guint64)data, SEEK_HOLE);
+      if (hole < 0) {
+        g_printerr("chain-cat: seek: %s\n", g_strerror((int)-hole));
         return 1;
       }
       pos = (guint64)data;
+      data_end = MIN((guint64)hole, end);
     }
-    gsize want = (gsize)MIN((guint64)block, end - pos);
-    if (seekable) {
-      gint64 hole = chain_seek(chain, pos, SEEK_HOLE);
-      if (hole > 0)
-        want = (gsize)MIN((guint64)want, (guint64)hole - pos);
-    }
+    gsize want = (gsize)MIN((guint64)block, data_end - pos);
     gssize n = chain_read(chain, buf, want, pos);
     if (n <= 0) {
       g_printerr("chain-cat: read at 0x%" G_GINT64_MODIFIER "x: %s\n", pos,
