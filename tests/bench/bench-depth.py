@@ -88,10 +88,10 @@ def main():
             full = best(a.runs, ours)
             qemu = best(a.runs, lambda: run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", top, out]))
             r = subprocess.run([cat, "--random", "20000", top], check=True, capture_output=True, text=True)
-            cold, warm = (float(line.split()[1]) for line in r.stdout.splitlines())
+            cold, warm, lookup = (float(line.split()[1]) for line in r.stdout.splitlines())
             op = best(a.runs * 3, lambda: run([cat, "--read", "0:4096", top]))
             qio = best(a.runs * 3, lambda: run(["qemu-io", "-r", "-f", "qcow2", "-c", "read 0 4k", top]))
-            res[depth] = dict(full=full, qemu=qemu, cold=cold, warm=warm, open=op, qio=qio)
+            res[depth] = dict(full=full, qemu=qemu, cold=cold, warm=warm, lookup=lookup, open=op, qio=qio)
             ms = lambda t: f"{t[0] * 1000:6.1f}/{t[1] * 1000:6.1f}ms"
             print(f"{depth:>5} {ms(full):>17} {ms(qemu):>17} {cold:>5.0f} ns {warm:>5.0f} ns"
                   f" {ms(op):>15} {ms(qio):>15}")
@@ -106,6 +106,8 @@ def main():
                   f"{d200['open'][i] / d200['qio'][i]:.3f} of qemu-io's")
         print(f"depth 200 / depth 1 cost of one 4 KiB read, warm map: {d200['warm'] / d1['warm']:.2f},"
               f" cold map: {d200['cold'] / d1['cold']:.2f}")
+        print(f"depth 200 / depth 1 cost of one warm lookup (chain_map, no I/O):"
+              f" {d200['lookup'] / d1['lookup']:.2f} ({d1['lookup']:.0f} vs {d200['lookup']:.0f} ns)")
     finally:
         if not a.dir:
             shutil.rmtree(tmp)
