@@ -490,6 +490,11 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
   domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
   domain->snapshots = g_ptr_array_new_with_free_func((GDestroyNotify)snapshot_free);
 
+  /* The inactive XML may carry the chain libvirt saw when the domain last
+   * ran; only the live one is authoritative, so a shut-off domain's chains
+   * are read from the image headers. */
+  if (!raw->running)
+    domxml_domain_forget_backing(parsed);
   for (guint i = 0; i < parsed->skipped->len; i++) {
     DomXmlSkipped *skipped = g_ptr_array_index(parsed->skipped, i);
     log_once(logged, parsed->name, skipped->target, skipped->reason);
