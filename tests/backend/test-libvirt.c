@@ -202,8 +202,11 @@ on_change(BackendModel *old_model, BackendModel *new_model, gpointer user_data)
 static gboolean
 has_snapshot(BackendModel *model, gpointer data)
 {
+  /* While libvirt creates a snapshot of a running domain, its metadata
+   * can show before the overlay exists; wait for the complete picture. */
   BackendDomain *domain = backend_model_find_domain(model, "gamma");
-  return domain && backend_domain_find_snapshot(domain, data);
+  BackendSnapshot *snapshot = domain ? backend_domain_find_snapshot(domain, data) : NULL;
+  return snapshot && snapshot->disks->len == 1;
 }
 
 static gboolean
