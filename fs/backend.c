@@ -206,6 +206,15 @@ backend_get_connection(Backend *backend, GError **error)
   return backend->conn;
 }
 
+void
+backend_drop_connection(Backend *backend)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
+  g_message("dropping the connection to %s", backend->uri);
+  backend->conn_broken = TRUE;
+  g_cond_signal(&backend->wake);
+}
+
 /* ------------------------------------------------------------------ */
 /* Model                                                               */
 

@@ -217,6 +217,13 @@ gamma_running(BackendModel *model, gpointer data)
 }
 
 static gboolean
+theta_running(BackendModel *model, gpointer data)
+{
+  BackendDomain *domain = backend_model_find_domain(model, "theta");
+  return domain && domain->running;
+}
+
+static gboolean
 has_domain(BackendModel *model, gpointer data)
 {
   return backend_model_find_domain(model, data) != NULL;
@@ -294,6 +301,56 @@ test_listener(void)
 }
 
 /* ------------------------------------------------------------------ */
+
+static virConnectPtr
+wait_connection(Fixture *fx, guint timeout_s)
+{
+  gint64 deadline = g_get_monotonic_time() + timeout_s * G_USEC_PER_SEC;
+  while (g_get_monotonic_time() < deadline) {
+    virConnectPtr conn = backend_get_connection(fx->backend, NULL);
+    if (conn)
+      return conn;
+    g_usleep(50 * 1000);
+  }
+  return NULL;
+}
+
+static void
+test_reconnect(void)
+{
+  Fixture fx = {0};
+  fixture_setup(&fx);
+  g_autofree char *vda = fixture_image(&fx, "theta.qcow2", "qcow2", "64M", NULL, NULL);
+  g_autofree char *ivda = fixture_image(&fx, "iota.qcow2", "qcow2", "64M", NULL, NULL);
+  fixture_open(&fx);
+  FixtureDisk disks[] = {{"vda", "virtio", vda, "qcow2", NULL}};
+  virDomainFree(fixture_define(&fx, "theta", disks, 1));
+  g_autoptr(GError) error = NULL;
+  g_assert_true(backend_refresh(fx.backend, &error));
+  g_autoptr(BackendModel) before = backend_get_model(fx.backend);
+  g_assert_nonnull(backend_model_find_domain(before, "theta"));
+
+  /* Lose the connection: the last model stays while the worker
+   * reconnects. */
+  virConnectClose(g_steal_pointer(&fx.conn));
+  backend_drop_connection(fx.backend);
+  g_autoptr(BackendModel) during = backend_get_model(fx.backend);
+  g_assert_nonnull(backend_model_find_domain(during, "theta"));
+  fx.conn = wait_connection(&fx, 10);
+  g_assert_nonnull(fx.conn);
+
+  /* The new connection is watched like the first: poll and events. */
+  FixtureDisk idisks[] = {{"vda", "virtio", ivda, "qcow2", NULL}};
+  virDomainFree(fixture_define(&fx, "iota", idisks, 1));
+  g_autoptr(BackendModel) after = fixture_wait_model(&fx, has_domain, (gpointer) "iota", 5);
+  g_assert_nonnull(after);
+  g_assert_cmpuint(after->generation, >, before->generation);
+  g_autoptr(BackendVirDomain) theta = virDomainLookupByName(fx.conn, "theta");
+  g_assert_cmpint(virDomainCreate(theta), ==, 0);
+  g_autoptr(BackendModel) running = fixture_wait_model(&fx, theta_running, NULL, 5);
+  g_assert_nonnull(running);
+  fixture_teardown(&fx);
+}
 
 static void
 test_freeze_running(void)
@@ -509,6 +566,7 @@ main(int argc, char **argv)
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/libvirt/model", test_model);
   g_test_add_func("/libvirt/listener", test_listener);
+  g_test_add_func("/libvirt/reconnect", test_reconnect);
   g_test_add_func("/libvirt/freeze/running", test_freeze_running);
   g_test_add_func("/libvirt/freeze/shutoff", test_freeze_shutoff);
   g_test_add_func("/libvirt/freeze/repair", test_freeze_repair);
