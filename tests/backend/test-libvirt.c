@@ -512,6 +512,10 @@ repair_child(void)
   fixture_guest_write(dom, VIRTIO0, 0x66, 0, 64 * 1024);
   virConnectClose(fx.conn);
   backend_abandon(fx.backend);
+  g_free(fx.dir);
+  g_free(fx.images);
+  g_free(fx.state_dir);
+  g_free(fx.uri);
 }
 
 static void
