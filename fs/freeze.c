@@ -88,6 +88,8 @@ refresh_quietly(Backend *backend)
     g_debug("model refresh after a freeze change: %s", error->message);
 }
 
+static gboolean repair_records(Backend *backend, const char *domain);
+
 /* ------------------------------------------------------------------ */
 /* Freeze                                                              */
 
@@ -247,6 +249,10 @@ backend_freeze(Backend *backend, const char *domain, GError **error)
       return disks_copy(freeze->frozen);
     }
   }
+  /* A freeze whose thaw failed earlier is finished first when it can be;
+   * when it cannot, the new overlay simply stacks on the old one, and the
+   * old record is tried again after this thaw. */
+  repair_records(backend, domain);
   BackendFreeze *freeze = freeze_create(backend, domain, error);
   if (!freeze)
     return NULL;
@@ -426,8 +432,10 @@ backend_thaw(Backend *backend, const char *domain)
   if (freeze->record && !thaw_record(backend, freeze->record, &error))
     g_warning("domain %s: thaw failed, the freeze record stays for the next start: %s", domain,
               error->message);
-  else
+  else {
     g_message("domain %s: thawed", domain);
+    repair_records(backend, domain);
+  }
   freeze_free(freeze);
   refresh_quietly(backend);
 }
@@ -466,22 +474,51 @@ backend_freeze_table_free(Backend *backend)
   g_hash_table_unref(backend->freezes);
 }
 
-void
-backend_freeze_repair(Backend *backend)
+/* TRUE when record belongs to an open freeze of this process. */
+static gboolean
+record_is_live(Backend *backend, const BackendFreezeRecord *record)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->freeze_lock);
+  BackendFreeze *freeze = g_hash_table_lookup(backend->freezes, record->domain);
+  return freeze && freeze->record && g_strcmp0(freeze->record->path, record->path) == 0;
+}
+
+/* Finishes the records no open freeze owns: those of domain only, or all
+ * when domain is NULL.  The caller holds domain's operation lock (a
+ * domain given) or no lock at all (NULL: each domain's lock is taken
+ * here).  Returns FALSE when a record had to stay. */
+static gboolean
+repair_records(Backend *backend, const char *domain)
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(GPtrArray) records = backend_freeze_records_load(backend->state_dir, &error);
   if (!records) {
     g_warning("cannot read freeze records in %s: %s", backend->state_dir, error->message);
-    return;
+    return FALSE;
   }
+  gboolean all_done = TRUE;
   for (guint i = 0; i < records->len; i++) {
     BackendFreezeRecord *record = g_ptr_array_index(records, i);
-    g_message("domain %s: repairing an @now freeze left by an earlier run", record->domain);
-    g_autoptr(GMutexLocker) op = g_mutex_locker_new(backend_domain_lock(backend, record->domain));
+    if (domain && g_strcmp0(record->domain, domain) != 0)
+      continue;
+    g_autoptr(GMutexLocker) op =
+        domain ? NULL : g_mutex_locker_new(backend_domain_lock(backend, record->domain));
+    if (record_is_live(backend, record))
+      continue;
+    g_message("domain %s: finishing an @now freeze left by an earlier run or a failed thaw",
+              record->domain);
     g_autoptr(GError) local = NULL;
-    if (!thaw_record(backend, record, &local))
+    if (!thaw_record(backend, record, &local)) {
       g_warning("domain %s: freeze repair failed, record %s kept: %s", record->domain,
                 record->path, local->message);
+      all_done = FALSE;
+    }
   }
+  return all_done;
+}
+
+void
+backend_freeze_repair(Backend *backend)
+{
+  repair_records(backend, NULL);
 }
