@@ -40,10 +40,13 @@ typedef struct {
 static void
 freeze_free(BackendFreeze *freeze)
 {
+  if (!freeze)
+    return;
   backend_freeze_record_free(freeze->record);
   g_ptr_array_unref(freeze->frozen);
   g_free(freeze);
 }
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendFreeze, freeze_free)
 
 static GPtrArray *
 disks_copy(GPtrArray *disks)
@@ -160,12 +163,12 @@ freeze_create(Backend *backend, const char *name, GError **error)
   if (!active)
     domxml_domain_forget_backing(parsed);
 
-  BackendFreeze *freeze = g_new0(BackendFreeze, 1);
+  g_autoptr(BackendFreeze) freeze = g_new0(BackendFreeze, 1);
   freeze->refs = 1;
   freeze->frozen = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
   if (parsed->disks->len == 0) {
     g_message("domain %s: @now has no disk to freeze", name);
-    return freeze;
+    return g_steal_pointer(&freeze);
   }
 
   g_autoptr(BackendFreezeRecord) record = backend_freeze_record_new(name, uuid);
@@ -183,15 +186,7 @@ freeze_create(Backend *backend, const char *name, GError **error)
     frozen->target = g_strdup(disk->target);
     frozen->image_path = g_strdup(disk->source);
     frozen->format = disk->format;
-    if (disk->backing && disk->backing->len > 0) {
-      frozen->backing_formats = g_new0(ChainFormat, disk->backing->len + 1);
-      for (guint j = 0; j < disk->backing->len; j++) {
-        ChainFormat f = ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->format;
-        if (f == CHAIN_FORMAT_UNKNOWN)
-          break;
-        frozen->backing_formats[j] = f;
-      }
-    }
+    frozen->backing_formats = backend_layer_formats(disk->backing, 0);
     g_ptr_array_add(freeze->frozen, frozen);
   }
   g_autoptr(GPtrArray) no_targets = g_ptr_array_new();
@@ -202,10 +197,8 @@ freeze_create(Backend *backend, const char *name, GError **error)
   }
   g_ptr_array_add(no_targets, NULL);
 
-  if (!backend_freeze_record_write(record, backend->state_dir, error)) {
-    freeze_free(freeze);
+  if (!backend_freeze_record_write(record, backend->state_dir, error))
     return NULL;
-  }
 
   g_autofree char *xml = domxml_overlay_snapshot_xml("virtsnapfs @now", (DomXmlOverlay *)overlays->data,
                                                      overlays->len,
@@ -227,14 +220,13 @@ freeze_create(Backend *backend, const char *name, GError **error)
   if (!snap) {
     backend_set_virt_error(error, "domain %s: cannot freeze", name);
     discard_overlays(dom, record);
-    freeze_free(freeze);
     return NULL;
   }
   virDomainSnapshotFree(snap);
   g_message("domain %s: frozen for @now (%u disks, %s)", name, record->disks->len,
             active ? "running" : "shut off");
   freeze->record = g_steal_pointer(&record);
-  return freeze;
+  return g_steal_pointer(&freeze);
 }
 
 GPtrArray *

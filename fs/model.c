@@ -358,9 +358,8 @@ log_once(GHashTable *logged, const char *domain, const char *target, const char 
   g_hash_table_add(logged, g_steal_pointer(&key));
 }
 
-/* UNKNOWN-terminated formats of layers[from..], or NULL when none is known. */
-static ChainFormat *
-layer_formats(GPtrArray *layers, guint from)
+ChainFormat *
+backend_layer_formats(GPtrArray *layers, guint from)
 {
   if (!layers || from >= layers->len)
     return NULL;
@@ -424,7 +423,7 @@ resolve_point(DomXmlDomain *domain, const char *snapshot, DomXmlSnapshotDisk *sd
       if (below->format != CHAIN_FORMAT_UNKNOWN) {
         point->image_path = g_strdup(below->path);
         point->format = below->format;
-        point->backing_formats = layer_formats(disk->backing, (guint)at + 1);
+        point->backing_formats = backend_layer_formats(disk->backing, (guint)at + 1);
         return g_steal_pointer(&point);
       }
     }
@@ -508,7 +507,7 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
     out->target = g_strdup(disk->target);
     out->image_path = g_strdup(disk->source);
     out->format = disk->format;
-    out->backing_formats = layer_formats(disk->backing, 0);
+    out->backing_formats = backend_layer_formats(disk->backing, 0);
     g_ptr_array_add(domain->disks, out);
     add_dir_of(dirs, disk->source);
     for (guint j = 0; disk->backing && j < disk->backing->len; j++)
