@@ -492,9 +492,16 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
   domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
   domain->snapshots = g_ptr_array_new_with_free_func((GDestroyNotify)snapshot_free);
 
-  /* The inactive XML may carry the chain libvirt saw when the domain last
-   * ran; only the live one is authoritative, so a shut-off domain's chains
-   * are read from the image headers. */
+  /* Every image libvirt names, live or in the inactive XML, is in a
+   * directory the policy allows.  But the inactive XML's chain is the one
+   * libvirt saw when it last looked; only the live one is authoritative
+   * for P(S), so a shut-off domain's chains are read from the headers. */
+  for (guint i = 0; i < parsed->disks->len; i++) {
+    DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
+    add_dir_of(dirs, disk->source);
+    for (guint j = 0; disk->backing && j < disk->backing->len; j++)
+      add_dir_of(dirs, ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->path);
+  }
   if (!raw->running)
     domxml_domain_forget_backing(parsed);
   for (guint i = 0; i < parsed->skipped->len; i++) {
@@ -509,9 +516,6 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
     out->format = disk->format;
     out->backing_formats = backend_layer_formats(disk->backing, 0);
     g_ptr_array_add(domain->disks, out);
-    add_dir_of(dirs, disk->source);
-    for (guint j = 0; disk->backing && j < disk->backing->len; j++)
-      add_dir_of(dirs, ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->path);
   }
   g_ptr_array_sort(domain->disks, compare_disks);
 
