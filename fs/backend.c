@@ -23,7 +23,6 @@
 #define POLL_INTERVAL_US (G_USEC_PER_SEC)
 #define BACKOFF_MAX_S 30
 
-static gboolean refresh(Backend *backend, gboolean force, GError **error);
 
 void
 backend_wake(Backend *backend)

@@ -361,6 +361,11 @@ thaw_disk(Backend *backend, virConnectPtr conn, virDomainPtr dom, const char *uu
                              disk->frozen);
       return FALSE;
     }
+  } else if (!d && g_file_test(disk->overlay, G_FILE_TEST_EXISTS)) {
+    /* Whether it still holds writes its image lacks cannot be told. */
+    g_set_error(error, BACKEND_ERROR, EBUSY, "domain %s has no disk %s any more; overlay %s "
+                "left in place", name, disk->target, disk->overlay);
+    return FALSE;
   } else if (d && in_chain_below(d, disk->overlay)) {
     g_set_error(error, BACKEND_ERROR, EBUSY, "domain %s disk %s: overlay %s is no longer the "
                 "active image (a snapshot was taken on top of it); left in place", name,
