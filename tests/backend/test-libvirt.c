@@ -384,6 +384,18 @@ test_freeze_running(void)
   fixture_guest_write(dom, VIRTIO0, 0xcd, MiB, 64 * 1024);
   g_autoptr(GBytes) after = fixture_read_image(&fx, vda);
   g_assert_true(g_bytes_equal(before, after)); /* the frozen image never moved */
+
+  /* What @now serves: the frozen disk through chain/ under the model's
+   * image policy reads as before the guest writes. */
+  BackendDisk *fdisk = find_disk(frozen, "vda");
+  ChainPolicy policy = {.image_dirs = (const char *const *)model->image_dirs};
+  g_autoptr(Chain) chain = chain_open(fdisk->image_path, fdisk->format, fdisk->backing_formats,
+                                      &policy, &error);
+  g_assert_no_error(error);
+  guint8 buf[4096];
+  g_assert_cmpint(chain_read(chain, buf, sizeof(buf), 0), ==, sizeof(buf));
+  for (gsize i = 0; i < sizeof(buf); i++)
+    g_assert_cmpuint(buf[i], ==, 0x11);
   g_autoptr(GBytes) present = fixture_read_image(&fx, overlay);
   fixture_assert_pattern(present, 0xab, 0, 64 * 1024);
   fixture_assert_pattern(present, 0x11, 64 * 1024, MiB - 64 * 1024);
