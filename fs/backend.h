@@ -22,6 +22,12 @@
 
 G_BEGIN_DECLS
 
+/* Errors of the backend: the code is an errno value (EIO for libvirt and
+ * qemu-img failures, ENOENT for an unknown domain, EINVAL for bad XML), and
+ * the message carries libvirt's own reason. */
+#define BACKEND_ERROR (backend_error_quark())
+GQuark backend_error_quark(void);
+
 /* One disk of a point in time: the image whose chain reads as that disk. */
 typedef struct {
   char *target;            /* "vda", "sdb": the file name stem in the tree */
@@ -32,6 +38,10 @@ typedef struct {
                                  * be NULL (then chain/ uses the qcow2
                                  * backing-format extension) */
 } BackendDisk;
+
+BackendDisk *backend_disk_copy(const BackendDisk *disk);
+void backend_disk_free(BackendDisk *disk);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendDisk, backend_disk_free)
 
 /* A point in time of a domain. */
 typedef struct {
@@ -47,6 +57,8 @@ typedef struct {
   char *name;
   char *uuid;
   gboolean running;
+  gboolean frozen;         /* an @now freeze holds temporary overlays: the
+                            * active images are then our overlays */
   GPtrArray *disks;        /* of BackendDisk: the active images (present) */
   GPtrArray *snapshots;    /* of BackendSnapshot, oldest first */
 } BackendDomain;
@@ -87,6 +99,11 @@ void backend_free(Backend *backend);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Backend, backend_free)
 
 void backend_set_listener(Backend *backend, BackendChangeFunc func, gpointer user_data);
+
+/* Reads libvirt now and publishes a new model if anything changed (calling
+ * the listener from the calling thread), without waiting for the poll.
+ * For callers that just changed libvirt state themselves.  Blocks. */
+gboolean backend_refresh(Backend *backend, GError **error);
 
 /* The current model: a new reference, never NULL (empty while the
  * connection is down and no model was ever read). */
