@@ -25,12 +25,8 @@ errors_to_errno(const GError *error)
     default: return EIO;
     }
   }
-  /* CHAIN_ERROR and the backend's domain carry errno codes.  The backend
-   * names its quark "backend-error" (or anything starting "virtsnapfs"). */
-  const char *domain = g_quark_to_string(error->domain);
-  gboolean errno_domain = error->domain == CHAIN_ERROR ||
-                          g_str_has_prefix(domain, "backend") ||
-                          g_str_has_prefix(domain, "virtsnapfs");
+  /* CHAIN_ERROR and BACKEND_ERROR carry errno codes. */
+  gboolean errno_domain = error->domain == CHAIN_ERROR || error->domain == BACKEND_ERROR;
   if (errno_domain && error->code > 0 && error->code < 4096)
     return error->code;
   return EIO;

@@ -114,10 +114,16 @@ log_from_fuse(enum fuse_log_level level, const char *fmt, va_list ap)
 void
 log_setup(gboolean debug, gboolean to_syslog)
 {
+  static gsize installed;
+
   log_debug = debug;
   log_syslog = to_syslog;
-  g_log_set_writer_func(log_writer, NULL, NULL);
-  fuse_set_log_func(log_from_fuse);
+  /* glib accepts one writer per process. */
+  if (g_once_init_enter(&installed)) {
+    g_log_set_writer_func(log_writer, NULL, NULL);
+    fuse_set_log_func(log_from_fuse);
+    g_once_init_leave(&installed, 1);
+  }
 }
 
 void

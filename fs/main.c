@@ -225,10 +225,10 @@ run(Virtsnapfs *fs, FuseArgs *args)
       return 1;
   }
 
-  const char *image_dirs = opts->image_dirs->len ? "" : "(none)";
-  g_message("virtsnapfs %s: uri=%s mountpoint=%s state_dir=%s image_dirs=%s%s",
-            VIRTSNAPFS_VERSION, opts->uri, opts->mountpoint, opts->state_dir, image_dirs,
-            opts->image_dirs->len ? g_strjoinv(":", (char **)opts->image_dirs_strv) : "");
+  g_autofree char *image_dirs = g_strjoinv(":", (char **)opts->image_dirs_strv);
+  g_message("virtsnapfs %s: uri=%s mountpoint=%s state_dir=%s image_dirs=%s",
+            VIRTSNAPFS_VERSION, opts->uri, opts->mountpoint, opts->state_dir,
+            image_dirs[0] ? image_dirs : "(pools and disk directories)");
 
   BackendOptions bopts = {
     .uri = opts->uri,
