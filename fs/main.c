@@ -94,11 +94,20 @@ abort_connection(gpointer data)
                                           minor(d->mount_dev));
   g_message("files still open after %d s: aborting the connection (%s)",
             ABORT_GRACE_SECONDS, path);
-  g_autoptr(GError) error = NULL;
-  if (d->mount_dev == 0 || !g_file_set_contents(path, "1", 1, &error)) {
-    g_warning("cannot abort the FUSE connection: %s; waiting for files to be closed",
-              error ? error->message : "device unknown");
+  /* Not g_file_set_contents(): it writes a temporary file and renames. */
+  int fd = d->mount_dev ? open(path, O_WRONLY | O_CLOEXEC) : -1;
+  if (fd < 0 && errno == ENOENT && geteuid() == 0) {
+    /* fusectl is not mounted (systemd mounts it at boot; containers may
+     * not): mount it, as sys-fs-fuse-connections.mount would. */
+    if (mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, NULL) == 0)
+      g_message("mounted fusectl on /sys/fs/fuse/connections");
+    fd = open(path, O_WRONLY | O_CLOEXEC);
   }
+  if (fd < 0 || write(fd, "1", 1) != 1)
+    g_warning("cannot abort the FUSE connection (%s: %s); waiting for files to be closed",
+              path, d->mount_dev ? g_strerror(errno) : "device unknown");
+  if (fd >= 0)
+    close(fd);
   return G_SOURCE_REMOVE;
 }
 
