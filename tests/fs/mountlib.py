@@ -377,3 +377,100 @@ def main(fn, name):
         raise
     finally:
         env.cleanup()
+
+
+class PrivateLibvirtd:
+    """A libvirtd of the test's own, for changes behind the daemon's back.
+
+    An embed root belongs to one process, so a test that changes libvirt
+    while virtsnapfs is mounted needs a libvirt daemon both can talk to.
+    `libvirtd -f CONFIG` with its own unix_sock_dir is reached with
+    qemu:///system?socket=DIR/libvirt-sock.  Run as root, its qemu driver
+    still uses the system paths: /etc/libvirt/qemu.conf (default: QEMU runs
+    as libvirt-qemu with dynamic ownership, so image directories must be
+    traversable by that user: the Env's are 0755), /run/libvirt/qemu and
+    /var/lib/libvirt/qemu, and it logs QEMU's output through virtlogd
+    (/run/libvirt/virtlogd-sock).  So:
+      - if the system libvirtd answers on /run/libvirt/libvirt-sock, the
+        test uses qemu:///system itself (a normal Debian host);
+      - otherwise it starts `virtlogd -d` when its socket is missing, and a
+        private libvirtd; both are stopped at the end.  Only one qemu
+        driver may own /run/libvirt/qemu at a time: if another private
+        libvirtd runs, the test waits for it to go.
+    Domains get the "vsfs-" prefix and are undefined at the end.
+    """
+
+    def __init__(self, env):
+        self.env = env
+        self.proc = None
+        self.virtlogd_pid = None
+        if os.path.exists("/run/libvirt/libvirt-sock") and \
+                subprocess.run(["virsh", "-c", "qemu:///system", "version"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+            log("using the system libvirtd")
+            env.uri = "qemu:///system"
+            return
+        for tool in ("libvirtd", "virtlogd"):
+            if shutil.which(tool) is None and not os.path.exists("/usr/sbin/" + tool):
+                skip(tool + " missing")
+        deadline = time.time() + 600
+        while self.other_libvirtd() and time.time() < deadline:
+            log("another libvirtd runs; waiting for it to exit")
+            time.sleep(5)
+        if not os.path.exists("/run/libvirt/virtlogd-sock"):
+            pidfile = os.path.join(env.dir, "virtlogd.pid")
+            run("virtlogd", "-d", "-p", pidfile)
+            wait_for(lambda: os.path.exists(pidfile) and os.path.exists("/run/libvirt/virtlogd-sock"),
+                     what="virtlogd")
+            self.virtlogd_pid = int(open(pidfile).read().strip())
+        sockdir = os.path.join(env.dir, "sock")
+        os.makedirs(sockdir, exist_ok=True)
+        conf = os.path.join(env.dir, "libvirtd.conf")
+        with open(conf, "w") as f:
+            f.write('unix_sock_dir = "%s"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n'
+                    'log_outputs = "3:file:%s/libvirtd.log"\n' % (sockdir, env.dir))
+        self.proc = subprocess.Popen(["libvirtd", "-f", conf, "-p",
+                                      os.path.join(env.dir, "libvirtd.pid")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env.uri = "qemu:///system?socket=%s/libvirt-sock" % sockdir
+        wait_for(lambda: subprocess.run(["virsh", "-c", env.uri, "version"],
+                                        stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL).returncode == 0,
+                 timeout=30, what="private libvirtd")
+        log("private libvirtd at", env.uri)
+
+    @staticmethod
+    def other_libvirtd():
+        out = subprocess.run(["ps", "-eo", "stat,comm"], stdout=subprocess.PIPE, text=True).stdout
+        return any(l.split()[1] == "libvirtd" and not l.startswith("Z")
+                   for l in out.splitlines()[1:] if len(l.split()) == 2)
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.virtlogd_pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.virtlogd_pid, signal.SIGTERM)
+
+
+def main_libvirtd(fn, name):
+    """main() for tests that need a libvirt daemon (PrivateLibvirtd)."""
+    need_tools()
+    env = Env(name)
+    lv = None
+    try:
+        lv = PrivateLibvirtd(env)
+        fn(env)
+    except BaseException:
+        env.keep = True
+        subprocess.run(["fusermount3", "-u", "-z", env.mnt], stderr=subprocess.DEVNULL)
+        raise
+    finally:
+        env.cleanup()
+        if lv is not None:
+            lv.stop()
