@@ -178,10 +178,12 @@ class Env:
     def cleanup(self):
         for dom in self.domains:
             self.virsh("destroy", dom, check=False)
-            snaps = self.virsh("snapshot-list", dom, "--name", check=False).split()
-            for s in snaps:
+            snaps = self.virsh("snapshot-list", dom, "--name", check=False).splitlines()
+            for s in filter(None, (x.strip() for x in snaps)):
                 self.virsh("snapshot-delete", dom, s, "--metadata", check=False)
-            self.virsh("undefine", dom, check=False)
+            out = self.virsh("undefine", dom, check=False)
+            if dom in self.virsh("list", "--all", "--name", check=False).split():
+                log("could not undefine", dom, out)
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
