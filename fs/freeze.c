@@ -155,6 +155,8 @@ freeze_create(Backend *backend, const char *name, GError **error)
   g_autoptr(DomXmlDomain) parsed = read_domain(dom, 0, error);
   if (!parsed)
     return NULL;
+  if (!active)
+    domxml_domain_forget_backing(parsed);
 
   BackendFreeze *freeze = g_new0(BackendFreeze, 1);
   freeze->refs = 1;
@@ -324,6 +326,8 @@ thaw_disk(Backend *backend, virConnectPtr conn, virDomainPtr dom, const char *uu
   g_autoptr(DomXmlDomain) now = read_domain(dom, 0, error);
   if (!now)
     return FALSE;
+  if (!active)
+    domxml_domain_forget_backing(now);
   DomXmlDisk *d = domxml_domain_find_disk(now, disk->target);
   gboolean on_top = d && (strcmp(d->source, disk->overlay) == 0 ||
                           backend_path_same(d->source, disk->overlay));

@@ -76,7 +76,6 @@ raw_read_domain(virDomainPtr dom, BackendRawDomain *out, GError **error)
   if (active < 0)
     goto fail;
   out->running = active == 1;
-  g_debug("virDomainGetXMLDesc(%s)", name);
   out->xml = virDomainGetXMLDesc(dom, 0);
   if (!out->xml)
     goto fail;
@@ -113,7 +112,7 @@ fail:
 }
 
 BackendRaw *
-backend_raw_read(virConnectPtr conn, GError **error)
+backend_raw_read(virConnectPtr conn, gboolean *no_pools, GError **error)
 {
   g_autoptr(BackendRaw) raw = g_new0(BackendRaw, 1);
   raw->domains = g_ptr_array_new_with_free_func((GDestroyNotify)raw_domain_free);
@@ -148,11 +147,15 @@ backend_raw_read(virConnectPtr conn, GError **error)
     return NULL;
 
   /* Storage pools only widen the image policy; a driver without them
-   * (qemu:///embed has no storage driver) is not an error. */
+   * (qemu:///embed has no storage driver) is not an error, and is not
+   * asked again on this connection. */
   virStoragePoolPtr *pools = NULL;
-  n = virConnectListAllStoragePools(conn, &pools, 0);
-  if (n < 0)
+  n = *no_pools ? 0 : virConnectListAllStoragePools(conn, &pools, 0);
+  if (n < 0) {
+    const virError *err = virGetLastError();
     g_debug("no storage pools: %s", virGetLastErrorMessage());
+    *no_pools = err && err->code == VIR_ERR_NO_SUPPORT;
+  }
   for (int i = 0; i < n; i++) {
     char *xml = virStoragePoolGetXMLDesc(pools[i], 0);
     if (xml)
@@ -490,6 +493,11 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
   domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
   domain->snapshots = g_ptr_array_new_with_free_func((GDestroyNotify)snapshot_free);
 
+  /* The inactive XML may carry the chain libvirt saw when the domain last
+   * ran; only the live one is authoritative, so a shut-off domain's chains
+   * are read from the image headers. */
+  if (!raw->running)
+    domxml_domain_forget_backing(parsed);
   for (guint i = 0; i < parsed->skipped->len; i++) {
     DomXmlSkipped *skipped = g_ptr_array_index(parsed->skipped, i);
     log_once(logged, parsed->name, skipped->target, skipped->reason);
