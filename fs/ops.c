@@ -51,9 +51,8 @@ ops_init(void *userdata, struct fuse_conn_info *conn)
     conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   /* Nothing is ever written through the mount. */
   conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
-  conn->max_readahead = MIN(conn->max_readahead, (unsigned)VIRTSNAPFS_MAX_READ);
-  if (conn->max_readahead < VIRTSNAPFS_MAX_READ)
-    conn->max_readahead = VIRTSNAPFS_MAX_READ;
+  /* The kernel offers its readahead window and only accepts less; main.c
+   * widens the window through the mount's bdi after mounting. */
   conn->max_background = 64;
   conn->time_gran = 1;
 
