@@ -351,7 +351,7 @@ ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
     return;
   }
   if (off < 0 || (guint64)off >= file->size || size == 0) {
-    g_debug("READ %s off=%" G_GINT64_FORMAT " len=%zu => 0", file->display, (gint64)off, size);
+    LOG_TRACE("READ %s off=%" G_GINT64_FORMAT " len=%zu => 0", file->display, (gint64)off, size);
     fuse_reply_buf(req, NULL, 0);
     return;
   }
@@ -364,7 +364,7 @@ ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
   int r = read_build(file, rb, (guint64)off, len);
   if (r < 0) {
     file_data_error(file, "read", (guint64)off, r);
-    g_debug("READ %s off=%" G_GINT64_FORMAT " len=%zu => %s", file->display, (gint64)off,
+    LOG_TRACE("READ %s off=%" G_GINT64_FORMAT " len=%zu => %s", file->display, (gint64)off,
             size, g_strerror(-r));
     fuse_reply_err(req, EIO);
     return;
@@ -372,7 +372,7 @@ ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
   rb->bufv->idx = 0;
   rb->bufv->off = 0;
 
-  g_debug("READ %s off=%" G_GINT64_FORMAT " len=%zu => %zu (%zu buffers)", file->display,
+  LOG_TRACE("READ %s off=%" G_GINT64_FORMAT " len=%zu => %zu (%zu buffers)", file->display,
           (gint64)off, size, len, rb->bufv->count);
   r = fuse_reply_data(req, rb->bufv, fs->splice ? FUSE_BUF_SPLICE_MOVE : FUSE_BUF_NO_SPLICE);
   if (r < 0 && r != -ENOENT)
@@ -403,7 +403,7 @@ ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_fil
   else
     r = chain_seek(file->chain, (guint64)off, whence);
 
-  g_debug("LSEEK %s off=%" G_GINT64_FORMAT " %s => %" G_GINT64_FORMAT, file->display,
+  LOG_TRACE("LSEEK %s off=%" G_GINT64_FORMAT " %s => %" G_GINT64_FORMAT, file->display,
           (gint64)off, whence == SEEK_DATA ? "SEEK_DATA" : "SEEK_HOLE", r);
   if (r < 0) {
     if (r != -ENXIO)

@@ -26,8 +26,12 @@ G_BEGIN_DECLS
 #define VIRTSNAPFS_NOW "@now"
 #define VIRTSNAPFS_RAW_SUFFIX ".raw"
 #define VIRTSNAPFS_SNAPSHOT_XML "snapshot.xml"
-/* Largest read the daemon asks the kernel for, and the scratch size. */
-#define VIRTSNAPFS_MAX_READ (1024 * 1024)
+/* Largest read request: the readahead window, st_blksize, and (through
+ * max_write, from which libfuse derives max_pages) the kernel's request
+ * size.  Splice replies need a pipe that holds a whole reply plus its
+ * header, and pipes grow to /proc/sys/fs/pipe-max-size (1 MiB by default):
+ * 1 MiB requests would not fit and libfuse would fall back to copying. */
+#define VIRTSNAPFS_MAX_READ (512 * 1024)
 
 /* libfuse types with automatic cleanup. */
 typedef struct fuse_session FuseSession;
@@ -88,6 +92,12 @@ gboolean names_is_disk_file(const char *entry, const char *suffix, char **target
 /* log.c: glib logging to stderr or syslog, libfuse's log routed in.  */
 
 void log_setup(gboolean debug, gboolean to_syslog);
+/* g_debug() for the hot paths: formats nothing unless -d. */
+#define LOG_TRACE(...)              \
+  do {                              \
+    if (log_debug_enabled())        \
+      g_debug(__VA_ARGS__);         \
+  } while (0)
 void log_use_syslog(void);
 gboolean log_debug_enabled(void);
 

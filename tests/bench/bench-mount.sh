@@ -8,6 +8,7 @@
 #   qemu-img convert -O raw <point image of s2>  (what QEMU's reader does)
 #   cp --sparse=always FLAT.raw                  (a flat raw copy of the same bytes)
 #   cat MNT/.../vda.raw > /dev/null  vs  cat FLAT.raw > /dev/null
+#   cp through a mount with -o no_splice (splice vs copies through the daemon)
 # and prints the ratios.  Each run is repeated, best of N.  By default the
 # page cache is warm (for the mount: the kernel keeps the pages of a point
 # in time across opens, so this mostly measures the page cache); with
@@ -89,22 +90,32 @@ t_flat=$(best cp --sparse=always "$DIR/flat.raw" "$DIR/out/x")
 t_cat_mount=$(best sh -c "cat '$FILE' > /dev/null")
 t_cat_flat=$(best sh -c "cat '$DIR/flat.raw' > /dev/null")
 
-python3 - "$SIZE" "$t_mount" "$t_qemu" "$t_flat" "$t_cat_mount" "$t_cat_flat" "${COLD:-0}" <<'PY'
+# The same copy with -o no_splice (replies copied through user space).
+fusermount3 -u "$DIR/mnt"; wait
+"$EXE" "$URI" "$DIR/mnt" -f -o state_dir="$DIR/state" -o image_dir="$DIR/img" -o no_splice \
+  2>>"$DIR/daemon.log" &
+for _ in $(seq 100); do mountpoint -q "$DIR/mnt" && break; sleep 0.1; done
+t_nosplice=$(best cp --sparse=always "$FILE" "$DIR/out/x")
+
+python3 - "$SIZE" "$t_mount" "$t_qemu" "$t_flat" "$t_cat_mount" "$t_cat_flat" "${COLD:-0}" "$t_nosplice" <<'PY'
 import sys
 size, m, q, f, cm, cf = int(sys.argv[1]), *map(float, sys.argv[2:7])
 cold = sys.argv[7] == "1"
+ns = float(sys.argv[8])
 mib = lambda t: size / t if t else float("inf")
 print("%-44s %8s %10s" % ("", "seconds", "MiB/s"))
 for label, t in (("cp --sparse=always  mount s2/vda.raw", m),
                  ("qemu-img convert -O raw  point image", q),
                  ("cp --sparse=always  flat raw copy", f),
                  ("cat  mount s2/vda.raw", cm),
-                 ("cat  flat raw copy", cf)):
+                 ("cat  flat raw copy", cf),
+                 ("cp --sparse=always  mount, -o no_splice", ns)):
     print("%-44s %8.3f %10.0f" % (label, t, mib(t)))
 print("page cache: %s" % ("dropped before every run" if cold else "warm"))
 print("ratios (time; < 1 means the mount is faster):")
 print("  mount cp / qemu-img convert : %.2f" % (m / q))
 print("  mount cp / flat cp          : %.2f" % (m / f))
 print("  mount cat / flat cat        : %.2f" % (cm / cf))
+print("  mount cp splice / no_splice : %.2f" % (m / ns))
 PY
 grep -E "WARNING|CRITICAL" "$DIR/daemon.log" && exit 1 || true
