@@ -331,8 +331,11 @@ read_build(VirtsnapfsFile *file, ReadBuffers *rb, guint64 off, gsize len)
 static void
 read_xml(fuse_req_t req, VirtsnapfsFile *file, size_t size, off_t off)
 {
+  /* Our own reference: once the kernel has the reply it may release the
+   * handle (from another worker) while fuse_reply_buf() returns. */
+  g_autoptr(GBytes) bytes = g_bytes_ref(file->bytes);
   gsize len;
-  const char *data = g_bytes_get_data(file->bytes, &len);
+  const char *data = g_bytes_get_data(bytes, &len);
   if ((guint64)off >= len) {
     fuse_reply_buf(req, NULL, 0);
     return;
@@ -356,6 +359,10 @@ ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
     return;
   }
   gsize len = (gsize)MIN((guint64)size, file->size - (guint64)off);
+  /* Held until the reply is sent: a release may free the handle as soon
+   * as the kernel has the data, and the reply's buffers name the chain's
+   * descriptors.  Nothing touches file after fuse_reply_data(). */
+  g_autoptr(Chain) chain = chain_ref(file->chain);
 
   ReadBuffers *rb = read_buffers(len);
   if (rb->bufv == NULL)
@@ -376,7 +383,7 @@ ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
           (gint64)off, size, len, rb->bufv->count);
   r = fuse_reply_data(req, rb->bufv, fs->splice ? FUSE_BUF_SPLICE_MOVE : FUSE_BUF_NO_SPLICE);
   if (r < 0 && r != -ENOENT)
-    file_data_error(file, "reply", (guint64)off, r);
+    LOG_TRACE("READ reply at offset %" G_GINT64_FORMAT ": %s", (gint64)off, g_strerror(-r));
 }
 
 /* ------------------------------------------------------------------ */

@@ -137,7 +137,8 @@ test_gone(void)
   guint size = tree_size(tree);
   tree_prune(tree, after);
   g_assert_cmpuint(tree_size(tree), ==, size - 1);
-  g_assert_nonnull(tree_get(tree, FUSE_ROOT_ID));
+  g_autoptr(TreeNode) root = tree_get(tree, FUSE_ROOT_ID);
+  g_assert_nonnull(root);
 
   model_free(before);
   model_free(after);
