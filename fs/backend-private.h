@@ -75,6 +75,9 @@ const char *backend_raw_fingerprint(const BackendRaw *raw);
 BackendModel *backend_model_build(const BackendRaw *raw, const char *const *extra_dirs,
                                   GHashTable *logged);
 BackendModel *backend_model_new_empty(void);
+/* UNKNOWN-terminated formats of layers[from..] (of DomXmlLayer), for
+ * BackendDisk.backing_formats; NULL when layers is NULL or too short. */
+ChainFormat *backend_layer_formats(GPtrArray *layers, guint from);
 /* TRUE when both paths name the same existing file (device and inode), or
  * are equal strings. */
 gboolean backend_path_same(const char *a, const char *b);

@@ -23,7 +23,6 @@
 #define POLL_INTERVAL_US (G_USEC_PER_SEC)
 #define BACKOFF_MAX_S 30
 
-static gboolean refresh(Backend *backend, gboolean force, GError **error);
 
 void
 backend_wake(Backend *backend)
@@ -129,7 +128,11 @@ connect_open(Backend *backend, int ids[5], GError **error)
   /* Remote drivers support keepalive; embedded and local ones say no. */
   if (virConnectSetKeepAlive(conn, 5, 3) < 0)
     g_debug("%s: no keepalive: %s", backend->uri, virGetLastErrorMessage());
-  if (virConnectRegisterCloseCallback(conn, on_close, sink_ref(backend->sink), sink_unref) < 0) {
+  /* No freecb here: libvirt runs a close callback under the lock that
+   * virConnectUnregisterCloseCallback() takes, so once that returns the
+   * reference can go (connect_drop); a freecb would only run when the
+   * connection object is disposed, which other references may delay. */
+  if (virConnectRegisterCloseCallback(conn, on_close, sink_ref(backend->sink), NULL) < 0) {
     g_debug("%s: no close callback: %s", backend->uri, virGetLastErrorMessage());
     sink_unref(backend->sink);
   }
@@ -175,7 +178,8 @@ connect_drop(Backend *backend)
   for (guint i = 0; i < G_N_ELEMENTS(ids); i++)
     if (ids[i] >= 0)
       virConnectDomainEventDeregisterAny(conn, ids[i]);
-  virConnectUnregisterCloseCallback(conn, on_close);
+  if (virConnectUnregisterCloseCallback(conn, on_close) == 0)
+    sink_unref(backend->sink);
   g_debug("virConnectClose(%s)", backend->uri);
   virConnectClose(conn);
 }
@@ -204,6 +208,15 @@ backend_get_connection(Backend *backend, GError **error)
   }
   virConnectRef(backend->conn);
   return backend->conn;
+}
+
+void
+backend_drop_connection(Backend *backend)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
+  g_message("dropping the connection to %s", backend->uri);
+  backend->conn_broken = TRUE;
+  g_cond_signal(&backend->wake);
 }
 
 /* ------------------------------------------------------------------ */

@@ -358,9 +358,8 @@ log_once(GHashTable *logged, const char *domain, const char *target, const char 
   g_hash_table_add(logged, g_steal_pointer(&key));
 }
 
-/* UNKNOWN-terminated formats of layers[from..], or NULL when none is known. */
-static ChainFormat *
-layer_formats(GPtrArray *layers, guint from)
+ChainFormat *
+backend_layer_formats(GPtrArray *layers, guint from)
 {
   if (!layers || from >= layers->len)
     return NULL;
@@ -424,7 +423,7 @@ resolve_point(DomXmlDomain *domain, const char *snapshot, DomXmlSnapshotDisk *sd
       if (below->format != CHAIN_FORMAT_UNKNOWN) {
         point->image_path = g_strdup(below->path);
         point->format = below->format;
-        point->backing_formats = layer_formats(disk->backing, (guint)at + 1);
+        point->backing_formats = backend_layer_formats(disk->backing, (guint)at + 1);
         return g_steal_pointer(&point);
       }
     }
@@ -493,9 +492,16 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
   domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
   domain->snapshots = g_ptr_array_new_with_free_func((GDestroyNotify)snapshot_free);
 
-  /* The inactive XML may carry the chain libvirt saw when the domain last
-   * ran; only the live one is authoritative, so a shut-off domain's chains
-   * are read from the image headers. */
+  /* Every image libvirt names, live or in the inactive XML, is in a
+   * directory the policy allows.  But the inactive XML's chain is the one
+   * libvirt saw when it last looked; only the live one is authoritative
+   * for P(S), so a shut-off domain's chains are read from the headers. */
+  for (guint i = 0; i < parsed->disks->len; i++) {
+    DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
+    add_dir_of(dirs, disk->source);
+    for (guint j = 0; disk->backing && j < disk->backing->len; j++)
+      add_dir_of(dirs, ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->path);
+  }
   if (!raw->running)
     domxml_domain_forget_backing(parsed);
   for (guint i = 0; i < parsed->skipped->len; i++) {
@@ -508,11 +514,8 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
     out->target = g_strdup(disk->target);
     out->image_path = g_strdup(disk->source);
     out->format = disk->format;
-    out->backing_formats = layer_formats(disk->backing, 0);
+    out->backing_formats = backend_layer_formats(disk->backing, 0);
     g_ptr_array_add(domain->disks, out);
-    add_dir_of(dirs, disk->source);
-    for (guint j = 0; disk->backing && j < disk->backing->len; j++)
-      add_dir_of(dirs, ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->path);
   }
   g_ptr_array_sort(domain->disks, compare_disks);
 

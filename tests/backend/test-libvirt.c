@@ -217,6 +217,13 @@ gamma_running(BackendModel *model, gpointer data)
 }
 
 static gboolean
+theta_running(BackendModel *model, gpointer data)
+{
+  BackendDomain *domain = backend_model_find_domain(model, "theta");
+  return domain && domain->running;
+}
+
+static gboolean
 has_domain(BackendModel *model, gpointer data)
 {
   return backend_model_find_domain(model, data) != NULL;
@@ -294,6 +301,56 @@ test_listener(void)
 }
 
 /* ------------------------------------------------------------------ */
+
+static virConnectPtr
+wait_connection(Fixture *fx, guint timeout_s)
+{
+  gint64 deadline = g_get_monotonic_time() + timeout_s * G_USEC_PER_SEC;
+  while (g_get_monotonic_time() < deadline) {
+    virConnectPtr conn = backend_get_connection(fx->backend, NULL);
+    if (conn)
+      return conn;
+    g_usleep(50 * 1000);
+  }
+  return NULL;
+}
+
+static void
+test_reconnect(void)
+{
+  Fixture fx = {0};
+  fixture_setup(&fx);
+  g_autofree char *vda = fixture_image(&fx, "theta.qcow2", "qcow2", "64M", NULL, NULL);
+  g_autofree char *ivda = fixture_image(&fx, "iota.qcow2", "qcow2", "64M", NULL, NULL);
+  fixture_open(&fx);
+  FixtureDisk disks[] = {{"vda", "virtio", vda, "qcow2", NULL}};
+  virDomainFree(fixture_define(&fx, "theta", disks, 1));
+  g_autoptr(GError) error = NULL;
+  g_assert_true(backend_refresh(fx.backend, &error));
+  g_autoptr(BackendModel) before = backend_get_model(fx.backend);
+  g_assert_nonnull(backend_model_find_domain(before, "theta"));
+
+  /* Lose the connection: the last model stays while the worker
+   * reconnects. */
+  virConnectClose(g_steal_pointer(&fx.conn));
+  backend_drop_connection(fx.backend);
+  g_autoptr(BackendModel) during = backend_get_model(fx.backend);
+  g_assert_nonnull(backend_model_find_domain(during, "theta"));
+  fx.conn = wait_connection(&fx, 10);
+  g_assert_nonnull(fx.conn);
+
+  /* The new connection is watched like the first: poll and events. */
+  FixtureDisk idisks[] = {{"vda", "virtio", ivda, "qcow2", NULL}};
+  virDomainFree(fixture_define(&fx, "iota", idisks, 1));
+  g_autoptr(BackendModel) after = fixture_wait_model(&fx, has_domain, (gpointer) "iota", 5);
+  g_assert_nonnull(after);
+  g_assert_cmpuint(after->generation, >, before->generation);
+  g_autoptr(BackendVirDomain) theta = virDomainLookupByName(fx.conn, "theta");
+  g_assert_cmpint(virDomainCreate(theta), ==, 0);
+  g_autoptr(BackendModel) running = fixture_wait_model(&fx, theta_running, NULL, 5);
+  g_assert_nonnull(running);
+  fixture_teardown(&fx);
+}
 
 static void
 test_freeze_running(void)
@@ -434,6 +491,7 @@ test_freeze_shutoff(void)
 /* ------------------------------------------------------------------ */
 
 #define REPAIR_ENV "VIRTSNAPFS_TEST_REPAIR_DIR"
+#define REPAIR_MODE_ENV "VIRTSNAPFS_TEST_REPAIR_MODE"
 
 /* The child: freeze, write, and vanish without a thaw. */
 static void
@@ -448,22 +506,33 @@ repair_child(void)
   fixture_open(&fx);
   FixtureDisk disks[] = {{"vda", "virtio", vda, "qcow2", NULL}};
   g_autoptr(BackendVirDomain) dom = fixture_define(&fx, "eta", disks, 1);
-  g_assert_cmpint(virDomainCreate(dom), ==, 0);
+  gboolean shutoff = g_strcmp0(g_getenv(REPAIR_MODE_ENV), "shutoff") == 0;
+  if (!shutoff)
+    g_assert_cmpint(virDomainCreate(dom), ==, 0);
   g_autoptr(GError) error = NULL;
   g_autoptr(GPtrArray) frozen = backend_freeze(fx.backend, "eta", &error);
   g_assert_no_error(error);
+  if (shutoff) /* started after the freeze, stopped before the crash */
+    g_assert_cmpint(virDomainCreate(dom), ==, 0);
   fixture_guest_write(dom, VIRTIO0, 0x66, 0, 64 * 1024);
+  if (shutoff)
+    g_assert_cmpint(virDomainDestroy(dom), ==, 0);
   virConnectClose(fx.conn);
   backend_abandon(fx.backend);
+  g_free(fx.dir);
+  g_free(fx.images);
+  g_free(fx.state_dir);
+  g_free(fx.uri);
 }
 
 static void
-test_freeze_repair(void)
+freeze_repair(const char *mode)
 {
   if (g_test_subprocess()) {
     repair_child();
     return;
   }
+  g_setenv(REPAIR_MODE_ENV, mode, TRUE);
   Fixture fx = {0};
   fixture_setup(&fx);
   g_autofree char *vda = fixture_image(&fx, "eta.qcow2", "qcow2", "64M", NULL, NULL);
@@ -489,6 +558,8 @@ test_freeze_repair(void)
   g_assert_nonnull(dom);
   g_test_message("domain eta was %s at the repair",
                  virDomainIsActive(dom) == 1 ? "still running" : "shut off");
+  if (g_str_equal(mode, "shutoff"))
+    g_assert_cmpint(virDomainIsActive(dom), ==, 0);
   g_autofree char *src = domain_source(dom, 0, "vda");
   g_assert_cmpstr(src, ==, vda);
   g_autofree char *persistent = domain_source(dom, VIR_DOMAIN_XML_INACTIVE, "vda");
@@ -503,14 +574,133 @@ test_freeze_repair(void)
   fixture_teardown(&fx);
 }
 
+/* The child keeps the domain running: qemu outlives it, and the repair
+ * is an active commit and pivot. */
+static void
+test_freeze_repair_running(void)
+{
+  freeze_repair("running");
+}
+
+/* The domain ran during the freeze and was shut off before the crash: the
+ * repair is qemu-img commit and a redefinition. */
+static void
+test_freeze_repair_shutoff(void)
+{
+  freeze_repair("shutoff");
+}
+
+/* Records a crash can leave without any guest write at stake: the overlay
+ * was never created, or was created but no disk reads from it.  Both go;
+ * a record for a domain that no longer exists stays, with its overlay. */
+static void
+test_freeze_repair_stale(void)
+{
+  Fixture fx = {0};
+  fixture_setup(&fx);
+  g_autofree char *vda = fixture_image(&fx, "kappa.qcow2", "qcow2", "64M", NULL, NULL);
+  fixture_image_write(vda, "qcow2", 0x12, 0, MiB);
+  g_autofree char *xml_path = g_build_filename(fx.dir, "kappa.xml", NULL);
+  g_autofree char *xml = g_strdup_printf(
+      "<domain type='qemu'><name>kappa</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+      "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><disk type='file' "
+      "device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vda' "
+      "bus='virtio'/></disk></devices></domain>", vda);
+  g_assert_true(g_file_set_contents(xml_path, xml, -1, NULL));
+  /* Prepared with virsh before the backend owns the root. */
+  const char *define[] = {"virsh", "-q", "-c", fx.uri, "define", xml_path, NULL};
+  g_free(fixture_run(define));
+  const char *uuid_argv[] = {"virsh", "-q", "-c", fx.uri, "domuuid", "kappa", NULL};
+  g_autofree char *uuid = g_strstrip(fixture_run(uuid_argv));
+
+  g_autofree char *never = g_strdup_printf("%s.virtsnapfs-now-1-1", vda);
+  g_autofree char *stray = fixture_image(&fx, "kappa.qcow2.virtsnapfs-now-2-2", "qcow2", NULL,
+                                         vda, "qcow2");
+  g_autoptr(GError) error = NULL;
+  g_autoptr(BackendFreezeRecord) r1 = backend_freeze_record_new("kappa", uuid);
+  backend_freeze_record_add_disk(r1, "vda", vda, CHAIN_FORMAT_QCOW2, never);
+  g_assert_true(backend_freeze_record_write(r1, fx.state_dir, &error));
+  g_autoptr(BackendFreezeRecord) r2 = backend_freeze_record_new("kappa", "uuid-of-r2");
+  backend_freeze_record_add_disk(r2, "vda", vda, CHAIN_FORMAT_QCOW2, stray);
+  g_assert_true(backend_freeze_record_write(r2, fx.state_dir, &error));
+  g_autofree char *orphan = fixture_image(&fx, "gone.qcow2.virtsnapfs-now-3-3", "qcow2", "64M",
+                                          NULL, NULL);
+  g_autoptr(BackendFreezeRecord) r3 = backend_freeze_record_new("gone", "uuid-of-gone");
+  backend_freeze_record_add_disk(r3, "vda", "/nowhere/gone.qcow2", CHAIN_FORMAT_QCOW2, orphan);
+  g_assert_true(backend_freeze_record_write(r3, fx.state_dir, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(count_records(&fx), ==, 3);
+
+  /* The record of the vanished domain makes the repair warn: expected. */
+  GLogLevelFlags fatal = g_log_set_always_fatal(G_LOG_FATAL_MASK);
+  fixture_open(&fx);
+  g_log_set_always_fatal(fatal);
+  g_assert_cmpuint(count_records(&fx), ==, 1); /* gone's */
+  g_assert_false(g_file_test(stray, G_FILE_TEST_EXISTS));
+  g_assert_true(g_file_test(orphan, G_FILE_TEST_EXISTS));
+  g_autoptr(BackendVirDomain) dom = virDomainLookupByName(fx.conn, "kappa");
+  g_autofree char *src = domain_source(dom, VIR_DOMAIN_XML_INACTIVE, "vda");
+  g_assert_cmpstr(src, ==, vda);
+  g_autoptr(GBytes) content = fixture_read_image(&fx, vda);
+  fixture_assert_pattern(content, 0x12, 0, MiB);
+  fixture_teardown(&fx);
+}
+
+/* A record that could not be finished at start-up (here: its domain was
+ * not defined yet) is finished before the next freeze of that domain, and
+ * the new freeze reads what the old overlay held. */
+static void
+test_freeze_retry(void)
+{
+  Fixture fx = {0};
+  fixture_setup(&fx);
+  g_autofree char *vda = fixture_image(&fx, "lambda.qcow2", "qcow2", "64M", NULL, NULL);
+  fixture_image_write(vda, "qcow2", 0x21, 0, MiB);
+  g_autofree char *old_overlay = fixture_image(&fx, "lambda.qcow2.virtsnapfs-now-5-5", "qcow2",
+                                               NULL, vda, "qcow2");
+  fixture_image_write(old_overlay, "qcow2", 0x31, 0, 64 * 1024);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(BackendFreezeRecord) record = backend_freeze_record_new("lambda", "uuid-lambda");
+  backend_freeze_record_add_disk(record, "vda", vda, CHAIN_FORMAT_QCOW2, old_overlay);
+  g_assert_true(backend_freeze_record_write(record, fx.state_dir, &error));
+  g_assert_no_error(error);
+
+  /* The start-up repair fails and says so; the record stays. */
+  GLogLevelFlags fatal = g_log_set_always_fatal(G_LOG_FATAL_MASK);
+  fixture_open(&fx);
+  g_log_set_always_fatal(fatal);
+  g_assert_cmpuint(count_records(&fx), ==, 1);
+
+  FixtureDisk disks[] = {{"vda", "virtio", old_overlay, "qcow2", NULL}};
+  g_autoptr(BackendVirDomain) dom = fixture_define(&fx, "lambda", disks, 1);
+  g_autoptr(GPtrArray) frozen = backend_freeze(fx.backend, "lambda", &error);
+  g_assert_no_error(error);
+  assert_disk(frozen, "vda", vda, CHAIN_FORMAT_QCOW2);
+  g_assert_false(g_file_test(old_overlay, G_FILE_TEST_EXISTS));
+  g_assert_cmpuint(count_records(&fx), ==, 1); /* the new freeze's */
+  g_autoptr(GBytes) content = fixture_read_image(&fx, vda);
+  fixture_assert_pattern(content, 0x31, 0, 64 * 1024);
+  fixture_assert_pattern(content, 0x21, 64 * 1024, MiB - 64 * 1024);
+
+  backend_thaw(fx.backend, "lambda");
+  g_assert_cmpuint(count_records(&fx), ==, 0);
+  g_autofree char *src = domain_source(dom, VIR_DOMAIN_XML_INACTIVE, "vda");
+  g_assert_cmpstr(src, ==, vda);
+  fixture_teardown(&fx);
+}
+
 int
 main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/libvirt/model", test_model);
   g_test_add_func("/libvirt/listener", test_listener);
+  g_test_add_func("/libvirt/reconnect", test_reconnect);
   g_test_add_func("/libvirt/freeze/running", test_freeze_running);
   g_test_add_func("/libvirt/freeze/shutoff", test_freeze_shutoff);
-  g_test_add_func("/libvirt/freeze/repair", test_freeze_repair);
+  g_test_add_func("/libvirt/freeze/repair-running", test_freeze_repair_running);
+  g_test_add_func("/libvirt/freeze/repair-shutoff", test_freeze_repair_shutoff);
+  g_test_add_func("/libvirt/freeze/repair-stale", test_freeze_repair_stale);
+  g_test_add_func("/libvirt/freeze/retry", test_freeze_retry);
   return g_test_run();
 }
