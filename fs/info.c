@@ -6,7 +6,9 @@
  * keyed by the identity of the top image (device, inode, mtime, size):
  * a point image never changes while it is one, so its entry lives as long
  * as the file.  The present of a running domain is written all the time;
- * its entries expire after a second.
+ * its entries expire after a few seconds: counting the allocation walks
+ * every L2 table of the chain, and st_blocks of the present is an estimate
+ * anyway (cp only compares it with the size to decide to look for holes).
  *
  * Errors (unreadable chain, policy refusal) are logged once per image
  * path and reported as the chain's errno.
@@ -20,7 +22,7 @@
 #include <errno.h>
 #include <string.h>
 
-#define INFO_LIVE_TTL_US (1 * G_USEC_PER_SEC)
+#define INFO_LIVE_TTL_US (5 * G_USEC_PER_SEC)
 
 typedef struct {
   dev_t dev;

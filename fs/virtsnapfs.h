@@ -191,7 +191,7 @@ InfoCache *info_cache_new(void);
 void info_cache_free(InfoCache *cache);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(InfoCache, info_cache_free)
 /* Facts about disk's chain.  live: the image may be written to (the
- * present of a running domain), so cached facts expire after a second.
+ * present of a running domain), so cached facts expire after 5 seconds.
  * Errors are logged once per image and reported as EIO. */
 gboolean info_cache_get(InfoCache *cache, const BackendDisk *disk,
                         const char *const *image_dirs, gboolean live,
