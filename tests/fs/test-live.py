@@ -164,7 +164,7 @@ def test(env):
         pass
     check.ok(env.active_image(DOM, "vda") != active["vda"],
              "killed while frozen: the domain still runs on the temporary overlay")
-    d = m.Daemon(env, expect=[r"repair", r"freeze", r"overlay"])
+    d = m.Daemon(env)  # the repair itself must not warn
     wait_thawed(env, active)
     check.ok(True, "restart repairs the freeze: back on the original active images")
     m.wait_for(lambda: image_files(env) == files_before, timeout=30,
