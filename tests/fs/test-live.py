@@ -92,8 +92,10 @@ def test(env):
     for name, entry in (("snap 1", "snap 1"), ("ünï 100%", "ünï 100%25")):
         t0 = time.time()
         env.snapshot(DOM, name)
-        m.wait_for(lambda: entry in os.listdir(ddir), timeout=5, what="%s to show up" % name)
-        check.ok(True, "snapshot %r shows up as %r %.1f s after virsh returned"
+        files = [os.path.join(ddir, entry, f) for f in ("vda.raw", "sdb.raw", "snapshot.xml")]
+        m.wait_for(lambda: all(os.path.exists(f) for f in files), timeout=5,
+                   what="%s and its files to show up" % name)
+        check.ok(True, "snapshot %r shows up as %r with its files %.1f s after virsh returned"
                  % (name, entry, time.time() - t0))
         env.guest_write(DOM, "vda", 0x30 + len(name), 4 * MiB, 128 * 1024)
         env.guest_write(DOM, "sdb", 0x40 + len(name), 0, 4096)
@@ -105,7 +107,8 @@ def test(env):
     check.ok(os.listdir(ddir) == ["snap 1", "ünï 100%25", "@now"], "readdir order")
 
     env.snapshot(DOM, "doomed")
-    m.wait_for(lambda: "doomed" in os.listdir(ddir), timeout=5, what="doomed to show up")
+    m.wait_for(lambda: os.path.exists(os.path.join(ddir, "doomed", "vda.raw")), timeout=5,
+               what="doomed to show up")
     st = os.stat(os.path.join(ddir, "doomed", "vda.raw"))  # cached by the kernel
     env.virsh("snapshot-delete", DOM, "doomed", "--metadata")
     t0 = time.time()
