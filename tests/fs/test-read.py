@@ -142,6 +142,14 @@ def check_file(env, path, image, fmt, label):
     check.ok(qmap == smap, "%s: SEEK_DATA/SEEK_HOLE == qemu-img map (%d extents)"
              % (label, len(qmap)))
     alloc_chain = sum(e - s for s, e in qmap)
+    # Where the chain has a hole, so has the copy: every data range of the
+    # copy (SEEK_DATA/SEEK_HOLE, rounded to 4 KiB blocks) lies in data.
+    def in_data(r):
+        s0, e0 = r
+        return any(s0 >= (qs // 4096) * 4096 and e0 <= -(-qe // 4096) * 4096 for qs, qe in qmap)
+    cmap = m.data_ranges_seek(got)
+    check.ok(all(in_data(r) for r in cmap),
+             "%s: the copy's data ranges lie in the chain's data (%d ranges)" % (label, len(cmap)))
     check.ok(m.allocated(got) <= alloc_chain + 64 * 1024,
              "%s: copy is sparse (%d allocated <= %d in the chain)"
              % (label, m.allocated(got), alloc_chain))
