@@ -254,8 +254,6 @@ refresh(Backend *backend, gboolean force, GError **error)
 
   BackendModel *model = backend_model_build(raw, (const char *const *)backend->image_dirs,
                                             backend->logged);
-  if (g_hash_table_remove(backend->logged, BACKEND_LOGGED_RETRY))
-    g_clear_pointer(&backend->fingerprint, g_free); /* read again at the next poll */
   mark_frozen(backend, model);
   model->generation = ++backend->generation;
   g_debug("model %" G_GUINT64_FORMAT ": %u domains", model->generation, model->domains->len);
