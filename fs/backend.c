@@ -196,6 +196,7 @@ refresh(Backend *backend, gboolean force, GError **error)
   BackendModel *model = backend_model_build(raw, (const char *const *)backend->image_dirs,
                                             backend->logged);
   mark_frozen(backend, model);
+  backend_exec_filter_model(backend, model);
   model->generation = ++backend->generation;
   g_debug("model %" G_GUINT64_FORMAT ": %u domains", model->generation, model->domains->len);
 
@@ -319,6 +320,7 @@ backend_destroy(Backend *backend, gboolean thaw)
     g_thread_join(g_steal_pointer(&backend->worker));
   }
   connect_drop(backend);
+  backend_exec_free(backend);
   backend_freeze_table_free(backend);
   g_hash_table_unref(backend->domain_locks);
   g_hash_table_unref(backend->job_events);
@@ -369,6 +371,7 @@ backend_new(const BackendOptions *options, GError **error)
   backend->freezes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   backend->domain_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, domain_lock_free);
   backend->job_events = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  backend_exec_init(backend, options);
 
   if (g_mkdir_with_parents(backend->state_dir, 0700) < 0) {
     int err = errno;
@@ -382,6 +385,7 @@ backend_new(const BackendOptions *options, GError **error)
     return NULL;
   }
   backend_freeze_repair(backend);
+  backend_exec_recover(backend);
   if (!refresh(backend, TRUE, error)) {
     backend_destroy(backend, FALSE);
     return NULL;
