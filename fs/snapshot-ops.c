@@ -484,6 +484,32 @@ run_plan(Backend *backend, const char *domain, const PlanOp *op, GError **error)
   return TRUE;
 }
 
+/* A name libvirt can hold: the planner's rules, and (verified with
+ * libvirt 9.0) no leading '.', no '/', and at most 247 bytes: libvirt
+ * saves the metadata as NAME.xml through a temporary NAME.xml.new, and a
+ * longer name fails only after the disks were switched to the overlays. */
+#define LIBVIRT_NAME_MAX (255 - (int)sizeof(".xml.new") + 1)
+static gboolean
+check_name(const char *name, GError **error)
+{
+  GError *local = NULL;
+  if (!planner_check_name(name, &local)) {
+    propagate_as_backend(error, local);
+    return FALSE;
+  }
+  if (strlen(name) > LIBVIRT_NAME_MAX) {
+    g_set_error(error, BACKEND_ERROR, EINVAL, "snapshot name of %zu bytes is longer than the %d "
+                "libvirt can store", strlen(name), LIBVIRT_NAME_MAX);
+    return FALSE;
+  }
+  if (name[0] == '.' || strchr(name, '/')) {
+    g_set_error(error, BACKEND_ERROR, EINVAL, "snapshot name '%s': libvirt refuses a leading '.' "
+                "and any '/'", name);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 gboolean
 backend_snapshot_delete(Backend *backend, const char *domain, const char *name, GError **error)
 {
@@ -495,11 +521,8 @@ gboolean
 backend_snapshot_rename(Backend *backend, const char *domain, const char *name,
                         const char *new_name, GError **error)
 {
-  GError *local = NULL;
-  if (!planner_check_name(new_name, &local)) {
-    propagate_as_backend(error, local);
+  if (!check_name(new_name, error))
     return FALSE;
-  }
   PlanOp op = {.kind = PLAN_OP_RENAME, .name = name, .new_name = new_name,
                .now = g_get_real_time() / G_USEC_PER_SEC};
   return run_plan(backend, domain, &op, error);
@@ -575,11 +598,8 @@ overlay_path(const DomXmlDisk *disk, const char *escaped, GHashTable *taken)
 gboolean
 backend_snapshot_create(Backend *backend, const char *domain, const char *name, GError **error)
 {
-  GError *local = NULL;
-  if (!planner_check_name(name, &local)) {
-    propagate_as_backend(error, local);
+  if (!check_name(name, error))
     return FALSE;
-  }
   g_autoptr(DomainTurn) turn = turn_take(backend, domain);
   g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, error);
   if (!conn)
