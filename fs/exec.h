@@ -31,7 +31,8 @@ struct _BackendExec {
   GHashTable *hidden;           /* "domain\tsnapshot" -> count */
   GHashTable *pins;             /* "dev:ino" -> count */
   GHashTable *status;           /* domain -> BackendExecStatus* */
-  int stop_after;               /* test hook, -1 = off (see exec-test.h) */
+  int stop_after;               /* test hooks, see backend_exec_set_stop_after() */
+  gboolean stop_in_job;
 };
 
 typedef struct {
@@ -138,11 +139,14 @@ void backend_exec_status_set(Backend *backend, const char *domain, const char *o
 void backend_exec_status_clear(Backend *backend, const char *domain);
 /* Whether the layer with this identity is pinned by a reader. */
 gboolean backend_exec_pinned(Backend *backend, dev_t dev, ino_t ino);
-/* Test hook: a plan stops after its step k (k >= 1) as if the daemon was
- * killed there: the operation fails with ECANCELED and leaves its journal
- * and hidden snapshot behind.  -1 switches it off. */
-void backend_exec_set_stop_after(Backend *backend, int steps);
-/* TRUE when the plan must stop (as if killed) after steps_done steps. */
-gboolean backend_exec_stop_here(Backend *backend, guint steps_done);
+/* Test hook: a plan stops after its first k steps (k >= 0) as if the
+ * daemon was killed there: the operation fails with ECANCELED and leaves
+ * its journal and hidden snapshot behind.  With in_job, when step k + 1
+ * is a commit or pull block job, it stops right after starting the job,
+ * which QEMU then runs on its own.  k = -1 switches the hook off. */
+void backend_exec_set_stop_after(Backend *backend, int steps, gboolean in_job);
+/* Whether the plan must stop (as if killed) after steps_done steps;
+ * *in_job: inside the next step, once its block job started. */
+gboolean backend_exec_stop_here(Backend *backend, guint steps_done, gboolean *in_job);
 
 G_END_DECLS

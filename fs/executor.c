@@ -46,6 +46,7 @@ typedef struct {
   const char *name;
   char uuid[VIR_UUID_STRING_BUFLEN];
   BackendJournal *journal;
+  gboolean stop_in_job;         /* test hook: stop once the job started */
 } Exec;
 
 /* ------------------------------------------------------------------ */
@@ -254,6 +255,16 @@ job_wait_end(Exec *x, const char *target, GError **error)
   }
 }
 
+/* The test hook: stop as if killed while QEMU runs the job. */
+static gboolean
+job_test_hook(Exec *x, GError **error)
+{
+  if (!x->stop_in_job)
+    return TRUE;
+  g_set_error(error, BACKEND_ERROR, ECANCELED, "stopped by the test hook while a block job runs");
+  return FALSE;
+}
+
 /* A job already on target (left by a crash) of the expected type is
  * waited for; any other job is an error. */
 static gboolean
@@ -297,6 +308,39 @@ step_commit_offline(Exec *x, const PlanStep *step, GError **error)
   return backend_exec_qemu_img(argv, error);
 }
 
+/* After a restart libvirt may still be processing the end of a job that
+ * QEMU finished meanwhile: no job is listed, but the live XML changes only
+ * a moment later.  Polls the live XML for a few seconds for done(). */
+static gboolean
+settled_meanwhile(Exec *x, const PlanStep *step,
+                  gboolean (*done)(const DomXmlDisk *, const PlanStep *))
+{
+  for (guint i = 0; i < 20; i++) {
+    g_usleep(JOB_POLL_US);
+    g_autoptr(GError) error = NULL;
+    g_autoptr(DomXmlDomain) live = read_xml(x, 0, &error);
+    DomXmlDisk *disk = live ? domxml_domain_find_disk(live, step->disk) : NULL;
+    if (disk && done(disk, step)) {
+      g_message("domain %s disk %s: the %s an earlier run started has finished", x->name,
+                step->disk, plan_step_kind_name(step->kind));
+      return TRUE;
+    }
+  }
+  return FALSE;
+}
+
+static gboolean
+commit_done(const DomXmlDisk *disk, const PlanStep *step)
+{
+  return !in_live_chain(disk, step->image);
+}
+
+static gboolean
+pull_done(const DomXmlDisk *disk, const PlanStep *step)
+{
+  return same_file(live_backing(disk), step->backing);
+}
+
 static gboolean
 step_commit_job(Exec *x, const PlanStep *step, GError **error)
 {
@@ -315,11 +359,14 @@ step_commit_job(Exec *x, const PlanStep *step, GError **error)
             step->backing, step->image);
     if (virDomainBlockCommit(x->dom, step->disk, step->backing, step->image, 0,
                              VIR_DOMAIN_BLOCK_COMMIT_SHALLOW) < 0) {
-      backend_set_virt_error(error, "domain %s disk %s: commit %s into %s", x->name, step->disk,
-                             step->image, step->backing);
+      g_autofree char *why = g_strdup(virGetLastErrorMessage());
+      if (settled_meanwhile(x, step, commit_done))
+        return TRUE;
+      g_set_error(error, BACKEND_ERROR, EIO, "domain %s disk %s: commit %s into %s: %s", x->name,
+                  step->disk, step->image, step->backing, why);
       return FALSE;
     }
-    if (!job_wait_end(x, step->disk, error))
+    if (!job_test_hook(x, error) || !job_wait_end(x, step->disk, error))
       return FALSE;
   }
   g_autoptr(DomXmlDomain) after = read_xml(x, 0, error);
@@ -413,11 +460,14 @@ step_pull_job(Exec *x, const PlanStep *step, GError **error)
     g_debug("virDomainBlockRebase(%s, %s, base=%s)", x->name, step->disk,
             step->backing ? step->backing : "(none)");
     if (virDomainBlockRebase(x->dom, step->disk, step->backing, 0, 0) < 0) {
-      backend_set_virt_error(error, "domain %s disk %s: pull into %s", x->name, step->disk,
-                             step->image);
+      g_autofree char *why = g_strdup(virGetLastErrorMessage());
+      if (settled_meanwhile(x, step, pull_done))
+        return TRUE;
+      g_set_error(error, BACKEND_ERROR, EIO, "domain %s disk %s: pull into %s: %s", x->name,
+                  step->disk, step->image, why);
       return FALSE;
     }
-    if (!job_wait_end(x, step->disk, error))
+    if (!job_test_hook(x, error) || !job_wait_end(x, step->disk, error))
       return FALSE;
   }
   g_autoptr(DomXmlDomain) after = read_xml(x, 0, error);
@@ -717,6 +767,17 @@ backend_exec_run(Backend *backend, virDomainPtr dom, BackendJournal *journal, GE
   guint n = journal->steps->len;
   while (journal->done < n) {
     const PlanStep *step = journal->steps->pdata[journal->done];
+    gboolean in_job = FALSE;
+    if (backend_exec_stop_here(backend, journal->done, &in_job)) {
+      gboolean job = step->block_job &&
+                     (step->kind == PLAN_STEP_COMMIT || step->kind == PLAN_STEP_PULL);
+      if (!(in_job && job)) {
+        g_set_error(error, BACKEND_ERROR, ECANCELED, "%s: stopped after step %u by the test hook",
+                    op_title, journal->done);
+        return FALSE;
+      }
+      x.stop_in_job = TRUE;
+    }
     g_autofree char *title = step_title(step);
     backend_exec_status_set(backend, journal->domain, op_title, journal->done + 1, n, title,
                             step->block_job ? step->disk : NULL);
@@ -728,11 +789,6 @@ backend_exec_run(Backend *backend, virDomainPtr dom, BackendJournal *journal, GE
     }
     if (!backend_journal_step_done(journal, error))
       return FALSE;
-    if (backend_exec_stop_here(backend, journal->done)) {
-      g_set_error(error, BACKEND_ERROR, ECANCELED, "%s: stopped after step %u by the test hook",
-                  op_title, journal->done);
-      return FALSE;
-    }
   }
   return TRUE;
 }

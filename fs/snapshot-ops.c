@@ -81,16 +81,18 @@ backend_exec_free(Backend *backend)
 }
 
 void
-backend_exec_set_stop_after(Backend *backend, int steps)
+backend_exec_set_stop_after(Backend *backend, int steps, gboolean in_job)
 {
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->exec->lock);
   backend->exec->stop_after = steps;
+  backend->exec->stop_in_job = in_job;
 }
 
 gboolean
-backend_exec_stop_here(Backend *backend, guint steps_done)
+backend_exec_stop_here(Backend *backend, guint steps_done, gboolean *in_job)
 {
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->exec->lock);
+  *in_job = backend->exec->stop_in_job;
   return backend->exec->stop_after >= 0 && steps_done == (guint)backend->exec->stop_after;
 }
 
@@ -331,6 +333,10 @@ propagate_as_backend(GError **error, GError *local)
 static gboolean
 journal_finish(Backend *backend, virDomainPtr dom, BackendJournal *journal, GError **error)
 {
+  /* A journal read back from disk is written again whole: that drops a
+   * torn last line and opens it for appending. */
+  if (journal->fd < 0 && !backend_journal_write(journal, backend->state_dir, error))
+    return FALSE;
   gboolean ok = backend_exec_run(backend, dom, journal, error);
   if (!ok && *error && (*error)->code == ECANCELED)
     return FALSE; /* the test hook: as if killed here */

@@ -59,12 +59,12 @@ void fixture_picture_drop(GHashTable *picture, const char *prefix);
 void fixture_picture_copy(GHashTable *picture, const char *from, const char *to);
 
 /* Asserts a snapshot operation failed with errno code. */
-#define fixture_assert_errno(error, code)                                        \
-  G_STMT_START {                                                                \
-    g_assert_nonnull(error);                                                     \
-    if ((error)->code != (code))                                                 \
-      g_error("expected errno %d, got %d: %s", (code), (error)->code,            \
-              (error)->message);                                                 \
+#define fixture_assert_errno(err, errno_value)                                   \
+  G_STMT_START {                                                                 \
+    g_assert_nonnull(err);                                                       \
+    if ((err)->code != (errno_value))                                            \
+      g_error("expected errno %d, got %d: %s", (errno_value), (err)->code,       \
+              (err)->message);                                                   \
   } G_STMT_END
 
 void fixture_log_clear(Fixture *fixture);
