@@ -57,13 +57,18 @@ fd_matches_path(int fd, const char *path)
   return strcmp(target, path) == 0;
 }
 
+/* Opens one layer of the chain; parent (the image naming it, NULL for the
+ * top) is for messages. */
 static ChainLayer *
-open_layer(const char *named, ChainFormat format, GPtrArray *dirs, GError **error)
+open_layer(const ChainLayer *parent, const char *named, ChainFormat format, GPtrArray *dirs,
+           GError **error)
 {
+  g_autofree char *who = parent ? g_strdup_printf("%s: backing file %s", parent->path, named)
+                                : g_strdup(named);
   g_autofree char *canonical = realpath(named, NULL);
   if (canonical == NULL) {
     int e = errno;
-    g_set_error(error, CHAIN_ERROR, e, "%s: %s", named, g_strerror(e));
+    g_set_error(error, CHAIN_ERROR, e, "%s: %s", who, g_strerror(e));
     return NULL;
   }
   if (dirs != NULL) {
@@ -71,7 +76,7 @@ open_layer(const char *named, ChainFormat format, GPtrArray *dirs, GError **erro
     for (guint i = 0; i < dirs->len && !ok; i++)
       ok = path_is_under(canonical, dirs->pdata[i]);
     if (!ok) {
-      g_set_error(error, CHAIN_ERROR, EACCES, "%s: %s is not under an image directory", named,
+      g_set_error(error, CHAIN_ERROR, EACCES, "%s: %s is not under an image directory", who,
                   canonical);
       return NULL;
     }
@@ -114,7 +119,8 @@ chain_open(const char *path, ChainFormat format, const ChainFormat *backing_form
   gboolean formats_left = backing_formats != NULL;
 
   for (;;) {
-    ChainLayer *layer = open_layer(named, format, dirs, error);
+    ChainLayer *parent = layers->len ? layers->pdata[layers->len - 1] : NULL;
+    ChainLayer *layer = open_layer(parent, named, format, dirs, error);
     if (layer == NULL)
       return NULL;
     g_ptr_array_add(layers, layer);

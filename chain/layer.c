@@ -110,16 +110,23 @@ typedef struct {
   guint32 feature_table_length;
 } Extensions;
 
+/* EXT_ERROR is 0, so "return fail(...)" (FALSE) reports an error. */
+typedef enum { EXT_ERROR = 0, EXT_OK, EXT_NEED_MORE } ExtResult;
+
 /* "Header extensions": between the header and the backing file name (or
- * the end of the first cluster), each extension at most once. */
-static gboolean
-parse_extensions(ChainLayer *layer, const guint8 *cluster, guint32 start, guint32 end,
-                 guint64 autoclear, Extensions *ext, GError **error)
+ * the end of the first cluster), each extension at most once.  Only the
+ * first `have` bytes of the cluster are in the buffer: EXT_NEED_MORE asks
+ * for the whole cluster (most images need less than 4 KiB of it). */
+static ExtResult
+parse_extensions(ChainLayer *layer, const guint8 *cluster, guint32 have, guint32 start,
+                 guint32 end, guint64 autoclear, Extensions *ext, GError **error)
 {
   guint32 seen_backing = 0, seen_features = 0, seen_bitmaps = 0;
   guint32 pos = start;
 
   while (end - pos >= sizeof(Qcow2ExtensionHeader)) {
+    if (have - pos < sizeof(Qcow2ExtensionHeader))
+      return EXT_NEED_MORE;
     guint32 type = be32_at(cluster + pos);
     guint32 length = be32_at(cluster + pos + 4);
     guint32 at = pos;
@@ -131,6 +138,8 @@ parse_extensions(ChainLayer *layer, const guint8 *cluster, guint32 start, guint3
                   "header extension 0x%08x at 0x%x has length 0x%x, past the end of the "
                   "extension area (0x%x)",
                   type, at, length, end);
+    if (length > have - pos)
+      return EXT_NEED_MORE;
     const guint8 *data = cluster + pos;
 
     switch (type) {
@@ -183,6 +192,19 @@ parse_extensions(ChainLayer *layer, const guint8 *cluster, guint32 start, guint3
     if (pos > end)
       break;
   }
+  return EXT_OK;
+}
+
+static gboolean
+read_whole_cluster(ChainLayer *layer, guint8 **cluster, guint32 *have, GError **error)
+{
+  gsize got;
+  *cluster = g_realloc(*cluster, layer->cluster_size);
+  memset(*cluster, 0, layer->cluster_size);
+  int r = chain_pread_full(layer->fd, *cluster, layer->cluster_size, 0, &got);
+  if (r < 0)
+    return fail(error, -r, layer->path, "reading the header cluster: %s", g_strerror(-r));
+  *have = (guint32)layer->cluster_size;
   return TRUE;
 }
 
@@ -227,9 +249,11 @@ open_qcow2(ChainLayer *layer, GError **error)
       return fail(error, EIO, layer->path, "refcount_order 0x%x exceeds 6", refcount_order);
   }
 
-  /* The header cluster: extensions and the backing file name live here. */
-  g_autofree guint8 *cluster = g_malloc0(layer->cluster_size);
-  r = chain_pread_full(layer->fd, cluster, layer->cluster_size, 0, &got);
+  /* The header cluster: extensions and the backing file name live here.
+   * Read its first 4 KiB, and the rest only if an image needs it. */
+  guint32 have = (guint32)MIN(layer->cluster_size, 4096);
+  g_autofree guint8 *cluster = g_malloc0(have);
+  r = chain_pread_full(layer->fd, cluster, have, 0, &got);
   if (r < 0)
     return fail(error, -r, layer->path, "reading the header cluster: %s", g_strerror(-r));
 
@@ -247,6 +271,8 @@ open_qcow2(ChainLayer *layer, GError **error)
                   "the header cluster",
                   backing_offset, backing_length);
     ext_end = (guint32)backing_offset;
+    if (backing_offset + backing_length > have && !read_whole_cluster(layer, &cluster, &have, error))
+      return FALSE;
     if (backing_length > 0) {
       const guint8 *name = cluster + backing_offset;
       if (memchr(name, 0, backing_length) != NULL)
@@ -256,7 +282,16 @@ open_qcow2(ChainLayer *layer, GError **error)
   }
 
   Extensions ext = {0};
-  if (!parse_extensions(layer, cluster, header_length, ext_end, autoclear, &ext, error))
+  ExtResult parsed = parse_extensions(layer, cluster, have, header_length, ext_end, autoclear, &ext,
+                                      error);
+  if (parsed == EXT_NEED_MORE) {
+    if (!read_whole_cluster(layer, &cluster, &have, error))
+      return FALSE;
+    ext = (Extensions){0};
+    layer->backing_format = CHAIN_FORMAT_UNKNOWN;
+    parsed = parse_extensions(layer, cluster, have, header_length, ext_end, autoclear, &ext, error);
+  }
+  if (parsed != EXT_OK)
     return FALSE;
 
   guint64 unknown = incompat & ~QCOW2_INCOMPAT_KNOWN;

@@ -1,7 +1,8 @@
 /* backend-private.h: what the files of the backend share.  A map of the
  * code: prototypes are grouped by the file that defines them.
  *
- * Lock order (outer first): Backend.build_lock, Backend.freeze_lock,
+ * Lock order (outer first): a domain's operation lock, BackendSink.lock
+ * (libvirt callbacks only), Backend.build_lock, Backend.freeze_lock,
  * Backend.lock, Backend.job_lock.  Backend.lock and job_lock are leaf
  * locks held only for pointer swaps and flag changes, never across a
  * libvirt call.
@@ -12,6 +13,8 @@
 #include "domxml.h"
 
 G_BEGIN_DECLS
+
+typedef struct _BackendSink BackendSink;
 
 struct _Backend {
   char *uri;
@@ -32,9 +35,11 @@ struct _Backend {
   GMutex build_lock;            /* serialises model builds */
   char *fingerprint;            /* of the libvirt state the model was built from */
   GHashTable *logged;           /* "domain/target: reason" already logged */
+  gboolean no_pools;            /* the connection has no storage driver */
   guint64 generation;
 
   GThread *worker;              /* polls, rebuilds, reconnects */
+  BackendSink *sink;            /* opaque of libvirt's callbacks (backend.c) */
 
   GMutex freeze_lock;           /* protects freezes and domain_locks */
   GHashTable *freezes;          /* domain name -> BackendFreeze */
@@ -63,7 +68,8 @@ void backend_event_loop_stop(void);
 typedef struct _BackendRaw BackendRaw;
 void backend_raw_free(BackendRaw *raw);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendRaw, backend_raw_free)
-BackendRaw *backend_raw_read(virConnectPtr conn, GError **error);
+/* no_pools: in, skip storage pools; out, set when the driver has none. */
+BackendRaw *backend_raw_read(virConnectPtr conn, gboolean *no_pools, GError **error);
 /* A checksum of everything in raw: equal fingerprints, equal models. */
 const char *backend_raw_fingerprint(const BackendRaw *raw);
 /* Parses and resolves raw into a model (generation 0; the caller sets it).
@@ -71,6 +77,9 @@ const char *backend_raw_fingerprint(const BackendRaw *raw);
 BackendModel *backend_model_build(const BackendRaw *raw, const char *const *extra_dirs,
                                   GHashTable *logged);
 BackendModel *backend_model_new_empty(void);
+/* UNKNOWN-terminated formats of layers[from..] (of DomXmlLayer), for
+ * BackendDisk.backing_formats; NULL when layers is NULL or too short. */
+ChainFormat *backend_layer_formats(GPtrArray *layers, guint from);
 /* TRUE when both paths name the same existing file (device and inode), or
  * are equal strings. */
 gboolean backend_path_same(const char *a, const char *b);

@@ -36,6 +36,12 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendVirStoragePool, virStoragePoolFree)
  * connection is down. */
 virConnectPtr backend_get_connection(Backend *backend, GError **error);
 
+/* Treats the connection as lost, as when libvirt reports it closed: the
+ * worker drops it and reconnects with backoff, and the last model is
+ * served meanwhile.  For tests of the reconnect path, and for callers that
+ * know the connection went stale. */
+void backend_drop_connection(Backend *backend);
+
 /* Tears the backend down like backend_free() but leaves open freezes as
  * they are, records included: what a crash leaves behind.  For tests of
  * the repair at the next backend_new(). */

@@ -23,7 +23,6 @@
 #define POLL_INTERVAL_US (G_USEC_PER_SEC)
 #define BACKOFF_MAX_S 30
 
-static gboolean refresh(Backend *backend, gboolean force, GError **error);
 
 void
 backend_wake(Backend *backend)
@@ -36,11 +35,41 @@ backend_wake(Backend *backend)
 /* ------------------------------------------------------------------ */
 /* Event callbacks (libvirt's event thread)                            */
 
+/* The opaque of every libvirt callback.  libvirt may still be running a
+ * callback when it is deregistered and frees its opaque only later (the
+ * freecb), so the callbacks reach the backend through this small
+ * reference-counted sink, which backend_destroy() detaches first. */
+struct _BackendSink {
+  gint refs;
+  GMutex lock;
+  Backend *backend;            /* NULL once detached */
+};
+
+static BackendSink *
+sink_ref(BackendSink *sink)
+{
+  g_atomic_int_inc(&sink->refs);
+  return sink;
+}
+
+static void
+sink_unref(void *data)
+{
+  BackendSink *sink = data;
+  if (!g_atomic_int_dec_and_test(&sink->refs))
+    return;
+  g_mutex_clear(&sink->lock);
+  g_free(sink);
+}
+
 static int
 on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *opaque)
 {
+  BackendSink *sink = opaque;
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&sink->lock);
   g_debug("event: domain %s lifecycle %d/%d", virDomainGetName(dom), event, detail);
-  backend_wake(opaque);
+  if (sink->backend)
+    backend_wake(sink->backend);
   return 0;
 }
 
@@ -48,25 +77,36 @@ static void
 on_block_job(virConnectPtr conn, virDomainPtr dom, const char *disk, int type, int status,
              void *opaque)
 {
+  BackendSink *sink = opaque;
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&sink->lock);
   char uuid[VIR_UUID_STRING_BUFLEN] = "";
   virDomainGetUUIDString(dom, uuid);
   g_debug("event: domain %s disk %s block job type %d status %d", virDomainGetName(dom), disk,
           type, status);
-  backend_job_event(opaque, uuid, disk, status);
-  backend_wake(opaque);
+  if (!sink->backend)
+    return;
+  backend_job_event(sink->backend, uuid, disk, status);
+  backend_wake(sink->backend);
 }
 
 static void
 on_device(virConnectPtr conn, virDomainPtr dom, const char *alias, void *opaque)
 {
-  g_debug("event: domain %s device %s added or removed", virDomainGetName(dom), alias);
-  backend_wake(opaque);
+  BackendSink *sink = opaque;
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&sink->lock);
+  g_debug("event: domain %s device %s changed", virDomainGetName(dom), alias);
+  if (sink->backend)
+    backend_wake(sink->backend);
 }
 
 static void
 on_close(virConnectPtr conn, int reason, void *opaque)
 {
-  Backend *backend = opaque;
+  BackendSink *sink = opaque;
+  g_autoptr(GMutexLocker) sink_locker = g_mutex_locker_new(&sink->lock);
+  Backend *backend = sink->backend;
+  if (!backend)
+    return;
   g_message("libvirt connection to %s closed (reason %d); reconnecting", backend->uri, reason);
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
   backend->conn_broken = TRUE;
@@ -88,8 +128,14 @@ connect_open(Backend *backend, int ids[5], GError **error)
   /* Remote drivers support keepalive; embedded and local ones say no. */
   if (virConnectSetKeepAlive(conn, 5, 3) < 0)
     g_debug("%s: no keepalive: %s", backend->uri, virGetLastErrorMessage());
-  if (virConnectRegisterCloseCallback(conn, on_close, backend, NULL) < 0)
+  /* No freecb here: libvirt runs a close callback under the lock that
+   * virConnectUnregisterCloseCallback() takes, so once that returns the
+   * reference can go (connect_drop); a freecb would only run when the
+   * connection object is disposed, which other references may delay. */
+  if (virConnectRegisterCloseCallback(conn, on_close, sink_ref(backend->sink), NULL) < 0) {
     g_debug("%s: no close callback: %s", backend->uri, virGetLastErrorMessage());
+    sink_unref(backend->sink);
+  }
 
   static const struct {
     int id;
@@ -102,10 +148,13 @@ connect_open(Backend *backend, int ids[5], GError **error)
     {VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, VIR_DOMAIN_EVENT_CALLBACK(on_device)},
   };
   for (guint i = 0; i < G_N_ELEMENTS(events); i++) {
-    ids[i] = virConnectDomainEventRegisterAny(conn, NULL, events[i].id, events[i].cb, backend, NULL);
-    if (ids[i] < 0)
+    ids[i] = virConnectDomainEventRegisterAny(conn, NULL, events[i].id, events[i].cb,
+                                              sink_ref(backend->sink), sink_unref);
+    if (ids[i] < 0) {
       g_debug("%s: cannot register event %d: %s", backend->uri, events[i].id,
               virGetLastErrorMessage());
+      sink_unref(backend->sink);
+    }
   }
   return conn;
 }
@@ -129,7 +178,8 @@ connect_drop(Backend *backend)
   for (guint i = 0; i < G_N_ELEMENTS(ids); i++)
     if (ids[i] >= 0)
       virConnectDomainEventDeregisterAny(conn, ids[i]);
-  virConnectUnregisterCloseCallback(conn, on_close);
+  if (virConnectUnregisterCloseCallback(conn, on_close) == 0)
+    sink_unref(backend->sink);
   g_debug("virConnectClose(%s)", backend->uri);
   virConnectClose(conn);
 }
@@ -160,6 +210,15 @@ backend_get_connection(Backend *backend, GError **error)
   return backend->conn;
 }
 
+void
+backend_drop_connection(Backend *backend)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
+  g_message("dropping the connection to %s", backend->uri);
+  backend->conn_broken = TRUE;
+  g_cond_signal(&backend->wake);
+}
+
 /* ------------------------------------------------------------------ */
 /* Model                                                               */
 
@@ -180,7 +239,7 @@ refresh(Backend *backend, gboolean force, GError **error)
   g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, error);
   if (!conn)
     return FALSE;
-  g_autoptr(BackendRaw) raw = backend_raw_read(conn, error);
+  g_autoptr(BackendRaw) raw = backend_raw_read(conn, &backend->no_pools, error);
   if (!raw) {
     if (virConnectIsAlive(conn) != 1) {
       g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
@@ -286,6 +345,10 @@ worker_run(gpointer data)
         continue;
       }
       g_message("reconnected to %s", backend->uri);
+      {
+        g_autoptr(GMutexLocker) build = g_mutex_locker_new(&backend->build_lock);
+        backend->no_pools = FALSE;
+      }
       backoff = 1;
     }
 
@@ -319,7 +382,12 @@ backend_destroy(Backend *backend, gboolean thaw)
     }
     g_thread_join(g_steal_pointer(&backend->worker));
   }
+  {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->sink->lock);
+    backend->sink->backend = NULL;
+  }
   connect_drop(backend);
+  sink_unref(backend->sink);
   backend_exec_free(backend);
   backend_freeze_table_free(backend);
   g_hash_table_unref(backend->domain_locks);
@@ -367,6 +435,10 @@ backend_new(const BackendOptions *options, GError **error)
   for (guint i = 0; i < G_N_ELEMENTS(backend->callback_ids); i++)
     backend->callback_ids[i] = -1;
   backend->model = backend_model_new_empty();
+  backend->sink = g_new0(BackendSink, 1);
+  backend->sink->refs = 1;
+  g_mutex_init(&backend->sink->lock);
+  backend->sink->backend = backend;
   backend->logged = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   backend->freezes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   backend->domain_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, domain_lock_free);

@@ -81,7 +81,12 @@ BackendSnapshot *backend_domain_find_snapshot(BackendDomain *domain, const char 
 
 typedef struct _Backend Backend;
 
-/* Called from the backend thread after a new model was published. */
+/* Called after a new model was published: from the backend's worker
+ * thread, or from the thread of a backend_refresh() / backend_freeze() /
+ * backend_thaw() caller.  Calls are serialised and come in generation
+ * order.  The listener may call backend_get_model() but must not call
+ * backend_refresh(), backend_freeze() or backend_thaw() (it runs under the
+ * backend's build lock). */
 typedef void (*BackendChangeFunc)(BackendModel *old_model, BackendModel *new_model,
                                   gpointer user_data);
 

@@ -294,6 +294,16 @@ domxml_domain_find_disk(DomXmlDomain *domain, const char *target)
   return NULL;
 }
 
+void
+domxml_domain_forget_backing(DomXmlDomain *domain)
+{
+  for (guint i = 0; i < domain->disks->len; i++) {
+    DomXmlDisk *disk = g_ptr_array_index(domain->disks, i);
+    g_clear_pointer(&disk->backing, g_ptr_array_unref);
+    disk->backing_complete = FALSE;
+  }
+}
+
 /* ------------------------------------------------------------------ */
 /* Snapshots and pools                                                 */
 

@@ -84,6 +84,9 @@ DomXmlSnapshot *domxml_parse_snapshot(const char *xml, GError **error);
 char *domxml_parse_pool_target(const char *xml, GError **error);
 
 DomXmlDisk *domxml_domain_find_disk(DomXmlDomain *domain, const char *target);
+/* Drops every disk's backing chain (for inactive XML, whose chain may be
+ * stale). */
+void domxml_domain_forget_backing(DomXmlDomain *domain);
 
 /* One disk of a freeze: the overlay to create on top of target. */
 typedef struct {

@@ -40,10 +40,13 @@ typedef struct {
 static void
 freeze_free(BackendFreeze *freeze)
 {
+  if (!freeze)
+    return;
   backend_freeze_record_free(freeze->record);
   g_ptr_array_unref(freeze->frozen);
   g_free(freeze);
 }
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendFreeze, freeze_free)
 
 static GPtrArray *
 disks_copy(GPtrArray *disks)
@@ -87,6 +90,8 @@ refresh_quietly(Backend *backend)
   if (!backend_refresh(backend, &error))
     g_debug("model refresh after a freeze change: %s", error->message);
 }
+
+static gboolean repair_records(Backend *backend, const char *domain);
 
 /* ------------------------------------------------------------------ */
 /* Freeze                                                              */
@@ -155,13 +160,15 @@ freeze_create(Backend *backend, const char *name, GError **error)
   g_autoptr(DomXmlDomain) parsed = read_domain(dom, 0, error);
   if (!parsed)
     return NULL;
+  if (!active)
+    domxml_domain_forget_backing(parsed);
 
-  BackendFreeze *freeze = g_new0(BackendFreeze, 1);
+  g_autoptr(BackendFreeze) freeze = g_new0(BackendFreeze, 1);
   freeze->refs = 1;
   freeze->frozen = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
   if (parsed->disks->len == 0) {
     g_message("domain %s: @now has no disk to freeze", name);
-    return freeze;
+    return g_steal_pointer(&freeze);
   }
 
   g_autoptr(BackendFreezeRecord) record = backend_freeze_record_new(name, uuid);
@@ -179,15 +186,7 @@ freeze_create(Backend *backend, const char *name, GError **error)
     frozen->target = g_strdup(disk->target);
     frozen->image_path = g_strdup(disk->source);
     frozen->format = disk->format;
-    if (disk->backing && disk->backing->len > 0) {
-      frozen->backing_formats = g_new0(ChainFormat, disk->backing->len + 1);
-      for (guint j = 0; j < disk->backing->len; j++) {
-        ChainFormat f = ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->format;
-        if (f == CHAIN_FORMAT_UNKNOWN)
-          break;
-        frozen->backing_formats[j] = f;
-      }
-    }
+    frozen->backing_formats = backend_layer_formats(disk->backing, 0);
     g_ptr_array_add(freeze->frozen, frozen);
   }
   g_autoptr(GPtrArray) no_targets = g_ptr_array_new();
@@ -198,10 +197,8 @@ freeze_create(Backend *backend, const char *name, GError **error)
   }
   g_ptr_array_add(no_targets, NULL);
 
-  if (!backend_freeze_record_write(record, backend->state_dir, error)) {
-    freeze_free(freeze);
+  if (!backend_freeze_record_write(record, backend->state_dir, error))
     return NULL;
-  }
 
   g_autofree char *xml = domxml_overlay_snapshot_xml("virtsnapfs @now", (DomXmlOverlay *)overlays->data,
                                                      overlays->len,
@@ -223,14 +220,13 @@ freeze_create(Backend *backend, const char *name, GError **error)
   if (!snap) {
     backend_set_virt_error(error, "domain %s: cannot freeze", name);
     discard_overlays(dom, record);
-    freeze_free(freeze);
     return NULL;
   }
   virDomainSnapshotFree(snap);
   g_message("domain %s: frozen for @now (%u disks, %s)", name, record->disks->len,
             active ? "running" : "shut off");
   freeze->record = g_steal_pointer(&record);
-  return freeze;
+  return g_steal_pointer(&freeze);
 }
 
 GPtrArray *
@@ -245,6 +241,10 @@ backend_freeze(Backend *backend, const char *domain, GError **error)
       return disks_copy(freeze->frozen);
     }
   }
+  /* A freeze whose thaw failed earlier is finished first when it can be;
+   * when it cannot, the new overlay simply stacks on the old one, and the
+   * old record is tried again after this thaw. */
+  repair_records(backend, domain);
   BackendFreeze *freeze = freeze_create(backend, domain, error);
   if (!freeze)
     return NULL;
@@ -324,6 +324,8 @@ thaw_disk(Backend *backend, virConnectPtr conn, virDomainPtr dom, const char *uu
   g_autoptr(DomXmlDomain) now = read_domain(dom, 0, error);
   if (!now)
     return FALSE;
+  if (!active)
+    domxml_domain_forget_backing(now);
   DomXmlDisk *d = domxml_domain_find_disk(now, disk->target);
   gboolean on_top = d && (strcmp(d->source, disk->overlay) == 0 ||
                           backend_path_same(d->source, disk->overlay));
@@ -359,6 +361,11 @@ thaw_disk(Backend *backend, virConnectPtr conn, virDomainPtr dom, const char *uu
                              disk->frozen);
       return FALSE;
     }
+  } else if (!d && g_file_test(disk->overlay, G_FILE_TEST_EXISTS)) {
+    /* Whether it still holds writes its image lacks cannot be told. */
+    g_set_error(error, BACKEND_ERROR, EBUSY, "domain %s has no disk %s any more; overlay %s "
+                "left in place", name, disk->target, disk->overlay);
+    return FALSE;
   } else if (d && in_chain_below(d, disk->overlay)) {
     g_set_error(error, BACKEND_ERROR, EBUSY, "domain %s disk %s: overlay %s is no longer the "
                 "active image (a snapshot was taken on top of it); left in place", name,
@@ -422,8 +429,10 @@ backend_thaw(Backend *backend, const char *domain)
   if (freeze->record && !thaw_record(backend, freeze->record, &error))
     g_warning("domain %s: thaw failed, the freeze record stays for the next start: %s", domain,
               error->message);
-  else
+  else {
     g_message("domain %s: thawed", domain);
+    repair_records(backend, domain);
+  }
   freeze_free(freeze);
   refresh_quietly(backend);
 }
@@ -462,22 +471,51 @@ backend_freeze_table_free(Backend *backend)
   g_hash_table_unref(backend->freezes);
 }
 
-void
-backend_freeze_repair(Backend *backend)
+/* TRUE when record belongs to an open freeze of this process. */
+static gboolean
+record_is_live(Backend *backend, const BackendFreezeRecord *record)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->freeze_lock);
+  BackendFreeze *freeze = g_hash_table_lookup(backend->freezes, record->domain);
+  return freeze && freeze->record && g_strcmp0(freeze->record->path, record->path) == 0;
+}
+
+/* Finishes the records no open freeze owns: those of domain only, or all
+ * when domain is NULL.  The caller holds domain's operation lock (a
+ * domain given) or no lock at all (NULL: each domain's lock is taken
+ * here).  Returns FALSE when a record had to stay. */
+static gboolean
+repair_records(Backend *backend, const char *domain)
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(GPtrArray) records = backend_freeze_records_load(backend->state_dir, &error);
   if (!records) {
     g_warning("cannot read freeze records in %s: %s", backend->state_dir, error->message);
-    return;
+    return FALSE;
   }
+  gboolean all_done = TRUE;
   for (guint i = 0; i < records->len; i++) {
     BackendFreezeRecord *record = g_ptr_array_index(records, i);
-    g_message("domain %s: repairing an @now freeze left by an earlier run", record->domain);
-    g_autoptr(GMutexLocker) op = g_mutex_locker_new(backend_domain_lock(backend, record->domain));
+    if (domain && g_strcmp0(record->domain, domain) != 0)
+      continue;
+    g_autoptr(GMutexLocker) op =
+        domain ? NULL : g_mutex_locker_new(backend_domain_lock(backend, record->domain));
+    if (record_is_live(backend, record))
+      continue;
+    g_message("domain %s: finishing an @now freeze left by an earlier run or a failed thaw",
+              record->domain);
     g_autoptr(GError) local = NULL;
-    if (!thaw_record(backend, record, &local))
+    if (!thaw_record(backend, record, &local)) {
       g_warning("domain %s: freeze repair failed, record %s kept: %s", record->domain,
                 record->path, local->message);
+      all_done = FALSE;
+    }
   }
+  return all_done;
+}
+
+void
+backend_freeze_repair(Backend *backend)
+{
+  repair_records(backend, NULL);
 }

@@ -76,7 +76,6 @@ raw_read_domain(virDomainPtr dom, BackendRawDomain *out, GError **error)
   if (active < 0)
     goto fail;
   out->running = active == 1;
-  g_debug("virDomainGetXMLDesc(%s)", name);
   out->xml = virDomainGetXMLDesc(dom, 0);
   if (!out->xml)
     goto fail;
@@ -113,7 +112,7 @@ fail:
 }
 
 BackendRaw *
-backend_raw_read(virConnectPtr conn, GError **error)
+backend_raw_read(virConnectPtr conn, gboolean *no_pools, GError **error)
 {
   g_autoptr(BackendRaw) raw = g_new0(BackendRaw, 1);
   raw->domains = g_ptr_array_new_with_free_func((GDestroyNotify)raw_domain_free);
@@ -148,11 +147,15 @@ backend_raw_read(virConnectPtr conn, GError **error)
     return NULL;
 
   /* Storage pools only widen the image policy; a driver without them
-   * (qemu:///embed has no storage driver) is not an error. */
+   * (qemu:///embed has no storage driver) is not an error, and is not
+   * asked again on this connection. */
   virStoragePoolPtr *pools = NULL;
-  n = virConnectListAllStoragePools(conn, &pools, 0);
-  if (n < 0)
+  n = *no_pools ? 0 : virConnectListAllStoragePools(conn, &pools, 0);
+  if (n < 0) {
+    const virError *err = virGetLastError();
     g_debug("no storage pools: %s", virGetLastErrorMessage());
+    *no_pools = err && err->code == VIR_ERR_NO_SUPPORT;
+  }
   for (int i = 0; i < n; i++) {
     char *xml = virStoragePoolGetXMLDesc(pools[i], 0);
     if (xml)
@@ -355,9 +358,8 @@ log_once(GHashTable *logged, const char *domain, const char *target, const char 
   g_hash_table_add(logged, g_steal_pointer(&key));
 }
 
-/* UNKNOWN-terminated formats of layers[from..], or NULL when none is known. */
-static ChainFormat *
-layer_formats(GPtrArray *layers, guint from)
+ChainFormat *
+backend_layer_formats(GPtrArray *layers, guint from)
 {
   if (!layers || from >= layers->len)
     return NULL;
@@ -421,7 +423,7 @@ resolve_point(DomXmlDomain *domain, const char *snapshot, DomXmlSnapshotDisk *sd
       if (below->format != CHAIN_FORMAT_UNKNOWN) {
         point->image_path = g_strdup(below->path);
         point->format = below->format;
-        point->backing_formats = layer_formats(disk->backing, (guint)at + 1);
+        point->backing_formats = backend_layer_formats(disk->backing, (guint)at + 1);
         return g_steal_pointer(&point);
       }
     }
@@ -490,6 +492,18 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
   domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
   domain->snapshots = g_ptr_array_new_with_free_func((GDestroyNotify)snapshot_free);
 
+  /* Every image libvirt names, live or in the inactive XML, is in a
+   * directory the policy allows.  But the inactive XML's chain is the one
+   * libvirt saw when it last looked; only the live one is authoritative
+   * for P(S), so a shut-off domain's chains are read from the headers. */
+  for (guint i = 0; i < parsed->disks->len; i++) {
+    DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
+    add_dir_of(dirs, disk->source);
+    for (guint j = 0; disk->backing && j < disk->backing->len; j++)
+      add_dir_of(dirs, ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->path);
+  }
+  if (!raw->running)
+    domxml_domain_forget_backing(parsed);
   for (guint i = 0; i < parsed->skipped->len; i++) {
     DomXmlSkipped *skipped = g_ptr_array_index(parsed->skipped, i);
     log_once(logged, parsed->name, skipped->target, skipped->reason);
@@ -500,11 +514,8 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
     out->target = g_strdup(disk->target);
     out->image_path = g_strdup(disk->source);
     out->format = disk->format;
-    out->backing_formats = layer_formats(disk->backing, 0);
+    out->backing_formats = backend_layer_formats(disk->backing, 0);
     g_ptr_array_add(domain->disks, out);
-    add_dir_of(dirs, disk->source);
-    for (guint j = 0; disk->backing && j < disk->backing->len; j++)
-      add_dir_of(dirs, ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->path);
   }
   g_ptr_array_sort(domain->disks, compare_disks);
 

@@ -7,7 +7,9 @@
  * deleted.  So after a crash, each record names overlays that may exist and
  * may hold guest writes; backend_freeze_repair() (freeze.c) finishes them.
  *
- * Layout: STATE_DIR/freeze/<uuid>.freeze, a GKeyFile:
+ * Layout: STATE_DIR/freeze/<uuid>-<microseconds>.freeze, one per freeze
+ * (a domain can have two: a freeze whose thaw failed, and a later one
+ * stacked on it), a GKeyFile:
  *   [freeze]       domain=, uuid=, created= (seconds since the epoch)
  *   [disk <target>] frozen=, format=, overlay=
  *
@@ -109,8 +111,9 @@ backend_freeze_record_write(BackendFreezeRecord *record, const char *state_dir, 
   gsize length;
   g_autofree char *data = g_key_file_to_data(file, &length, NULL);
 
-  g_autofree char *name = g_strdup_printf("%s.freeze", record->uuid);
-  g_autofree char *path = g_build_filename(dir, name, NULL);
+  g_autofree char *name = g_strdup_printf("%s-%" G_GINT64_FORMAT ".freeze", record->uuid,
+                                          g_get_real_time());
+  g_autofree char *path = record->path ? g_strdup(record->path) : g_build_filename(dir, name, NULL);
   g_autofree char *tmp = g_strdup_printf("%s.tmp", path);
   /* g_file_set_contents_full with DURABLE fsyncs the file before the
    * rename; the directory sync makes the rename itself durable. */
