@@ -122,8 +122,8 @@ unescape(const char *text, gsize len, GError **error)
        * for a byte that needs them. */
       int hi = i + 2 < len && !g_ascii_islower(text[i + 1]) ? g_ascii_xdigit_value(text[i + 1]) : -1;
       int lo = i + 2 < len && !g_ascii_islower(text[i + 2]) ? g_ascii_xdigit_value(text[i + 2]) : -1;
-      guchar byte = (guchar)(hi << 4 | lo);
-      if (hi < 0 || lo < 0 || byte == 0 || plain_byte(byte)) {
+      guchar byte = hi >= 0 && lo >= 0 ? (guchar)(hi << 4 | lo) : 0;
+      if (byte == 0 || plain_byte(byte)) {
         g_set_error(error, PLANNER_ERROR, EINVAL, "bad escape at byte %zu of \"%.*s\"", i,
                     (int)len, text);
         g_string_free(out, TRUE);

@@ -22,12 +22,14 @@
  * by any plan is merged away by that plan.
  *
  * Safety (DESIGN.md 1, 4.3): the planner writes data only into the layer
- * being merged away (commit) or into its only child (pull), and never into a
- * pinned or shared file.  Commit writes into F while F has no other child
- * and no point in time of its own: the one exception DESIGN.md allows.
- * Commit leaves C untouched, and C's readers do not see F's clusters that C
- * overrides, so a pinned C does not stop a commit; unlinking a pinned file
- * is harmless because readers hold descriptors.
+ * being merged away (commit) or into its only child (pull), never into a
+ * shared file, and never so that an open reader sees data change.  Commit
+ * writes into F while F has no other child and no point in time of its
+ * own: the one exception DESIGN.md allows.  Readers keep the chain they
+ * opened (descriptors), so: a pull into C is refused when any reader's
+ * chain holds C; a commit into F when a reader's chain reaches F without
+ * passing C (C hides from it exactly the clusters the commit writes).
+ * Unlinking a file a reader has open is harmless.
  */
 #include <errno.h>
 #include <string.h>
@@ -46,6 +48,7 @@ typedef struct {
   GHashTable *deferred;   /* "target\tpath" of layers left unmerged this time */
   GHashTable *primary;    /* target -> P(S) of the snapshot being deleted */
   GPtrArray *deletes;     /* PlanStep * (DELETE_FILE), appended last */
+  GHashTable *dropped;    /* paths that left the graph (still on disk until the end) */
 } PlanWork;
 
 static void
@@ -56,6 +59,7 @@ plan_work_clear(PlanWork *w)
   g_clear_pointer(&w->deferred, g_hash_table_unref);
   g_clear_pointer(&w->primary, g_hash_table_unref);
   g_clear_pointer(&w->deletes, g_ptr_array_unref);
+  g_clear_pointer(&w->dropped, g_hash_table_unref);
   g_clear_pointer(&w->st, plan_state_free);
   g_clear_pointer(&w->plan, plan_free);
 }
@@ -69,44 +73,11 @@ disk_key(const PlanDisk *disk, const char *path)
 /* ------------------------------------------------------------------ */
 /* Graph queries on one disk.                                           */
 
-static guint
-count_children(const PlanDisk *disk, const char *path, PlanImage **only)
-{
-  guint n = 0;
-  for (guint i = 0; i < disk->images->len; i++) {
-    PlanImage *image = disk->images->pdata[i];
-    if (g_strcmp0(image->backing, path) == 0) {
-      if (only)
-        *only = image;
-      n++;
-    }
-  }
-  return n;
-}
-
 static const char *
 snapshot_point(const PlanDisk *disk, const PlanSnapshot *snapshot)
 {
   PlanImage *overlay = plan_disk_find_image(disk, plan_snapshot_overlay(snapshot, disk->target));
   return overlay ? overlay->backing : NULL;
-}
-
-static gboolean
-is_point(const PlanState *st, const PlanDisk *disk, const char *path)
-{
-  for (guint i = 0; i < st->snapshots->len; i++)
-    if (g_strcmp0(snapshot_point(disk, st->snapshots->pdata[i]), path) == 0)
-      return TRUE;
-  return FALSE;
-}
-
-static gboolean
-is_overlay(const PlanState *st, const PlanDisk *disk, const char *path)
-{
-  for (guint i = 0; i < st->snapshots->len; i++)
-    if (g_strcmp0(plan_snapshot_overlay(st->snapshots->pdata[i], disk->target), path) == 0)
-      return TRUE;
-  return FALSE;
 }
 
 static gboolean
@@ -121,158 +92,72 @@ in_active_chain(const PlanDisk *disk, const char *path)
   return FALSE;
 }
 
+/* Lookups over one disk for the normal-form rules, which ask them for every
+ * image: built in O(images + snapshots), valid until the graph or the
+ * metadata changes, so normalize_disk() rebuilds it after every change.
+ * Keys are borrowed from the images and snapshots. */
+typedef struct {
+  GHashTable *images;   /* path -> PlanImage * */
+  GHashTable *children; /* path -> GPtrArray of PlanImage * */
+  GHashTable *points;   /* paths that are a snapshot's point image */
+  GHashTable *overlays; /* paths that a snapshot names */
+} DiskIndex;
+
+static void
+disk_index_build(DiskIndex *idx, const PlanState *st, const PlanDisk *disk)
+{
+  idx->images = g_hash_table_new(g_str_hash, g_str_equal);
+  idx->children = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
+                                        (GDestroyNotify)g_ptr_array_unref);
+  idx->points = g_hash_table_new(g_str_hash, g_str_equal);
+  idx->overlays = g_hash_table_new(g_str_hash, g_str_equal);
+  for (guint i = 0; i < disk->images->len; i++) {
+    PlanImage *image = disk->images->pdata[i];
+    g_hash_table_insert(idx->images, image->path, image);
+    if (image->backing == NULL)
+      continue;
+    GPtrArray *kids = g_hash_table_lookup(idx->children, image->backing);
+    if (kids == NULL) {
+      kids = g_ptr_array_new();
+      g_hash_table_insert(idx->children, image->backing, kids);
+    }
+    g_ptr_array_add(kids, image);
+  }
+  for (guint i = 0; i < st->snapshots->len; i++) {
+    const char *path = plan_snapshot_overlay(st->snapshots->pdata[i], disk->target);
+    PlanImage *overlay = path ? g_hash_table_lookup(idx->images, path) : NULL;
+    if (overlay == NULL)
+      continue;
+    g_hash_table_add(idx->overlays, overlay->path);
+    if (overlay->backing != NULL)
+      g_hash_table_add(idx->points, overlay->backing);
+  }
+}
+
+static void
+disk_index_clear(DiskIndex *idx)
+{
+  g_clear_pointer(&idx->images, g_hash_table_unref);
+  g_clear_pointer(&idx->children, g_hash_table_unref);
+  g_clear_pointer(&idx->points, g_hash_table_unref);
+  g_clear_pointer(&idx->overlays, g_hash_table_unref);
+}
+
+static guint
+index_children(const DiskIndex *idx, const char *path, PlanImage **only)
+{
+  GPtrArray *kids = g_hash_table_lookup(idx->children, path);
+  if (kids == NULL || kids->len == 0)
+    return 0;
+  if (only != NULL)
+    *only = kids->pdata[0];
+  return kids->len;
+}
+
 static void
 disk_remove_image(PlanDisk *disk, PlanImage *image)
 {
   g_ptr_array_remove(disk->images, image);
-}
-
-/* ------------------------------------------------------------------ */
-/* Input checks.                                                        */
-
-static gboolean
-check_disk(const PlanDisk *disk, GError **error)
-{
-  if (disk->unsupported != NULL)
-    return TRUE;
-  if (plan_disk_find_image(disk, disk->active) == NULL) {
-    g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: active image %s is not in its graph",
-                disk->target, disk->active ? disk->active : "(none)");
-    return FALSE;
-  }
-  for (guint i = 0; i < disk->images->len; i++) {
-    const PlanImage *image = disk->images->pdata[i];
-    if (image->path == NULL || plan_disk_find_image(disk, image->path) != image) {
-      g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: image %s is listed twice",
-                  disk->target, image->path ? image->path : "(null)");
-      return FALSE;
-    }
-    if (image->backing == NULL)
-      continue;
-    if (plan_disk_find_image(disk, image->backing) == NULL) {
-      g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: backing file %s of %s is not in its graph",
-                  disk->target, image->backing, image->path);
-      return FALSE;
-    }
-    if (image->format != CHAIN_FORMAT_QCOW2) {
-      g_set_error(error, PLANNER_ERROR, EOPNOTSUPP, "disk %s: %s has a backing file but is not qcow2",
-                  disk->target, image->path);
-      return FALSE;
-    }
-    /* A chain longer than the graph has a loop. */
-    guint depth = 0;
-    for (const PlanImage *up = image; up != NULL; up = plan_disk_find_image(disk, up->backing)) {
-      if (++depth > disk->images->len) {
-        g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s: the backing chain of %s loops",
-                    disk->target, image->path);
-        return FALSE;
-      }
-    }
-  }
-  return TRUE;
-}
-
-static gboolean
-check_state(const PlanState *st, GError **error)
-{
-  for (guint i = 0; i < st->disks->len; i++) {
-    const PlanDisk *disk = st->disks->pdata[i];
-    if (plan_state_find_disk(st, disk->target) != disk) {
-      g_set_error(error, PLANNER_ERROR, EINVAL, "disk %s is listed twice", disk->target);
-      return FALSE;
-    }
-    if (!check_disk(disk, error))
-      return FALSE;
-  }
-  for (guint i = 0; i < st->snapshots->len; i++) {
-    const PlanSnapshot *snapshot = st->snapshots->pdata[i];
-    if (plan_state_find_snapshot(st, snapshot->name) != snapshot) {
-      g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot %s is listed twice", snapshot->name);
-      return FALSE;
-    }
-    for (guint j = 0; j < snapshot->disks->len; j++) {
-      const PlanSnapshotDisk *sd = snapshot->disks->pdata[j];
-      const PlanDisk *disk = plan_state_find_disk(st, sd->target);
-      if (disk == NULL) {
-        g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot %s names disk %s, which the domain lacks",
-                    snapshot->name, sd->target);
-        return FALSE;
-      }
-      if (disk->unsupported != NULL)
-        continue;
-      const PlanImage *overlay = plan_disk_find_image(disk, sd->overlay);
-      if (overlay == NULL) {
-        g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot %s: overlay %s of disk %s is not in its graph",
-                    snapshot->name, sd->overlay ? sd->overlay : "(none)", sd->target);
-        return FALSE;
-      }
-      if (overlay->backing == NULL) {
-        g_set_error(error, PLANNER_ERROR, EOPNOTSUPP,
-                    "snapshot %s: overlay %s of disk %s has no backing file (not an external snapshot)",
-                    snapshot->name, sd->overlay, sd->target);
-        return FALSE;
-      }
-    }
-  }
-  return TRUE;
-}
-
-/* The disks a snapshot covers must all be ones the planner can handle. */
-static gboolean
-check_snapshot_disks(const PlanState *st, const PlanSnapshot *snapshot, GError **error)
-{
-  for (guint j = 0; j < snapshot->disks->len; j++) {
-    const PlanSnapshotDisk *sd = snapshot->disks->pdata[j];
-    const PlanDisk *disk = plan_state_find_disk(st, sd->target);
-    if (disk->unsupported != NULL) {
-      g_set_error(error, PLANNER_ERROR, EOPNOTSUPP, "snapshot %s: disk %s: %s",
-                  snapshot->name, disk->target, disk->unsupported);
-      return FALSE;
-    }
-  }
-  return TRUE;
-}
-
-gboolean
-planner_check_name(const char *name, GError **error)
-{
-  if (name == NULL || *name == '\0') {
-    g_set_error(error, PLANNER_ERROR, EINVAL, "a snapshot name must not be empty");
-    return FALSE;
-  }
-  if (strlen(name) > PLANNER_NAME_MAX) {
-    g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot name of %zu bytes is longer than %d",
-                strlen(name), PLANNER_NAME_MAX);
-    return FALSE;
-  }
-  if (!g_utf8_validate(name, -1, NULL)) {
-    g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot name is not valid UTF-8");
-    return FALSE;
-  }
-  for (const char *p = name; *p; p++) {
-    if ((guchar)*p < 0x20 || *p == 0x7f) {
-      g_set_error(error, PLANNER_ERROR, EINVAL, "snapshot name holds control character 0x%02x",
-                  (guchar)*p);
-      return FALSE;
-    }
-  }
-  return TRUE;
-}
-
-static char *
-utc_stamp(gint64 now)
-{
-  g_autoptr(GDateTime) dt = g_date_time_new_from_unix_utc(now);
-  if (dt == NULL)
-    dt = g_date_time_new_from_unix_utc(0);
-  return g_date_time_format(dt, "%Y%m%dT%H%M%SZ");
-}
-
-char *
-planner_pre_revert_name(gint64 now)
-{
-  g_autofree char *stamp = utc_stamp(now);
-  return g_strconcat("pre-revert-", stamp, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -304,12 +189,39 @@ drop_image(PlanWork *w, PlanDisk *disk, PlanImage *image)
   step->image = g_strdup(image->path);
   step->format = image->format;
   g_ptr_array_add(w->deletes, step);
+  g_hash_table_add(w->dropped, g_strdup(image->path));
   disk_remove_image(disk, image);
+}
+
+/* The first open point in time whose chain, as it was opened, contains
+ * path and not also keep above it; NULL if none.  Readers resolved their
+ * chain at open() and hold descriptors, so their chains come from the
+ * state before the plan, whatever pointers the plan has moved since. */
+static const char *
+reader_of(const PlanWork *w, const PlanDisk *disk, const char *path, const char *keep)
+{
+  const PlanDisk *orig = plan_state_find_disk(w->before, disk->target);
+  for (guint i = 0; i < orig->images->len; i++) {
+    const PlanImage *top = orig->images->pdata[i];
+    if (!top->pinned)
+      continue;
+    guint depth = 0;
+    for (const PlanImage *up = top; up != NULL && depth++ <= orig->images->len;
+         up = plan_disk_find_image(orig, up->backing)) {
+      if (keep != NULL && strcmp(up->path, keep) == 0)
+        break;
+      if (strcmp(up->path, path) == 0)
+        return top->path;
+    }
+  }
+  return NULL;
 }
 
 static gboolean
 path_taken(PlanWork *w, const char *path)
 {
+  if (g_hash_table_contains(w->dropped, path))
+    return TRUE;
   const PlanState *states[] = { w->before, w->st };
   for (guint s = 0; s < G_N_ELEMENTS(states); s++)
     for (guint i = 0; i < states[s]->disks->len; i++)
@@ -325,7 +237,7 @@ create_overlay(PlanWork *w, PlanDisk *disk, PlanImage *backing, const char *near
                const char *purpose)
 {
   g_autofree char *dir = g_path_get_dirname(near);
-  g_autofree char *stamp = utc_stamp(w->op->now);
+  g_autofree char *stamp = plan_utc_stamp(w->op->now);
   g_autofree char *path = NULL;
   for (guint n = 1; path == NULL || path_taken(w, path); n++) {
     g_free(path);
@@ -363,32 +275,35 @@ bitmap_union(PlanWork *w, const ChainBitmap *a, const ChainBitmap *b)
 /* Normal form, rule 1: dead-end overlays.                              */
 
 static gboolean
-is_dead_end(const PlanState *st, const PlanDisk *disk, const PlanImage *image)
+is_dead_end(const DiskIndex *idx, const PlanDisk *disk, const PlanImage *image)
 {
-  return count_children(disk, image->path, NULL) == 0 && g_strcmp0(disk->active, image->path) != 0 &&
-         !is_point(st, disk, image->path) && !image->shared;
+  return index_children(idx, image->path, NULL) == 0 && g_strcmp0(disk->active, image->path) != 0 &&
+         !g_hash_table_contains(idx->points, image->path) && !image->shared;
 }
 
 static gboolean
-repoint_dead_ends(PlanWork *w, PlanDisk *disk)
+repoint_dead_ends(PlanWork *w, PlanDisk *disk, const DiskIndex *idx)
 {
   for (guint i = 0; i < w->st->snapshots->len; i++) {
     PlanSnapshot *snapshot = w->st->snapshots->pdata[i];
     PlanSnapshotDisk *sd = plan_snapshot_find_disk(snapshot, disk->target);
     if (sd == NULL)
       continue;
-    PlanImage *overlay = plan_disk_find_image(disk, sd->overlay);
-    if (overlay == NULL || !is_dead_end(w->st, disk, overlay))
+    PlanImage *overlay = sd->overlay ? g_hash_table_lookup(idx->images, sd->overlay) : NULL;
+    if (overlay == NULL || !is_dead_end(idx, disk, overlay))
       continue;
 
-    /* A sibling that stays anyway; the active image first, so that a
+    /* A sibling that stays anyway (or an empty overlay made for another
+     * snapshot of the same point); the active image first, so that a
      * revert leaves S naming the overlay the domain runs on, as if S had
      * just been taken. */
     PlanImage *best = NULL;
-    for (guint j = 0; j < disk->images->len; j++) {
-      PlanImage *sib = disk->images->pdata[j];
-      if (sib == overlay || g_strcmp0(sib->backing, overlay->backing) != 0 ||
-          is_dead_end(w->st, disk, sib))
+    GPtrArray *siblings = g_hash_table_lookup(idx->children, overlay->backing);
+    for (guint j = 0; j < siblings->len; j++) {
+      PlanImage *sib = siblings->pdata[j];
+      g_autofree char *sib_key = disk_key(disk, sib->path);
+      if (sib == overlay ||
+          (is_dead_end(idx, disk, sib) && !g_hash_table_contains(w->fresh, sib_key)))
         continue;
       if (best == NULL || g_strcmp0(disk->active, sib->path) == 0)
         best = sib;
@@ -407,7 +322,7 @@ repoint_dead_ends(PlanWork *w, PlanDisk *disk)
       continue;
     if (overlay->allocation != NULL && chain_bitmap_count(overlay->allocation) == 0)
       continue;
-    PlanImage *point = plan_disk_find_image(disk, overlay->backing);
+    PlanImage *point = g_hash_table_lookup(idx->images, overlay->backing);
     PlanImage *empty = create_overlay(w, disk, point, overlay->path, "overlay");
     g_free(sd->overlay);
     sd->overlay = g_strdup(empty->path);
@@ -418,12 +333,12 @@ repoint_dead_ends(PlanWork *w, PlanDisk *disk)
 
 /* Rule 2: garbage. */
 static gboolean
-drop_garbage(PlanWork *w, PlanDisk *disk)
+drop_garbage(PlanWork *w, PlanDisk *disk, const DiskIndex *idx)
 {
   for (guint i = 0; i < disk->images->len; i++) {
     PlanImage *image = disk->images->pdata[i];
-    if (count_children(disk, image->path, NULL) == 0 && g_strcmp0(disk->active, image->path) != 0 &&
-        !is_overlay(w->st, disk, image->path) && !image->shared) {
+    if (index_children(idx, image->path, NULL) == 0 && g_strcmp0(disk->active, image->path) != 0 &&
+        !g_hash_table_contains(idx->overlays, image->path) && !image->shared) {
       drop_image(w, disk, image);
       return TRUE;
     }
@@ -434,10 +349,21 @@ drop_garbage(PlanWork *w, PlanDisk *disk)
 /* ------------------------------------------------------------------ */
 /* Rule 3: merging an unnamed layer F into its only child C or back.    */
 
+/* Plain ASCII for the log (g_format_size() uses a no-break space). */
 static char *
 format_bytes(guint64 bytes)
 {
-  return g_format_size_full(bytes, G_FORMAT_SIZE_IEC_UNITS);
+  static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+  guint u = 0;
+  while (u + 1 < G_N_ELEMENTS(units) && bytes >= 10240 && bytes % 1024 == 0) {
+    bytes /= 1024;
+    u++;
+  }
+  if (u == 0 && bytes >= 1024 && bytes % 1024 == 0) {
+    bytes /= 1024;
+    u++;
+  }
+  return g_strdup_printf("%" G_GUINT64_FORMAT " %s", bytes, units[u]);
 }
 
 static gboolean
@@ -462,30 +388,45 @@ merge_costs(const PlanDisk *disk, const PlanImage *f, const PlanImage *c, guint6
   return TRUE;
 }
 
-/* Why commit (writes into f, drops c) may not run now, or NULL. */
 static char *
-commit_unsafe(const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
+open_for_reading(const char *path, const char *reader)
+{
+  if (strcmp(path, reader) == 0)
+    return g_strdup_printf("%s is open for reading", path);
+  return g_strdup_printf("%s is open for reading (under %s)", path, reader);
+}
+
+/* Why commit (writes c's clusters into f, drops c) may not run now, or
+ * NULL.  A reader whose chain has c above f never reads those clusters
+ * of f; only one that reaches f some other way (f's own point, or through
+ * a file an earlier step of this plan took out of f's way) would see them. */
+static char *
+commit_unsafe(const PlanWork *w, const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
 {
   if (f->shared)
     return g_strdup_printf("%s is used outside this domain", f->path);
-  if (f->pinned)
-    return g_strdup_printf("%s is open for reading", f->path);
   if (c->shared)
     return g_strdup_printf("%s is used outside this domain", c->path);
+  const char *reader = reader_of(w, disk, f->path, c->path);
+  if (reader != NULL)
+    return open_for_reading(f->path, reader);
   return NULL;
 }
 
-/* Why pull (writes into c, drops f) may not run now, or NULL. */
+/* Why pull (writes into c, drops f) may not run now, or NULL.  The data
+ * a reader of c sees would not change, but its file would: DESIGN.md 4.3
+ * writes into no layer an open reader depends on. */
 static char *
-pull_unsafe(const PlanState *st, const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
+pull_unsafe(const PlanWork *w, const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
 {
   if (c->shared)
     return g_strdup_printf("%s is used outside this domain", c->path);
-  if (c->pinned)
-    return g_strdup_printf("%s is open for reading", c->path);
   if (f->shared)
     return g_strdup_printf("%s is used outside this domain", f->path);
-  if (st->running && g_strcmp0(disk->active, c->path) != 0 && in_active_chain(disk, c->path))
+  const char *reader = reader_of(w, disk, c->path, NULL);
+  if (reader != NULL)
+    return open_for_reading(c->path, reader);
+  if (w->st->running && g_strcmp0(disk->active, c->path) != 0 && in_active_chain(disk, c->path))
     return g_strdup_printf("libvirt cannot pull into %s, an intermediate layer of the running domain",
                            c->path);
   return NULL;
@@ -554,8 +495,8 @@ merge_layer(PlanWork *w, PlanDisk *disk, PlanImage *f, PlanImage *c, gboolean *m
   if (!merge_costs(disk, f, c, &commit_bytes, &pull_bytes, error))
     return FALSE;
 
-  g_autofree char *no_commit = commit_unsafe(disk, f, c);
-  g_autofree char *no_pull = pull_unsafe(w->st, disk, f, c);
+  g_autofree char *no_commit = commit_unsafe(w, disk, f, c);
+  g_autofree char *no_pull = pull_unsafe(w, disk, f, c);
   g_autofree char *cb = format_bytes(commit_bytes);
   g_autofree char *pb = format_bytes(pull_bytes);
   gboolean c_active = g_strcmp0(disk->active, c->path) == 0;
@@ -615,14 +556,14 @@ merge_layer(PlanWork *w, PlanDisk *disk, PlanImage *f, PlanImage *c, gboolean *m
 }
 
 static gboolean
-merge_unnamed(PlanWork *w, PlanDisk *disk, gboolean *changed, GError **error)
+merge_unnamed(PlanWork *w, PlanDisk *disk, const DiskIndex *idx, gboolean *changed, GError **error)
 {
   *changed = FALSE;
   for (guint i = 0; i < disk->images->len; i++) {
     PlanImage *f = disk->images->pdata[i];
     PlanImage *c = NULL;
-    if (g_strcmp0(disk->active, f->path) == 0 || f->shared || is_point(w->st, disk, f->path) ||
-        count_children(disk, f->path, &c) != 1)
+    if (g_strcmp0(disk->active, f->path) == 0 || f->shared ||
+        g_hash_table_contains(idx->points, f->path) || index_children(idx, f->path, &c) != 1)
       continue;
     g_autofree char *key = disk_key(disk, f->path);
     if (g_hash_table_contains(w->deferred, key))
@@ -642,9 +583,15 @@ normalize_disk(PlanWork *w, PlanDisk *disk, GError **error)
     return TRUE;
   for (;;) {
     gboolean changed = FALSE;
-    if (repoint_dead_ends(w, disk) || drop_garbage(w, disk))
-      continue;
-    if (!merge_unnamed(w, disk, &changed, error))
+    DiskIndex idx;
+    disk_index_build(&idx, w->st, disk);
+    gboolean ok = TRUE;
+    if (!repoint_dead_ends(w, disk, &idx) && !drop_garbage(w, disk, &idx))
+      ok = merge_unnamed(w, disk, &idx, &changed, error);
+    else
+      changed = TRUE;
+    disk_index_clear(&idx);
+    if (!ok)
       return FALSE;
     if (!changed)
       return TRUE;
@@ -770,13 +717,19 @@ static gboolean
 plan_delete(PlanWork *w, GError **error)
 {
   PlanSnapshot *snapshot = plan_state_find_snapshot(w->st, w->op->name);
-  if (!check_snapshot_disks(w->st, snapshot, error))
+  if (!plan_check_snapshot_disks(w->st, snapshot, error))
     return FALSE;
 
   for (guint j = 0; j < snapshot->disks->len; j++) {
     const PlanSnapshotDisk *sd = snapshot->disks->pdata[j];
     PlanDisk *disk = plan_state_find_disk(w->st, sd->target);
-    g_hash_table_insert(w->primary, g_strdup(disk->target), g_strdup(snapshot_point(disk, snapshot)));
+    const char *point = snapshot_point(disk, snapshot);
+    if (w->op->refuse_open && plan_disk_find_image(disk, point)->pinned) {
+      g_set_error(error, PLANNER_ERROR, EBUSY, "cannot delete snapshot %s: disk %s: %s is open for reading",
+                  snapshot->name, disk->target, point);
+      return FALSE;
+    }
+    g_hash_table_insert(w->primary, g_strdup(disk->target), g_strdup(point));
   }
 
   /* libvirt's tree: children move up to the parent, which also becomes
@@ -839,7 +792,7 @@ plan_revert(PlanWork *w, GError **error)
                 snapshot->name);
     return FALSE;
   }
-  if (!check_snapshot_disks(w->st, snapshot, error))
+  if (!plan_check_snapshot_disks(w->st, snapshot, error))
     return FALSE;
 
   g_autofree char *keep_name = NULL;
@@ -865,7 +818,9 @@ plan_revert(PlanWork *w, GError **error)
     PlanImage *point = plan_disk_find_image(disk, snapshot_point(disk, snapshot));
     PlanImage *present = plan_disk_find_image(disk, disk->active);
 
-    PlanImage *overlay = create_overlay(w, disk, point, point->path, "revert");
+    /* Next to the present, not the point: that may be a template
+     * directory the domain only reads. */
+    PlanImage *overlay = create_overlay(w, disk, point, present->path, "revert");
     g_free(disk->active);
     disk->active = g_strdup(overlay->path);
 
@@ -896,7 +851,7 @@ planner_plan(const PlanState *state, const PlanOp *op, GError **error)
 {
   g_return_val_if_fail(state != NULL && op != NULL, NULL);
 
-  if (!check_state(state, error))
+  if (!plan_check_state(state, error))
     return NULL;
   if (op->name == NULL || plan_state_find_snapshot(state, op->name) == NULL) {
     g_set_error(error, PLANNER_ERROR, ENOENT, "no snapshot %s", op->name ? op->name : "(null)");
@@ -913,6 +868,7 @@ planner_plan(const PlanState *state, const PlanOp *op, GError **error)
     .deferred = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
     .primary = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free),
     .deletes = g_ptr_array_new_with_free_func((GDestroyNotify)plan_step_free),
+    .dropped = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
   };
 
   gboolean ok = FALSE;

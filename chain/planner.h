@@ -14,6 +14,48 @@
  * named and has exactly one child is merged away, by commit (the child's
  * clusters go into it) or pull (its clusters go into the child).
  *
+ * Use (the executor in fs/):
+ *
+ *   g_autoptr(PlanState) st = plan_state_new(domain_is_running);
+ *   PlanDisk *d = plan_state_add_disk(st, "vda", active_path);
+ *   PlanImage *im = plan_disk_add_image(d, path, CHAIN_FORMAT_QCOW2, backing_path, bitmap);
+ *   im->pinned = a_reader_opened_this_point_image;     (one call per file)
+ *   PlanSnapshot *s = plan_state_add_snapshot(st, name, ctime, parent, is_current);
+ *   plan_snapshot_set_overlay(s, "vda", overlay_path);  (from <disks><disk><source file>)
+ *   PlanOp op = { .kind = PLAN_OP_DELETE, .name = name, .now = time(NULL) };
+ *   g_autoptr(Plan) plan = planner_plan(st, &op, &error);
+ *   journal plan_steps_to_text(plan->steps), log plan->choices, run the steps.
+ *
+ * Decisions:
+ * - Cost: commit moves the clusters allocated in C, pull those of F that C
+ *   does not override (PlanImage.allocation).  The cheaper safe one wins.
+ * - Tie: pull when C is the active image (no pivot, the domain keeps its
+ *   file and its XML; a block pull ends by itself), commit otherwise (it
+ *   writes only into F, the layer whose point in time is going, never into
+ *   a file holding a point that stays; and it is the only choice for an
+ *   intermediate C on a running domain, so both cases plan alike).
+ * - Safety: commit writes C's clusters into F, so it is refused when a
+ *   reader reaches F without C above it (F itself is pinned: S's point is
+ *   open).  A reader of C or of anything above C never reads those
+ *   clusters from F, and C itself is only unlinked: a pinned C does not
+ *   stop a commit.  Pull writes into C, so it is refused when any reader's
+ *   chain holds C (DESIGN.md 4.3: no writes into a layer a reader depends
+ *   on, even though the data it reads would not change), and on a running
+ *   domain unless C is active or off the running chain (libvirt pulls only
+ *   into the active layer).  No safe merge: EBUSY for the point being
+ *   deleted; a merge that only tidies up (a branch point left with one
+ *   child) is skipped instead (PLAN_MERGE_NONE) and done by a later plan.
+ * - Revert keeps the present as snapshot planner_pre_revert_name(now)
+ *   (-2, -3... if taken) whose overlay is a new empty file on the old
+ *   active image (libvirt names points by overlays).  A snapshot whose
+ *   overlay became a dead end (a leaf nobody runs or reads as a point)
+ *   names a live sibling instead, the new active overlay first, as if it
+ *   had just been taken; with no sibling, an empty overlay replaces a dead
+ *   end that holds data.  Discard drops whatever only the present used.
+ * - New files are named DIR/TARGET.PURPOSE-YYYYMMDDTHHMMSSZ[-N].qcow2, in
+ *   the directory of the active image (revert, pre-revert) or of the file
+ *   they replace (overlay), never next to a possibly shared base.
+ *
  * Ownership: every char * and GPtrArray in these structs is owned by the
  * struct that holds it, except PlanImage.allocation (borrowed: it must
  * outlive planner_plan()).  Returned objects belong to the caller.
@@ -47,10 +89,13 @@ typedef struct {
    * must use one granularity.  Needed for every image a merge may touch;
    * NULL in Plan.after (costs there are unknown). */
   const ChainBitmap *allocation;
-  /* An open reader's chain contains this file (the executor marks every
-   * layer of every open point in time).  The planner never writes into a
-   * pinned file; it may still unlink one (readers keep their fd) and move
-   * its backing pointer (readers parsed the header at open). */
+  /* An open reader reads from this file down: the executor marks the point
+   * image of every open snapshot file and the frozen image under @now.  The
+   * planner follows each such chain as it is now (readers hold descriptors
+   * to it) and never changes what one reads.  Marking more layers, e.g.
+   * every layer of each open chain, is safe and only makes plans more
+   * cautious.  Unlinking a file a reader has open, or moving its backing
+   * pointer, is harmless: readers resolved both at open(). */
   gboolean pinned;
   /* Something outside this domain uses the file (a template base shared by
    * several domains, a <readonly/> or <shareable/> disk): never written,
@@ -127,6 +172,10 @@ typedef struct {
   const char *name;
   const char *new_name;   /* RENAME */
   gboolean discard;       /* REVERT: drop the present instead of keeping it */
+  /* DELETE: EBUSY when a reader has the point being deleted open (its
+   * point image is pinned), as DESIGN.md 3's errno table reads, instead
+   * of planning around that reader (a pull leaves its files intact). */
+  gboolean refuse_open;
   /* UTC seconds: names the pre-revert snapshot and any file the plan
    * creates, so that the planner needs no clock. */
   gint64 now;
@@ -137,24 +186,27 @@ typedef struct {
 
 typedef enum {
   /* Write top's clusters into base = backing(top); top stays untouched.
-   * offline: qemu-img commit -t writethrough -d -f FORMAT top.
-   * block job: virDomainBlockCommit(disk, base, top, SHALLOW); libvirt moves
-   * the backing pointer of top's child in the running chain itself (other
-   * children get their own REBASE_UNSAFE steps). */
+   * offline: qemu-img commit -t writethrough -d -f FORMAT -b BASE top.
+   * block job: virDomainBlockCommit(disk, base, top, 0, 0) on an
+   * intermediate top; libvirt moves the backing pointer of top's child in
+   * the running chain itself (other children get REBASE_UNSAFE steps).
+   * Re-running is harmless; a block commit is done once top has left the
+   * running chain. */
   PLAN_STEP_COMMIT,
-  /* Running domain, top = active image: virDomainBlockCommit(ACTIVE |
-   * SHALLOW), wait for READY, virDomainBlockJobAbort(PIVOT).  Afterwards
-   * base is the active image.  Done when the domain's active image is base. */
+  /* Running domain, top = active image: virDomainBlockCommit(disk, base,
+   * top, 0, ACTIVE), wait for READY, virDomainBlockJobAbort(PIVOT).
+   * Afterwards base is the active image; done when it already is. */
   PLAN_STEP_ACTIVE_COMMIT,
   /* Copy into image what its chain reads and backing would not, then point
-   * image at backing (NULL: flatten, no backing).
-   * offline: qemu-img rebase -t writethrough -f FORMAT -b BACKING -F BFMT image
-   * (-b "" when backing is NULL).  Re-running it after the pointer moved
-   * copies nothing.
-   * block job (image = active): virDomainBlockRebase(disk, backing, 0, 0). */
+   * image at backing (NULL: flatten, no backing at all).
+   * offline: qemu-img rebase -t writethrough -f FORMAT -b BACKING -F BFMT
+   * image (-b "" to flatten).  Re-running it after the pointer moved copies
+   * nothing; write-through makes the pointer move after the data.
+   * block job (image = the active image): virDomainBlockRebase(disk,
+   * backing, 0, 0), backing NULL for a full pull. */
   PLAN_STEP_PULL,
-  /* Pointer only, content unchanged: qemu-img rebase -u -b BACKING -F BFMT image.
-   * Always offline (the image is not in the running chain). */
+  /* Pointer only, content unchanged: qemu-img rebase -u -f FORMAT -b BACKING
+   * -F BFMT image.  Always offline (the image is not in the running chain). */
   PLAN_STEP_REBASE_UNSAFE,
   /* qemu-img create -f qcow2 -b BACKING -F BFMT image (empty overlay).
    * Done when image exists with that backing; the executor must check
@@ -163,12 +215,15 @@ typedef enum {
   /* Make the domain definition name image (format) as the disk's source.
    * Done when it already does (an active commit's pivot may have). */
   PLAN_STEP_SET_ACTIVE,
-  /* virDomainSnapshotCreateXML(REDEFINE [| CURRENT]) from definition: new
-   * or changed name, parent, overlays or points.  Idempotent. */
+  /* virDomainSnapshotCreateXML(REDEFINE [| CURRENT]) from definition: a new
+   * snapshot (revert's pre-revert one; RENAME's new name) or a changed
+   * parent, overlay or point image (the <domain> copy's disk source).
+   * Idempotent. */
   PLAN_STEP_REDEFINE_SNAPSHOT,
-  /* virDomainSnapshotDelete(METADATA_ONLY) of snapshot; gone = done. */
+  /* virDomainSnapshotDelete(METADATA_ONLY) of snapshot; gone = done.
+   * libvirt reparents its children; later REDEFINE steps say the same. */
   PLAN_STEP_DELETE_SNAPSHOT,
-  /* Mark snapshot current (redefine with CURRENT). */
+  /* Mark snapshot current (its XML redefined with CURRENT). */
   PLAN_STEP_SET_CURRENT,
   /* unlink(image); absent = done.  Only after no metadata names it. */
   PLAN_STEP_DELETE_FILE,
@@ -209,10 +264,19 @@ typedef struct {
   char *reason;          /* "commit: 64 KiB < pull 1 MiB", "pull: F is pinned" */
 } PlanChoice;
 
+/* Steps come in this order: first the data steps (CREATE_OVERLAY, COMMIT,
+ * ACTIVE_COMMIT, PULL, REBASE_UNSAFE), disk after disk, each step seeing
+ * the files as the steps before it left them; then REDEFINE of new
+ * snapshots, DELETE_SNAPSHOT, REDEFINE of changed ones, SET_CURRENT,
+ * SET_ACTIVE; DELETE_FILE last.
+ * Data steps of a running domain may be block jobs; everything else is
+ * offline or metadata. */
 typedef struct {
   GPtrArray *steps;    /* PlanStep *, in order */
   GPtrArray *choices;  /* PlanChoice * */
-  PlanState *after;    /* metadata and graph after the steps (allocation NULL) */
+  /* Metadata and graph after the steps: PlanSnapshotDisk.point filled,
+   * allocation NULL, pinned/shared as given. */
+  PlanState *after;
 } Plan;
 
 void plan_free(Plan *plan);
@@ -233,6 +297,10 @@ Plan *planner_plan(const PlanState *state, const PlanOp *op, GError **error);
 /* A name libvirt and the tree can both hold: not empty, at most
  * PLANNER_NAME_MAX bytes, valid UTF-8, no control characters.  EINVAL. */
 gboolean planner_check_name(const char *name, GError **error);
+
+/* Before libvirt creates snapshot name (mkdir): planner_check_name(), and
+ * EEXIST when the domain already has it.  No plan is needed. */
+gboolean planner_check_create(const PlanState *state, const char *name, GError **error);
 
 /* The name a revert at now gives the present it leaves. */
 char *planner_pre_revert_name(gint64 now);
