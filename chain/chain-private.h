@@ -135,6 +135,7 @@ void chain_regions_clear(Chain *chain);
 int chain_region_get(Chain *chain, guint64 index, gboolean cache, ChainRegion **region);
 void chain_region_unref(ChainRegion *region);
 guint chain_region_find(const ChainRegion *region, guint64 offset);
+guint64 chain_unallocated_until(Chain *chain, guint64 pos);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(ChainRegion, chain_region_unref)
 
 /* read.c */

@@ -211,16 +211,20 @@ read_whole_cluster(ChainLayer *layer, guint8 **cluster, guint32 *have, GError **
 static gboolean
 open_qcow2(ChainLayer *layer, GError **error)
 {
-  guint8 raw[sizeof(Qcow2Header)] = {0};
+  /* One read for the header, its extensions and the backing file name,
+   * which nearly always lie in the first 4 KiB; read_whole_cluster() gets
+   * the rest of the header cluster when an image needs it. */
+  guint32 have = 4096;
+  g_autofree guint8 *cluster = g_malloc0(have);
   gsize got;
-  int r = chain_pread_full(layer->fd, raw, sizeof(raw), 0, &got);
+  int r = chain_pread_full(layer->fd, cluster, have, 0, &got);
   if (r < 0)
     return fail(error, -r, layer->path, "reading the header: %s", g_strerror(-r));
   if (got < QCOW2_V2_HEADER_LENGTH)
     return fail(error, EIO, layer->path, "file too short for a qcow2 header (0x%zx bytes)", got);
 
   Qcow2Header h;
-  memcpy(&h, raw, sizeof(h));
+  memcpy(&h, cluster, sizeof(h));
   guint32 magic = GUINT32_FROM_BE(h.magic);
   if (magic != QCOW2_MAGIC)
     return fail(error, EIO, layer->path, "bad qcow2 magic 0x%08x", magic);
@@ -240,7 +244,7 @@ open_qcow2(ChainLayer *layer, GError **error)
     if (header_length < QCOW2_V3_HEADER_LENGTH || header_length % 8 != 0 ||
         header_length > layer->cluster_size)
       return fail(error, EIO, layer->path, "header_length 0x%x is invalid", header_length);
-    if (got < MIN(header_length, sizeof(raw)))
+    if (got < MIN(header_length, sizeof(Qcow2Header)))
       return fail(error, EIO, layer->path, "file too short for header_length 0x%x", header_length);
     incompat = GUINT64_FROM_BE(h.incompatible_features);
     autoclear = GUINT64_FROM_BE(h.autoclear_features);
@@ -249,13 +253,8 @@ open_qcow2(ChainLayer *layer, GError **error)
       return fail(error, EIO, layer->path, "refcount_order 0x%x exceeds 6", refcount_order);
   }
 
-  /* The header cluster: extensions and the backing file name live here.
-   * Read its first 4 KiB, and the rest only if an image needs it. */
-  guint32 have = (guint32)MIN(layer->cluster_size, 4096);
-  g_autofree guint8 *cluster = g_malloc0(have);
-  r = chain_pread_full(layer->fd, cluster, have, 0, &got);
-  if (r < 0)
-    return fail(error, -r, layer->path, "reading the header cluster: %s", g_strerror(-r));
+  /* Bytes past a small header cluster are not part of it. */
+  have = (guint32)MIN(layer->cluster_size, have);
 
   guint64 backing_offset = GUINT64_FROM_BE(h.backing_file_offset);
   guint32 backing_length = GUINT32_FROM_BE(h.backing_file_size);

@@ -510,6 +510,29 @@ chain_region_find(const ChainRegion *region, guint64 offset)
   return lo;
 }
 
+/* For scans over sparse disks: when, at pos, every layer's L1 table says
+ * "nothing here" (or the layer has ended, which hides the ones below),
+ * returns the end of that stretch; otherwise pos.  Costs one L1 lookup per
+ * layer instead of a region map per 2 MiB. */
+guint64
+chain_unallocated_until(Chain *chain, guint64 pos)
+{
+  guint64 end = chain->virtual_size;
+  for (guint i = 0; i < chain->depth; i++) {
+    ChainLayer *layer = chain->layers[i];
+    if (pos >= layer->virtual_size)
+      break; /* zeros from here down */
+    if (layer->format != CHAIN_FORMAT_QCOW2 || chain_layer_load_l1(layer) < 0)
+      return pos;
+    guint coverage_bits = layer->cluster_bits + layer->l2_bits;
+    guint64 l1_index = pos >> coverage_bits;
+    if (layer->l1[l1_index] != 0)
+      return pos;
+    end = MIN(end, (l1_index + 1) << coverage_bits);
+  }
+  return end;
+}
+
 /* ------------------------------------------------------------------ */
 /* Public mapping API                                                  */
 

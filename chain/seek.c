@@ -20,6 +20,13 @@ chain_seek(Chain *chain, guint64 offset, int whence)
   gboolean want = whence == SEEK_DATA;
 
   for (guint64 pos = offset; pos < chain->virtual_size;) {
+    guint64 skip = chain_unallocated_until(chain, pos);
+    if (skip > pos) {
+      if (!want)
+        return (gint64)pos;
+      pos = skip;
+      continue;
+    }
     g_autoptr(ChainRegion) region = NULL;
     int r = chain_region_get(chain, pos >> CHAIN_REGION_BITS, TRUE, &region);
     if (r < 0)
@@ -44,18 +51,24 @@ chain_allocated_bytes(Chain *chain)
     return known;
 
   guint64 total = 0;
-  guint64 regions = (chain->virtual_size + CHAIN_REGION_SIZE - 1) >> CHAIN_REGION_BITS;
-  for (guint64 index = 0; index < regions; index++) {
+  for (guint64 pos = 0; pos < chain->virtual_size;) {
+    guint64 skip = chain_unallocated_until(chain, pos);
+    if (skip > pos) {
+      pos = skip;
+      continue;
+    }
     g_autoptr(ChainRegion) region = NULL;
-    int r = chain_region_get(chain, index, FALSE, &region);
+    int r = chain_region_get(chain, pos >> CHAIN_REGION_BITS, FALSE, &region);
     if (r < 0)
       return r;
-    for (guint i = 0; i < region->n_runs; i++) {
-      if (region->runs[i].kind == CHAIN_RUN_ERROR)
+    for (guint i = chain_region_find(region, pos); i < region->n_runs; i++) {
+      const ChainRun *run = &region->runs[i];
+      if (run->kind == CHAIN_RUN_ERROR)
         return -EIO;
-      if (region->runs[i].allocated)
-        total += region->runs[i].length;
+      if (run->allocated)
+        total += run->offset + run->length - MAX(pos, run->offset);
     }
+    pos = (region->index + 1) << CHAIN_REGION_BITS;
   }
   __atomic_store_n(&chain->allocated, (gint64)total, __ATOMIC_RELEASE);
   return (gint64)total;

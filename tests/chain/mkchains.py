@@ -123,7 +123,9 @@ class Builder:
             path = f"{name}/base/base.qcow2"
             self.qcow2(path, size, base[2])
             cluster = base[2].get("cluster_size", 64 * KIB)
-            self.io(path, "qcow2", self.ops(size, cluster, base_ops))
+            # compressed writes need unallocated clusters
+            self.io(path, "qcow2", self.ops(size, cluster, base_ops,
+                                            compress="preallocation" not in base[2]))
             points.append((path, "qcow2"))
 
         for i, (osize, opts) in enumerate(overlays):
@@ -137,7 +139,8 @@ class Builder:
             self.qcow2(path, size if detached else osize, opts, backing, below_fmt, unsafe=detached)
             cluster = opts.get("cluster_size", 64 * KIB)
             n = ops if isinstance(ops, int) else ops(i)
-            self.io(path, "qcow2", self.ops(size, cluster, n), detached)
+            self.io(path, "qcow2", self.ops(size, cluster, n, compress="preallocation" not in opts),
+                    detached)
             points.append((path, "qcow2"))
         self.emit(name, points)
 
@@ -167,11 +170,18 @@ def basic(b):
             [(None, {"cluster_size": 1 << (9 + i % 8), "compat": "1.1" if i % 3 else "0.10"})
              for i in range(7)], ops=4, names="mixed")
     b.chain("empty", ("qcow2", 0, o), [(None, o)], ops=0)
+    # Preallocation: zero clusters with host offsets, data clusters over holes.
+    b.chain("prealloc-v2", ("qcow2", odd, {"cluster_size": 4 * KIB, "compat": "0.10",
+                                           "preallocation": "metadata"}), [(None, o)])
+    b.chain("prealloc-extl2", ("qcow2", odd, {"preallocation": "falloc"}),
+            [(None, {"extended_l2": "on", "preallocation": "metadata"})])
 
 
 def deep(b, depth):
     o = {"cluster_size": 64 * KIB}
-    size = 64 * MIB if depth <= 64 else 32 * MIB
+    # Small disks: each point is read whole several times, and converted
+    # by qemu-img; depth, not size, is what these chains test.
+    size = 16 * MIB
     b.chain(f"deep{depth}", ("qcow2", size, o), [(None, o)] * (depth - 1),
             ops=lambda i: 1 + (i % 3 == 0), names="mixed", detached=True)
 
