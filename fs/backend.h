@@ -154,10 +154,12 @@ gboolean backend_snapshot_revert(Backend *backend, const char *domain, const cha
                                  gboolean discard, GError **error);
 
 /* Pinned layers (DESIGN.md 4.3): the front end pins the chain of every
- * open point in time (open) and unpins it (release).  Layers are keyed by
- * device and inode; pins count, so a chain may be pinned many times.  A
- * plan never writes into a pinned layer and fails with EBUSY when the
- * operation cannot avoid it.  Any thread; never blocks on a plan. */
+ * open point in time, snapshot files and @now alike (open), and unpins it
+ * (release).  What counts is the chain's top layer, the point image, keyed
+ * by device and inode (the planner follows the chain below it); pins
+ * count, so a chain may be pinned many times.  A plan never changes what
+ * an open reader reads: deleting an open point in time, or a merge with no
+ * safe direction, fails with EBUSY.  Any thread; never blocks on a plan. */
 void backend_pin_chain(Backend *backend, const char *domain, Chain *chain);
 void backend_unpin_chain(Backend *backend, const char *domain, Chain *chain);
 

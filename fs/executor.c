@@ -304,7 +304,7 @@ step_commit_offline(Exec *x, const PlanStep *step, GError **error)
     return FALSE;
   }
   const char *argv[] = {"commit", "-q", "-t", "writethrough", "-d", "-f",
-                        chain_format_name(step->format), step->image, NULL};
+                        chain_format_name(step->format), "-b", step->backing, step->image, NULL};
   return backend_exec_qemu_img(argv, error);
 }
 

@@ -195,32 +195,31 @@ pin_key(const ChainLayer *layer)
                          (uintmax_t)chain_layer_ino(layer));
 }
 
+/* The planner wants the image each reader reads from (planner.h: the
+ * point image of an open snapshot file, the frozen image under @now) and
+ * follows the chain below it itself: the top layer of the chain. */
 void
 backend_pin_chain(Backend *backend, const char *domain, Chain *chain)
 {
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->exec->lock);
-  for (guint i = 0; i < chain_depth(chain); i++) {
-    char *key = pin_key(chain_get_layer(chain, i));
-    guint count = GPOINTER_TO_UINT(g_hash_table_lookup(backend->exec->pins, key));
-    g_hash_table_insert(backend->exec->pins, key, GUINT_TO_POINTER(count + 1));
-  }
+  char *key = pin_key(chain_get_layer(chain, 0));
+  guint count = GPOINTER_TO_UINT(g_hash_table_lookup(backend->exec->pins, key));
+  g_hash_table_insert(backend->exec->pins, key, GUINT_TO_POINTER(count + 1));
 }
 
 void
 backend_unpin_chain(Backend *backend, const char *domain, Chain *chain)
 {
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->exec->lock);
-  for (guint i = 0; i < chain_depth(chain); i++) {
-    g_autofree char *key = pin_key(chain_get_layer(chain, i));
-    guint count = GPOINTER_TO_UINT(g_hash_table_lookup(backend->exec->pins, key));
-    if (count > 1)
-      g_hash_table_insert(backend->exec->pins, g_steal_pointer(&key), GUINT_TO_POINTER(count - 1));
-    else if (count == 1)
-      g_hash_table_remove(backend->exec->pins, key);
-    else
-      g_warning("domain %s: unpinning layer %s that is not pinned", domain,
-                chain_layer_path(chain_get_layer(chain, i)));
-  }
+  g_autofree char *key = pin_key(chain_get_layer(chain, 0));
+  guint count = GPOINTER_TO_UINT(g_hash_table_lookup(backend->exec->pins, key));
+  if (count > 1)
+    g_hash_table_insert(backend->exec->pins, g_steal_pointer(&key), GUINT_TO_POINTER(count - 1));
+  else if (count == 1)
+    g_hash_table_remove(backend->exec->pins, key);
+  else
+    g_warning("domain %s: unpinning %s, which is not pinned", domain,
+              chain_layer_path(chain_get_layer(chain, 0)));
 }
 
 gboolean
@@ -519,7 +518,9 @@ check_name(const char *name, GError **error)
 gboolean
 backend_snapshot_delete(Backend *backend, const char *domain, const char *name, GError **error)
 {
-  PlanOp op = {.kind = PLAN_OP_DELETE, .name = name, .now = g_get_real_time() / G_USEC_PER_SEC};
+  /* DESIGN.md 3: deleting a point in time that is open is EBUSY. */
+  PlanOp op = {.kind = PLAN_OP_DELETE, .name = name, .refuse_open = TRUE,
+               .now = g_get_real_time() / G_USEC_PER_SEC};
   return run_plan(backend, domain, &op, error);
 }
 
