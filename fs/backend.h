@@ -147,9 +147,8 @@ gboolean backend_snapshot_delete(Backend *backend, const char *domain, const cha
                                  GError **error);
 gboolean backend_snapshot_rename(Backend *backend, const char *domain, const char *name,
                                  const char *new_name, GError **error);
-/* discard: drop the present instead of keeping it as pre-revert-<time>;
- * the front end passes BackendOptions.revert_discard unless it knows
- * better. */
+/* The present being left is kept as snapshot pre-revert-<UTC time>
+ * unless discard or BackendOptions.revert_discard says to drop it. */
 gboolean backend_snapshot_revert(Backend *backend, const char *domain, const char *name,
                                  gboolean discard, GError **error);
 

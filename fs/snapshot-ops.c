@@ -539,7 +539,8 @@ gboolean
 backend_snapshot_revert(Backend *backend, const char *domain, const char *name, gboolean discard,
                         GError **error)
 {
-  PlanOp op = {.kind = PLAN_OP_REVERT, .name = name, .discard = discard,
+  PlanOp op = {.kind = PLAN_OP_REVERT, .name = name,
+               .discard = discard || backend->exec->revert_discard,
                .now = g_get_real_time() / G_USEC_PER_SEC};
   return run_plan(backend, domain, &op, error);
 }

@@ -105,11 +105,16 @@ crash_run(const CrashCase *c)
     g_test_message("%s: stopped: %s", d, error->message);
     g_clear_error(&error);
     g_assert_false(listed(d, c->victim));
+    /* The job status shows the plan that stopped. */
+    g_autofree char *status = backend_job_status(fx->backend, d);
+    g_autofree char *prefix = g_strdup_printf("delete %s: ", c->victim);
+    g_assert_true(status && g_str_has_prefix(status, prefix));
     if (k % 2 == 1)
       drop_last_done(d);
 
     fixture_reopen(fx, TRUE);
     fixture_check(fx, d, expect);
+    g_assert_null(backend_job_status(fx->backend, d));
     if (c->running)
       fixture_stop(fx, d);
   }
