@@ -31,6 +31,7 @@
  * (blockjob.c) and by polling virDomainGetBlockJobInfo.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -512,10 +513,19 @@ step_create_overlay(Exec *x, const PlanStep *step, GError **error)
                 step->disk, step->image, step->backing);
     return FALSE;
   }
+  /* -u with the size read here: qemu-img then never opens the backing
+   * file, which a running QEMU may hold locked. */
+  g_autoptr(GError) local = NULL;
+  g_autoptr(ChainLayer) backing = chain_layer_open(step->backing, step->backing_format, &local);
+  if (!backing) {
+    g_set_error(error, BACKEND_ERROR, EIO, "disk %s: %s", step->disk, local->message);
+    return FALSE;
+  }
+  g_autofree char *size = g_strdup_printf("%" G_GUINT64_FORMAT, chain_layer_virtual_size(backing));
   g_autofree char *tmp = g_strdup_printf("%s.virtsnapfs-tmp", step->image);
   unlink(tmp);
-  const char *argv[] = {"create", "-q", "-f", "qcow2", "-b", step->backing, "-F",
-                        chain_format_name(step->backing_format), tmp, NULL};
+  const char *argv[] = {"create", "-q", "-f", "qcow2", "-u", "-b", step->backing, "-F",
+                        chain_format_name(step->backing_format), tmp, size, NULL};
   if (!backend_exec_qemu_img(argv, error))
     return FALSE;
   if (link(tmp, step->image) < 0) {
@@ -676,11 +686,48 @@ step_set_current(Exec *x, const PlanStep *step, GError **error)
   return TRUE;
 }
 
+/* TRUE when a snapshot's metadata names path as an overlay. */
+static gboolean
+snapshot_names_file(Exec *x, const char *path, char **which, GError **error)
+{
+  virDomainSnapshotPtr *snaps = NULL;
+  int n = virDomainListAllSnapshots(x->dom, &snaps, 0);
+  if (n < 0) {
+    backend_set_virt_error(error, "domain %s: snapshots", x->name);
+    return FALSE;
+  }
+  gboolean found = FALSE;
+  for (int i = 0; i < n; i++) {
+    g_autofree char *xml = found ? NULL : virDomainSnapshotGetXMLDesc(snaps[i], 0);
+    g_autoptr(DomXmlSnapshot) parsed = xml ? domxml_parse_snapshot(xml, NULL) : NULL;
+    for (guint j = 0; parsed && j < parsed->disks->len && !found; j++) {
+      DomXmlSnapshotDisk *sd = g_ptr_array_index(parsed->disks, j);
+      if (sd->source && same_file(sd->source, path)) {
+        found = TRUE;
+        *which = g_strdup(parsed->name);
+      }
+    }
+    virDomainSnapshotFree(snaps[i]);
+  }
+  free(snaps);
+  return found;
+}
+
 static gboolean
 step_delete_file(Exec *x, const PlanStep *step, GError **error)
 {
   if (!file_exists(step->image))
     return TRUE;
+  g_autofree char *which = NULL;
+  GError *local = NULL;
+  if (snapshot_names_file(x, step->image, &which, &local) || local) {
+    if (local)
+      g_propagate_error(error, local);
+    else
+      g_set_error(error, BACKEND_ERROR, EIO, "domain %s: snapshot %s still names %s: not deleted",
+                  x->name, which, step->image);
+    return FALSE;
+  }
   /* Files leave the disk only once nothing names them: not the domain. */
   const unsigned int flags[] = {0, VIR_DOMAIN_XML_INACTIVE};
   for (guint i = 0; i < G_N_ELEMENTS(flags); i++) {

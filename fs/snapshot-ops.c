@@ -643,8 +643,16 @@ backend_snapshot_create(Backend *backend, const char *domain, const char *name, 
   g_autoptr(GHashTable) taken = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   g_autoptr(GPtrArray) targets = g_ptr_array_new();
   g_autoptr(GPtrArray) overlays = g_ptr_array_new();
+  g_autoptr(GPtrArray) no_targets = g_ptr_array_new();
+  /* A <readonly/> disk never changes and a <shareable/> one is written by
+   * others too: neither gets an overlay (libvirt would make one). */
+  g_autoptr(GHashTable) shared = exec_xml_shared_targets(xml);
   for (guint i = 0; i < parsed->disks->len; i++) {
     DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
+    if (g_hash_table_contains(shared, disk->target)) {
+      g_ptr_array_add(no_targets, disk->target);
+      continue;
+    }
     if (disk->is_block) {
       g_set_error(error, BACKEND_ERROR, EOPNOTSUPP, "domain %s disk %s is a block device: no "
                   "directory for its overlay", domain, disk->target);
@@ -655,9 +663,13 @@ backend_snapshot_create(Backend *backend, const char *domain, const char *name, 
     g_ptr_array_add(targets, disk->target);
     g_ptr_array_add(overlays, overlay);
   }
+  if (targets->len == 0) {
+    g_set_error(error, BACKEND_ERROR, EOPNOTSUPP, "domain %s has no writable disk to snapshot",
+                domain);
+    return FALSE;
+  }
   g_ptr_array_add(targets, NULL);
   g_ptr_array_add(overlays, NULL);
-  g_autoptr(GPtrArray) no_targets = g_ptr_array_new();
   for (guint i = 0; i < parsed->skipped->len; i++) {
     DomXmlSkipped *skipped = g_ptr_array_index(parsed->skipped, i);
     if (skipped->target)
@@ -692,7 +704,7 @@ backend_snapshot_create(Backend *backend, const char *domain, const char *name, 
   virDomainSnapshotFree(snap);
   g_message("domain %s: created snapshot %s (%s, %u disks, first overlay %s)", domain, name,
             active == 1 ? (quiesced ? "live, quiesced" : "live, crash-consistent") : "offline",
-            parsed->disks->len, (const char *)overlays->pdata[0]);
+            targets->len - 1, (const char *)overlays->pdata[0]);
   refresh_model(backend);
   return TRUE;
 }

@@ -11,14 +11,25 @@
 
 static Fixture *fx;
 
+/* Creates snapshot name; skip: a disk the snapshot leaves out. */
 static void
-create(const char *domain, const char *name, GHashTable *expect)
+create_skip(const char *domain, const char *name, GHashTable *expect, const char *skip)
 {
   g_autoptr(GError) error = NULL;
   if (!backend_snapshot_create(fx->backend, domain, name, &error))
     g_error("create %s/%s: %s", domain, name, error->message);
   fixture_picture_copy(expect, "@now", name);
+  if (skip) {
+    g_autofree char *key = g_strdup_printf("%s/%s", name, skip);
+    g_hash_table_remove(expect, key);
+  }
   fixture_check(fx, domain, expect);
+}
+
+static void
+create(const char *domain, const char *name, GHashTable *expect)
+{
+  create_skip(domain, name, expect, NULL);
 }
 
 static void
@@ -458,6 +469,39 @@ test_intermediate_running(void)
   fixture_stop(fx, d);
 }
 
+/* A <readonly/> raw disk beside a normal one: snapshots leave it out
+ * (snapshot='no'), and plans never touch it. */
+static void
+test_readonly_disk(void)
+{
+  const char *d = "readonly";
+  fixture_define(fx, d, 1, 8);
+  g_autofree char *raw = g_build_filename(fx->images, d, "ro.raw", NULL);
+  const char *argv[] = {"qemu-img", "create", "-q", "-f", "raw", raw, "4M", NULL};
+  g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL,
+                             NULL, NULL, NULL));
+  g_autoptr(BackendVirDomain) dom = fixture_domain(fx, d);
+  g_autofree char *xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
+  g_autofree char *disk = g_strdup_printf("<disk type='file' device='disk'><driver name='qemu' "
+                                          "type='raw'/><source file='%s'/><target dev='vdb' "
+                                          "bus='virtio'/><readonly/></disk></devices>", raw);
+  g_autofree char *with_ro = g_strjoinv(disk, g_strsplit(xml, "</devices>", 2));
+  g_autoptr(BackendVirConnect) conn = fixture_conn(fx);
+  g_autoptr(BackendVirDomain) redefined = virDomainDefineXML(conn, with_ro);
+  g_assert_nonnull(redefined);
+
+  g_autoptr(GHashTable) expect = fixture_picture(fx, d);
+  create_skip(d, "s1", expect, "vdb");
+  fixture_write(fx, d, 0, 0, MiB, 0x91);
+  g_hash_table_unref(expect);
+  expect = fixture_picture(fx, d);
+  create_skip(d, "s2", expect, "vdb");
+  delete(d, "s1", expect);
+  fixture_start(fx, d);
+  delete(d, "s2", expect);
+  fixture_stop(fx, d);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -470,6 +514,7 @@ main(int argc, char **argv)
   g_test_add_func("/exec/delete/intermediate-running", test_intermediate_running);
   g_test_add_func("/exec/delete/pinned", test_pinned);
   g_test_add_func("/exec/errors", test_errors);
+  g_test_add_func("/exec/readonly-disk", test_readonly_disk);
   g_test_add_func("/exec/multi-disk/offline", test_multi_disk_offline);
   g_test_add_func("/exec/multi-disk/running", test_multi_disk_running);
   g_test_add_func("/exec/rename/offline", test_rename_offline);
