@@ -73,7 +73,12 @@ BackendRaw *backend_raw_read(virConnectPtr conn, gboolean *no_pools, GError **er
 /* A checksum of everything in raw: equal fingerprints, equal models. */
 const char *backend_raw_fingerprint(const BackendRaw *raw);
 /* Parses and resolves raw into a model (generation 0; the caller sets it).
- * Disks left out are logged once, remembered in logged. */
+ * Disks left out are logged once, remembered in logged.  When a snapshot's
+ * overlay could not be read (libvirt lists a snapshot while QEMU is still
+ * formatting its overlay), the key BACKEND_LOGGED_RETRY is added to logged:
+ * the caller then reads again at the next poll even if libvirt's XML did
+ * not change. */
+#define BACKEND_LOGGED_RETRY "\001retry"
 BackendModel *backend_model_build(const BackendRaw *raw, const char *const *extra_dirs,
                                   GHashTable *logged);
 BackendModel *backend_model_new_empty(void);

@@ -254,6 +254,8 @@ refresh(Backend *backend, gboolean force, GError **error)
 
   BackendModel *model = backend_model_build(raw, (const char *const *)backend->image_dirs,
                                             backend->logged);
+  if (g_hash_table_remove(backend->logged, BACKEND_LOGGED_RETRY))
+    g_clear_pointer(&backend->fingerprint, g_free); /* read again at the next poll */
   mark_frozen(backend, model);
   backend_exec_filter_model(backend, model);
   model->generation = ++backend->generation;

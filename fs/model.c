@@ -433,6 +433,8 @@ resolve_point(DomXmlDomain *domain, const char *snapshot, DomXmlSnapshotDisk *sd
   g_autoptr(GError) error = NULL;
   ChainFormat format = CHAIN_FORMAT_UNKNOWN;
   point->image_path = backend_image_backing(overlay, sdisk->format, &format, &error);
+  if (!point->image_path && error)
+    g_hash_table_add(logged, g_strdup(BACKEND_LOGGED_RETRY)); /* maybe not written yet */
   if (!point->image_path) {
     g_autofree char *reason =
         error ? g_strdup_printf("%s: %s", where, error->message)
