@@ -36,6 +36,8 @@ struct _Backend {
   char *fingerprint;            /* of the libvirt state the model was built from */
   GHashTable *logged;           /* "domain/target: reason" already logged */
   gboolean no_pools;            /* the connection has no storage driver */
+  GHashTable *unresolved_since; /* unresolved key -> gint64* first seen */
+  gint settling;                /* atomic: an unpublished build waits to settle */
   guint64 generation;
 
   GThread *worker;              /* polls, rebuilds, reconnects */
@@ -73,14 +75,11 @@ BackendRaw *backend_raw_read(virConnectPtr conn, gboolean *no_pools, GError **er
 /* A checksum of everything in raw: equal fingerprints, equal models. */
 const char *backend_raw_fingerprint(const BackendRaw *raw);
 /* Parses and resolves raw into a model (generation 0; the caller sets it).
- * Disks left out are logged once, remembered in logged.  When a snapshot's
- * overlay could not be read (libvirt lists a snapshot while QEMU is still
- * formatting its overlay), the key BACKEND_LOGGED_RETRY is added to logged:
- * the caller then reads again at the next poll even if libvirt's XML did
- * not change. */
-#define BACKEND_LOGGED_RETRY "\001retry"
+ * Disks left out for what the XML says are logged once, remembered in
+ * logged; snapshot disks whose point image cannot be found are left out
+ * and added to unresolved (key -> log message) for the caller to judge. */
 BackendModel *backend_model_build(const BackendRaw *raw, const char *const *extra_dirs,
-                                  GHashTable *logged);
+                                  GHashTable *logged, GHashTable *unresolved);
 BackendModel *backend_model_new_empty(void);
 /* UNKNOWN-terminated formats of layers[from..] (of DomXmlLayer), for
  * BackendDisk.backing_formats; NULL when layers is NULL or too short. */

@@ -21,6 +21,8 @@
 #include "backend-private.h"
 
 #define POLL_INTERVAL_US (G_USEC_PER_SEC)
+#define SETTLE_POLL_US (G_USEC_PER_SEC / 10)
+#define SETTLE_US (3 * G_USEC_PER_SEC)
 #define BACKOFF_MAX_S 30
 
 
@@ -232,6 +234,43 @@ mark_frozen(Backend *backend, BackendModel *model)
   }
 }
 
+/* A snapshot disk whose point image cannot be found is usually a snapshot
+ * libvirt is still creating: its metadata shows before the overlay exists.
+ * Such a build is not published until it settles, for up to SETTLE_US per
+ * unresolved disk, while the worker polls faster; a disk unresolved for
+ * longer is published as left out, and logged.  Under build_lock. */
+static gboolean
+settled(Backend *backend, GHashTable *unresolved)
+{
+  gint64 now = g_get_monotonic_time();
+  gboolean waiting = FALSE;
+  GHashTableIter iter;
+  gpointer key, message;
+  g_hash_table_iter_init(&iter, unresolved);
+  while (g_hash_table_iter_next(&iter, &key, &message)) {
+    gint64 *since = g_hash_table_lookup(backend->unresolved_since, key);
+    if (!since) {
+      since = g_new(gint64, 1);
+      *since = now;
+      g_hash_table_insert(backend->unresolved_since, g_strdup(key), since);
+      g_debug("waiting for libvirt to finish: %s", (const char *)message);
+    }
+    waiting |= now - *since < SETTLE_US;
+  }
+  g_hash_table_iter_init(&iter, backend->unresolved_since);
+  while (g_hash_table_iter_next(&iter, &key, NULL))
+    if (!g_hash_table_contains(unresolved, key))
+      g_hash_table_iter_remove(&iter);
+  g_atomic_int_set(&backend->settling, waiting);
+  if (waiting)
+    return FALSE;
+  g_hash_table_iter_init(&iter, unresolved);
+  while (g_hash_table_iter_next(&iter, &key, &message))
+    if (g_hash_table_add(backend->logged, g_strdup(message)))
+      g_message("%s", (const char *)message);
+  return TRUE;
+}
+
 static gboolean
 refresh(Backend *backend, gboolean force, GError **error)
 {
@@ -247,15 +286,18 @@ refresh(Backend *backend, gboolean force, GError **error)
     }
     return FALSE;
   }
-  if (!force && g_strcmp0(backend->fingerprint, backend_raw_fingerprint(raw)) == 0)
+  if (!force && !g_atomic_int_get(&backend->settling) &&
+      g_strcmp0(backend->fingerprint, backend_raw_fingerprint(raw)) == 0)
+    return TRUE;
+
+  g_autoptr(GHashTable) unresolved = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  g_autoptr(BackendModel) built = backend_model_build(raw, (const char *const *)backend->image_dirs,
+                                                      backend->logged, unresolved);
+  if (!settled(backend, unresolved))
     return TRUE;
   g_free(backend->fingerprint);
   backend->fingerprint = g_strdup(backend_raw_fingerprint(raw));
-
-  BackendModel *model = backend_model_build(raw, (const char *const *)backend->image_dirs,
-                                            backend->logged);
-  if (g_hash_table_remove(backend->logged, BACKEND_LOGGED_RETRY))
-    g_clear_pointer(&backend->fingerprint, g_free); /* read again at the next poll */
+  BackendModel *model = g_steal_pointer(&built);
   mark_frozen(backend, model);
   backend_exec_filter_model(backend, model);
   model->generation = ++backend->generation;
@@ -325,7 +367,8 @@ worker_run(gpointer data)
     gboolean connected;
     {
       g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
-      gint64 deadline = g_get_monotonic_time() + POLL_INTERVAL_US;
+      gint64 deadline = g_get_monotonic_time() +
+                        (g_atomic_int_get(&backend->settling) ? SETTLE_POLL_US : POLL_INTERVAL_US);
       while (!backend->stopping && !backend->dirty && !backend->conn_broken &&
              g_cond_wait_until(&backend->wake, &backend->lock, deadline))
         ;
@@ -395,6 +438,7 @@ backend_destroy(Backend *backend, gboolean thaw)
   g_hash_table_unref(backend->domain_locks);
   g_hash_table_unref(backend->job_events);
   g_hash_table_unref(backend->logged);
+  g_hash_table_unref(backend->unresolved_since);
   backend_model_unref(backend->model);
   g_free(backend->fingerprint);
   g_free(backend->uri);
@@ -442,6 +486,7 @@ backend_new(const BackendOptions *options, GError **error)
   g_mutex_init(&backend->sink->lock);
   backend->sink->backend = backend;
   backend->logged = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  backend->unresolved_since = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   backend->freezes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   backend->domain_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, domain_lock_free);
   backend->job_events = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);

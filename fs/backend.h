@@ -107,9 +107,11 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(Backend, backend_free)
 
 void backend_set_listener(Backend *backend, BackendChangeFunc func, gpointer user_data);
 
-/* Reads libvirt now and publishes a new model if anything changed (calling
- * the listener from the calling thread), without waiting for the poll.
- * For callers that just changed libvirt state themselves.  Blocks. */
+/* Reads libvirt now and publishes a new model (calling the listener from
+ * the calling thread), without waiting for the poll: for callers that just
+ * changed libvirt state themselves.  Blocks.  A snapshot libvirt is still
+ * creating (its metadata listed, its overlay not yet there) holds the new
+ * model back; the worker publishes it once settled, within 3 s. */
 gboolean backend_refresh(Backend *backend, GError **error);
 
 /* The current model: a new reference, never NULL (empty while the
@@ -121,7 +123,12 @@ BackendModel *backend_get_model(Backend *backend);
  * agent answers) and returns the frozen images as BackendDisks; further
  * freezes share it.  Each successful backend_freeze() is paired with one
  * backend_thaw(); the last thaw commits the overlays back and deletes
- * them.  Returns a new array of BackendDisk (free with g_ptr_array_unref). */
+ * them.  Returns a new array of BackendDisk (free with g_ptr_array_unref).
+ * Overlays are named "<active image>.virtsnapfs-now-<usec>-<pid>" beside
+ * the active image (STATE_DIR/now/ for block devices); every freeze is
+ * recorded in STATE_DIR/freeze/ and repaired by the next backend_new()
+ * if the process dies before the thaw.  A thaw that fails is logged and
+ * retried at the domain's next freeze or thaw, or at the next start. */
 GPtrArray *backend_freeze(Backend *backend, const char *domain, GError **error);
 void backend_thaw(Backend *backend, const char *domain);
 

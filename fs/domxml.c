@@ -144,8 +144,9 @@ parse_doc(const char *xml, const char *root_name, GError **error)
                                         XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
   if (!doc) {
     const xmlError *err = xmlGetLastError();
+    g_autofree char *why = g_strdup(err && err->message ? err->message : "unknown error");
     g_set_error(error, BACKEND_ERROR, EINVAL, "%s XML does not parse: %s", root_name,
-                err && err->message ? g_strstrip(err->message) : "unknown error");
+                g_strstrip(why));
     return NULL;
   }
   xmlNode *root = xmlDocGetRootElement(doc);

@@ -385,11 +385,24 @@ find_domain_disk(DomXmlDomain *domain, const char *name)
   return disk;
 }
 
-/* P(S) for one disk of a snapshot; NULL (and logged) when it cannot be
- * known. */
+/* Records a point image that could not be found.  While libvirt creates
+ * a snapshot of a running domain, its metadata shows before the overlay
+ * exists; the caller decides whether this is such a moment (refresh()
+ * waits a little) or lasting (then it logs the message). */
+static void
+add_unresolved(GHashTable *unresolved, const char *domain, const char *snapshot,
+               const char *target, const char *reason)
+{
+  g_hash_table_insert(unresolved, g_strdup_printf("%s/%s/%s", domain, snapshot, target),
+                      g_strdup_printf("domain %s: disk %s left out: snapshot %s: %s", domain,
+                                      target, snapshot, reason));
+}
+
+/* P(S) for one disk of a snapshot; NULL (logged, or added to unresolved)
+ * when it cannot be known. */
 static BackendDisk *
 resolve_point(DomXmlDomain *domain, const char *snapshot, DomXmlSnapshotDisk *sdisk,
-              GHashTable *logged)
+              GHashTable *logged, GHashTable *unresolved)
 {
   DomXmlDisk *disk = find_domain_disk(domain, sdisk->name);
   const char *target = disk ? disk->target : sdisk->name;
@@ -433,19 +446,16 @@ resolve_point(DomXmlDomain *domain, const char *snapshot, DomXmlSnapshotDisk *sd
   g_autoptr(GError) error = NULL;
   ChainFormat format = CHAIN_FORMAT_UNKNOWN;
   point->image_path = backend_image_backing(overlay, sdisk->format, &format, &error);
-  if (!point->image_path && error)
-    g_hash_table_add(logged, g_strdup(BACKEND_LOGGED_RETRY)); /* maybe not written yet */
   if (!point->image_path) {
     g_autofree char *reason =
-        error ? g_strdup_printf("%s: %s", where, error->message)
-              : g_strdup_printf("%s: overlay %s has no backing file", where, overlay);
-    log_once(logged, domain->name, target, reason);
+        error ? g_strdup(error->message) : g_strdup_printf("overlay %s has no backing file", overlay);
+    add_unresolved(unresolved, domain->name, snapshot, target, reason);
     return NULL;
   }
   if (format == CHAIN_FORMAT_UNKNOWN) {
-    g_autofree char *reason = g_strdup_printf(
-        "%s: overlay %s does not record the format of %s", where, overlay, point->image_path);
-    log_once(logged, domain->name, target, reason);
+    g_autofree char *reason = g_strdup_printf("overlay %s does not record the format of %s",
+                                              overlay, point->image_path);
+    add_unresolved(unresolved, domain->name, snapshot, target, reason);
     return NULL;
   }
   point->format = format;
@@ -476,7 +486,8 @@ compare_domains(gconstpointer a, gconstpointer b)
 }
 
 static BackendDomain *
-build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
+build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged,
+             GHashTable *unresolved)
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(DomXmlDomain) parsed = domxml_parse_domain(raw->xml, &error);
@@ -540,7 +551,7 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged)
     snapshot->disks = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
     for (guint j = 0; j < parsed_snap->disks->len; j++) {
       DomXmlSnapshotDisk *sdisk = g_ptr_array_index(parsed_snap->disks, j);
-      BackendDisk *point = resolve_point(parsed, parsed_snap->name, sdisk, logged);
+      BackendDisk *point = resolve_point(parsed, parsed_snap->name, sdisk, logged, unresolved);
       if (!point)
         continue;
       add_dir_of(dirs, sdisk->source);
@@ -561,13 +572,15 @@ compare_strings(gconstpointer a, gconstpointer b)
 }
 
 BackendModel *
-backend_model_build(const BackendRaw *raw, const char *const *extra_dirs, GHashTable *logged)
+backend_model_build(const BackendRaw *raw, const char *const *extra_dirs, GHashTable *logged,
+                    GHashTable *unresolved)
 {
   BackendModel *model = backend_model_new_empty();
   g_autoptr(GHashTable) dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
 
   for (guint i = 0; i < raw->domains->len; i++) {
-    BackendDomain *domain = build_domain(g_ptr_array_index(raw->domains, i), dirs, logged);
+    BackendDomain *domain = build_domain(g_ptr_array_index(raw->domains, i), dirs, logged,
+                                          unresolved);
     if (domain)
       g_ptr_array_add(model->domains, domain);
   }

@@ -40,8 +40,9 @@ char *fixture_image(Fixture *fx, const char *name, const char *format, const cha
 void fixture_image_write(const char *path, const char *format, guint8 pattern, guint64 offset,
                          guint64 length);
 virDomainPtr fixture_define(Fixture *fx, const char *name, const FixtureDisk *disks, guint n);
-/* A guest write through the monitor into the device with alias dev_alias
- * ("virtio-disk0"), then a flush so that the image on disk has it. */
+/* A guest write through the monitor (HMP qemu-io) into the device at
+ * qdev_path ("/machine/peripheral/virtio-disk0/virtio-backend",
+ * "sata0-0-0"), then a flush so that the image on disk has it. */
 void fixture_guest_write(virDomainPtr dom, const char *qdev_path, guint8 pattern, guint64 offset,
                          guint64 length);
 /* The guest-visible content of image (qemu-img convert -U -O raw). */

@@ -196,6 +196,16 @@ on_change(BackendModel *old_model, BackendModel *new_model, gpointer user_data)
   ListenerData *data = user_data;
   g_assert_nonnull(old_model);
   g_assert_cmpuint(new_model->generation, >, old_model->generation);
+  /* A snapshot being created never shows half made (without its disk);
+   * only "ghost", whose overlay does not exist, ends up like that. */
+  for (guint i = 0; i < new_model->domains->len; i++) {
+    BackendDomain *domain = g_ptr_array_index(new_model->domains, i);
+    for (guint j = 0; j < domain->snapshots->len; j++) {
+      BackendSnapshot *snapshot = g_ptr_array_index(domain->snapshots, j);
+      if (!g_str_equal(snapshot->name, "ghost"))
+        g_assert_cmpuint(snapshot->disks->len, ==, 1);
+    }
+  }
   g_async_queue_push(data->generations, GUINT_TO_POINTER((guint)new_model->generation));
 }
 
@@ -207,6 +217,13 @@ has_snapshot(BackendModel *model, gpointer data)
   BackendDomain *domain = backend_model_find_domain(model, "gamma");
   BackendSnapshot *snapshot = domain ? backend_domain_find_snapshot(domain, data) : NULL;
   return snapshot && snapshot->disks->len == 1;
+}
+
+static gboolean
+has_ghost(BackendModel *model, gpointer data)
+{
+  BackendDomain *domain = backend_model_find_domain(model, "gamma");
+  return domain && backend_domain_find_snapshot(domain, "ghost");
 }
 
 static gboolean
@@ -276,6 +293,29 @@ test_listener(void)
   g_assert_nonnull(m4);
   BackendSnapshot *s2 = backend_domain_find_snapshot(backend_model_find_domain(m4, "gamma"), "s2");
   assert_disk(s2->disks, "vda", ov, CHAIN_FORMAT_QCOW2);
+
+  /* Metadata naming an overlay that does not exist: shown after the
+   * settling time, without the disk (and logged once). */
+  g_autofree char *domxml = virDomainGetXMLDesc(gamma, VIR_DOMAIN_XML_INACTIVE);
+  g_autofree char *ghost = g_strdup_printf(
+      "<domainsnapshot><name>ghost</name><state>disk-snapshot</state>"
+      "<creationTime>1700000000</creationTime><memory snapshot='no'/><disks>"
+      "<disk name='vda' snapshot='external' type='file'><driver type='qcow2'/>"
+      "<source file='%s/nonexistent.qcow2'/></disk></disks>%s</domainsnapshot>",
+      fx.images, domxml);
+  start = g_get_monotonic_time();
+  virDomainSnapshotPtr redefined =
+      virDomainSnapshotCreateXML(gamma, ghost, VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
+  g_assert_nonnull(redefined);
+  virDomainSnapshotFree(redefined);
+  g_autoptr(BackendModel) mg = fixture_wait_model(&fx, has_ghost, NULL, 10);
+  g_assert_nonnull(mg);
+  gint64 waited = g_get_monotonic_time() - start;
+  g_test_message("ghost snapshot shown after %" G_GINT64_FORMAT " ms", waited / 1000);
+  g_assert_cmpint(waited, >=, 2 * G_USEC_PER_SEC);
+  BackendSnapshot *g = backend_domain_find_snapshot(backend_model_find_domain(mg, "gamma"), "ghost");
+  g_assert_cmpuint(g->disks->len, ==, 0);
+  g_assert_true(g == g_ptr_array_index(backend_model_find_domain(mg, "gamma")->snapshots, 0));
 
   FixtureDisk ddisks[] = {{"vda", "virtio", dvda, "qcow2", NULL}};
   g_autoptr(BackendVirDomain) delta = fixture_define(&fx, "delta", ddisks, 1);
@@ -384,6 +424,18 @@ test_freeze_running(void)
   fixture_guest_write(dom, VIRTIO0, 0xcd, MiB, 64 * 1024);
   g_autoptr(GBytes) after = fixture_read_image(&fx, vda);
   g_assert_true(g_bytes_equal(before, after)); /* the frozen image never moved */
+
+  /* What @now serves: the frozen disk through chain/ under the model's
+   * image policy reads as before the guest writes. */
+  BackendDisk *fdisk = find_disk(frozen, "vda");
+  ChainPolicy policy = {.image_dirs = (const char *const *)model->image_dirs};
+  g_autoptr(Chain) chain = chain_open(fdisk->image_path, fdisk->format, fdisk->backing_formats,
+                                      &policy, &error);
+  g_assert_no_error(error);
+  guint8 buf[4096];
+  g_assert_cmpint(chain_read(chain, buf, sizeof(buf), 0), ==, sizeof(buf));
+  for (gsize i = 0; i < sizeof(buf); i++)
+    g_assert_cmpuint(buf[i], ==, 0x11);
   g_autoptr(GBytes) present = fixture_read_image(&fx, overlay);
   fixture_assert_pattern(present, 0xab, 0, 64 * 1024);
   fixture_assert_pattern(present, 0x11, 64 * 1024, MiB - 64 * 1024);
