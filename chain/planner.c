@@ -485,6 +485,19 @@ do_pull(PlanWork *w, PlanDisk *disk, PlanImage *f, PlanImage *c)
   drop_image(w, disk, f);
 }
 
+/* A new entry for the log, chosen PLAN_MERGE_NONE until decided. */
+static PlanChoice *
+add_choice(PlanWork *w, const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
+{
+  PlanChoice *choice = g_new0(PlanChoice, 1);
+  choice->disk = g_strdup(disk->target);
+  choice->layer = g_strdup(f->path);
+  choice->child = g_strdup(c->path);
+  choice->chosen = PLAN_MERGE_NONE;
+  g_ptr_array_add(w->plan->choices, choice);
+  return choice;
+}
+
 static gboolean
 merge_layer(PlanWork *w, PlanDisk *disk, PlanImage *f, PlanImage *c, gboolean *merged,
             GError **error)
@@ -492,8 +505,19 @@ merge_layer(PlanWork *w, PlanDisk *disk, PlanImage *f, PlanImage *c, gboolean *m
   gboolean primary = g_strcmp0(g_hash_table_lookup(w->primary, disk->target), f->path) == 0;
   guint64 commit_bytes = 0, pull_bytes = 0;
   *merged = FALSE;
-  if (!merge_costs(disk, f, c, &commit_bytes, &pull_bytes, error))
-    return FALSE;
+  g_autoptr(GError) cost_error = NULL;
+  if (!merge_costs(disk, f, c, &commit_bytes, &pull_bytes, &cost_error)) {
+    /* Without costs there is no choice to make.  Only the merge asked
+     * for needs one now; tidying up waits for a caller with the maps. */
+    if (primary) {
+      g_propagate_error(error, g_steal_pointer(&cost_error));
+      return FALSE;
+    }
+    PlanChoice *choice = add_choice(w, disk, f, c);
+    choice->reason = g_strdup_printf("neither: %s", cost_error->message);
+    g_hash_table_add(w->deferred, disk_key(disk, f->path));
+    return TRUE;
+  }
 
   g_autofree char *no_commit = commit_unsafe(w, disk, f, c);
   g_autofree char *no_pull = pull_unsafe(w, disk, f, c);
@@ -501,15 +525,11 @@ merge_layer(PlanWork *w, PlanDisk *disk, PlanImage *f, PlanImage *c, gboolean *m
   g_autofree char *pb = format_bytes(pull_bytes);
   gboolean c_active = g_strcmp0(disk->active, c->path) == 0;
 
-  PlanChoice *choice = g_new0(PlanChoice, 1);
-  choice->disk = g_strdup(disk->target);
-  choice->layer = g_strdup(f->path);
-  choice->child = g_strdup(c->path);
+  PlanChoice *choice = add_choice(w, disk, f, c);
   choice->commit_bytes = commit_bytes;
   choice->pull_bytes = pull_bytes;
   choice->commit_safe = no_commit == NULL;
   choice->pull_safe = no_pull == NULL;
-  g_ptr_array_add(w->plan->choices, choice);
 
   if (no_commit != NULL && no_pull != NULL) {
     choice->chosen = PLAN_MERGE_NONE;
@@ -551,6 +571,10 @@ merge_layer(PlanWork *w, PlanDisk *disk, PlanImage *f, PlanImage *c, gboolean *m
     do_commit(w, disk, f, c);
   else
     do_pull(w, disk, f, c);
+  /* The point asked for is gone; what follows is tidying up (a commit
+   * leaves F in place, and F may still be an unnamed layer). */
+  if (primary)
+    g_hash_table_remove(w->primary, disk->target);
   *merged = TRUE;
   return TRUE;
 }

@@ -86,7 +86,8 @@ typedef struct {
   ChainFormat format;
   char *backing;       /* path of the backing image (in the same disk), or NULL */
   /* Borrowed.  Which clusters this file overrides; all images of a disk
-   * must use one granularity.  Needed for every image a merge may touch;
+   * must use one granularity.  Needed for F and C of the point being
+   * deleted (EINVAL otherwise); another merge without maps is put off.
    * NULL in Plan.after (costs there are unknown). */
   const ChainBitmap *allocation;
   /* An open reader reads from this file down: the executor marks the point

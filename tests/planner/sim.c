@@ -185,6 +185,12 @@ sim_write_mask(Sim *sim, const char *target, const char *mask)
 void
 sim_snapshot(Sim *sim, const char *name)
 {
+  sim_snapshot_disks(sim, name, G_MAXUINT);
+}
+
+void
+sim_snapshot_disks(Sim *sim, const char *name, guint mask)
+{
   PlanSnapshot *current = NULL;
   for (guint i = 0; i < sim->st->snapshots->len; i++) {
     PlanSnapshot *s = sim->st->snapshots->pdata[i];
@@ -197,6 +203,8 @@ sim_snapshot(Sim *sim, const char *name)
     current->current = FALSE;
   for (guint i = 0; i < sim->st->disks->len; i++) {
     PlanDisk *disk = sim->st->disks->pdata[i];
+    if (!(mask & (1u << i)))
+      continue;
     g_autofree char *path = g_strdup_printf("/img/%s.%s", disk->target, name);
     g_assert_null(plan_disk_find_image(disk, path));
     plan_disk_add_image(disk, path, CHAIN_FORMAT_QCOW2, disk->active, NULL);
@@ -241,6 +249,8 @@ sim_pin_point(Sim *sim, const char *snapshot)
   for (guint i = 0; i < sim->st->disks->len; i++) {
     PlanDisk *disk = sim->st->disks->pdata[i];
     PlanImage *overlay = plan_disk_find_image(disk, plan_snapshot_overlay(s, disk->target));
+    if (overlay == NULL)
+      continue;
     for (PlanImage *image = plan_disk_find_image(disk, overlay->backing); image != NULL;
          image = plan_disk_find_image(disk, image->backing))
       image->pinned = TRUE;
@@ -321,6 +331,8 @@ sim_expect(Sim *sim, const PlanOp *op)
       PlanSnapshot *s = sim->st->snapshots->pdata[j];
       PlanImage *overlay = plan_disk_find_image(disk, plan_snapshot_overlay(s, disk->target));
       const char *name = s->name;
+      if (overlay == NULL)
+        continue;
       if (op->kind == PLAN_OP_DELETE && s == target)
         continue;
       if (op->kind == PLAN_OP_RENAME && s == target)
@@ -820,6 +832,8 @@ sim_check(Sim *sim, const SimExpect *expect, const Plan *plan, gboolean normal_f
      * its point image, and reads as before. */
     for (guint j = 0; j < st->snapshots->len; j++) {
       PlanSnapshot *s = st->snapshots->pdata[j];
+      if (plan_snapshot_find_disk(s, disk->target) == NULL)
+        continue;
       PlanImage *overlay = plan_disk_find_image(disk, plan_snapshot_overlay(s, disk->target));
       if (overlay == NULL || overlay->backing == NULL ||
           plan_disk_find_image(disk, overlay->backing) == NULL)

@@ -31,6 +31,9 @@ void sim_write_mask(Sim *sim, const char *target, const char *mask);
  * a new overlay /img/TARGET.NAME on the active image becomes active, the
  * parent is the current snapshot and the new one becomes current. */
 void sim_snapshot(Sim *sim, const char *name);
+/* The same for the disks whose bit (1 << index) is in mask: the others
+ * are left out of the snapshot (<disk snapshot='no'>). */
+void sim_snapshot_disks(Sim *sim, const char *name, guint mask);
 void sim_set_running(Sim *sim, gboolean running);
 gboolean sim_running(Sim *sim);
 void sim_pin(Sim *sim, const char *target, const char *path);
