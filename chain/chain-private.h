@@ -120,7 +120,7 @@ typedef struct {
   guint64 layer_id;
   guint64 offset; /* host offset of the slice */
   GList link;
-  guint n_words;
+  guint n_words;    /* 0: every entry of the slice is 0 (unallocated) */
   guint64 words[]; /* host order */
 } L2Slice;
 

@@ -27,6 +27,13 @@
  * Data paths return -EIO for corrupt tables or compressed data: the clusters
  * concerned fail, the rest of the disk still reads; each layer logs its
  * first such error once (g_warning, domain "virtsnapfs-chain").
+ *
+ * Resources: one descriptor per layer.  Opening reads one 4 KiB header per
+ * layer; a layer's L1 table (at most 32 MiB, and never more than its file
+ * holds) is loaded on first use; L2 tables go through one process-wide
+ * cache of 32 MiB; each Chain caches merged maps of its disk (about 2 MiB
+ * at most); each thread that reads compressed clusters keeps up to three
+ * clusters of scratch (6 MiB with 2 MiB clusters).
  */
 #pragma once
 

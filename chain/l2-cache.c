@@ -1,7 +1,8 @@
 /* l2-cache.c: a process-wide, bounded cache of L2 table slices.
  *
  * L2 tables are cached in slices of min(cluster size, 4 KiB), keyed by
- * (layer id, host offset), converted to host byte order once when read.
+ * (layer id, host offset), converted to host byte order once when read;
+ * a slice of only zero entries keeps no words (n_words == 0).
  * The cache is split into shards, each with its own mutex, LRU list and
  * byte budget; a lookup holds one shard lock for a hash lookup only, never
  * across I/O.  Slices are reference-counted: a reader keeps its slice alive
@@ -15,6 +16,7 @@
 #define L2_SHARDS 16
 #define L2_CACHE_BYTES (32u * 1024 * 1024)
 #define L2_SHARD_BYTES (L2_CACHE_BYTES / L2_SHARDS)
+#define L2_SLICE_MAX 4096 /* layer.c: slice_bytes = min(cluster size, this) */
 
 typedef struct {
   GMutex lock;
@@ -101,25 +103,32 @@ l2_cache_get(ChainLayer *layer, guint64 offset, L2Slice **out)
     }
   }
 
+  guint64 buf[L2_SLICE_MAX / 8];
+  gsize got;
+  int r = chain_pread_full(layer->fd, buf, layer->slice_bytes, offset, &got);
+  if (r == 0 && got < layer->slice_bytes)
+    r = -EIO;
+  if (r < 0) {
+    chain_layer_report(layer, "reading the L2 table at 0x%" G_GINT64_MODIFIER "x: %s", offset,
+                       g_strerror(-r));
+    return r;
+  }
+  /* Overlays are mostly sparse: a slice with no entry at all is kept as a
+   * header only (n_words 0), and reads as all unallocated. */
   guint n_words = layer->slice_bytes / 8;
+  guint64 any = 0;
+  for (guint i = 0; i < n_words; i++)
+    any |= buf[i];
+  if (any == 0)
+    n_words = 0;
   L2Slice *slice = g_malloc(sizeof(*slice) + (gsize)n_words * 8);
   slice->ref_count = 1;
   slice->layer_id = layer->id;
   slice->offset = offset;
   slice->link = (GList){.data = slice};
   slice->n_words = n_words;
-  gsize got;
-  int r = chain_pread_full(layer->fd, slice->words, layer->slice_bytes, offset, &got);
-  if (r == 0 && got < layer->slice_bytes)
-    r = -EIO;
-  if (r < 0) {
-    chain_layer_report(layer, "reading the L2 table at 0x%" G_GINT64_MODIFIER "x: %s", offset,
-                       g_strerror(-r));
-    g_free(slice);
-    return r;
-  }
   for (guint i = 0; i < n_words; i++)
-    slice->words[i] = GUINT64_FROM_BE(slice->words[i]);
+    slice->words[i] = GUINT64_FROM_BE(buf[i]);
 
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&shard->lock);
   L2Slice *hit = g_hash_table_lookup(shard->slices, &key);

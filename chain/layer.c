@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -125,7 +126,7 @@ parse_extensions(ChainLayer *layer, const guint8 *cluster, guint32 have, guint32
   guint32 pos = start;
 
   while (end - pos >= sizeof(Qcow2ExtensionHeader)) {
-    if (have - pos < sizeof(Qcow2ExtensionHeader))
+    if (pos > have || have - pos < sizeof(Qcow2ExtensionHeader))
       return EXT_NEED_MORE;
     guint32 type = be32_at(cluster + pos);
     guint32 length = be32_at(cluster + pos + 4);

@@ -18,6 +18,7 @@
  * threads may compute the same region at once; the first to insert wins.
  */
 #include <errno.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "chain-private.h"
@@ -31,7 +32,7 @@
 /* One layer                                                           */
 
 static int
-error_run(ChainLayer *layer, guint64 length, LayerRun *run)
+error_run(guint64 length, LayerRun *run)
 {
   *run = (LayerRun){.kind = LAYER_RUN_ERROR, .length = length};
   return 0;
@@ -221,7 +222,7 @@ chain_layer_map(ChainLayer *layer, guint64 offset, guint64 length, LayerRun *run
   if (l1e & QCOW2_L1_RESERVED_MASK) {
     chain_layer_report(layer, "L1 entry 0x%" G_GINT64_MODIFIER "x (0x%" G_GINT64_MODIFIER
                        "x) has reserved bits set", l1_index, l1e);
-    return error_run(layer, end - offset, run);
+    return error_run(end - offset, run);
   }
   if (l2 == 0) {
     *run = (LayerRun){.kind = LAYER_RUN_UNALLOCATED, .length = end - offset};
@@ -229,15 +230,15 @@ chain_layer_map(ChainLayer *layer, guint64 offset, guint64 length, LayerRun *run
   }
   if (l2 & (cs - 1)) {
     chain_layer_report(layer, "L2 table offset 0x%" G_GINT64_MODIFIER "x is not cluster-aligned", l2);
-    return error_run(layer, end - offset, run);
+    return error_run(end - offset, run);
   }
   if (l2 < cs) {
     chain_layer_report(layer, "L2 table offset 0x%" G_GINT64_MODIFIER "x overlaps the header", l2);
-    return error_run(layer, end - offset, run);
+    return error_run(end - offset, run);
   }
   if (!g_uint64_checked_add(&l2_end, l2, cs) || l2_end > layer->file_size) {
     chain_layer_report(layer, "L2 table offset 0x%" G_GINT64_MODIFIER "x is past the end of the file", l2);
-    return error_run(layer, end - offset, run);
+    return error_run(end - offset, run);
   }
 
   /* The slice of the L2 table that holds this cluster's entry. */
@@ -250,6 +251,11 @@ chain_layer_map(ChainLayer *layer, guint64 offset, guint64 length, LayerRun *run
     return r;
   guint64 slice_clusters = (layer->slice_bytes - in_slice) / layer->l2_entry_bytes;
   end = MIN(end, (cluster + slice_clusters) << cb);
+  if (slice->n_words == 0) {
+    l2_slice_unref(slice);
+    *run = (LayerRun){.kind = LAYER_RUN_UNALLOCATED, .length = end - offset};
+    return 0;
+  }
 
   const guint64 *entry = slice->words + in_slice / 8;
   guint words = layer->l2_entry_bytes / 8;

@@ -17,6 +17,7 @@ against qemu-img.  Not a test: numbers depend on the machine and its load.
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -30,12 +31,17 @@ def run(args, **kw):
 
 
 def best(n, fn):
-    times = []
+    """Best of n runs: (wall seconds, CPU seconds of the child processes).
+    CPU time is the steadier figure on a shared machine."""
+    walls, cpus = [], []
     for _ in range(n):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        walls.append(time.perf_counter() - t)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+    return min(walls), min(cpus)
 
 
 def build(d, size, depth, base):
@@ -70,32 +76,44 @@ def main():
             tops[depth] = build(os.path.join(tmp, f"d{depth}"), size, depth, base)
         out = os.path.join(tmp, "out.raw")
 
-        print(f"disk {a.size} MiB of data, 64 KiB clusters, best of {a.runs}\n")
-        print(f"{'depth':>5} {'chain-cat':>10} {'qemu-img':>10} {'ours/qemu':>9}"
-              f" {'4K cold':>9} {'4K warm':>9} {'open+4K':>8} {'qemu-io':>8}")
+        print(f"disk {a.size} MiB of data, 64 KiB clusters, best of {a.runs};"
+              " times are wall / CPU (user+sys)\n")
+        print(f"{'depth':>5} {'chain-cat':>17} {'qemu-img convert':>17}"
+              f" {'4K cold':>8} {'4K warm':>8} {'open+4K':>15} {'qemu-io':>15}")
         res = {}
         for depth, top in tops.items():
             def ours():
                 with open(out, "wb") as f:
                     run([cat, top], stdout=f)
-            t_cat = best(a.runs, ours)
-            t_qemu = best(a.runs, lambda: run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", top, out]))
+            # Flush what building and the last runs wrote, so that writeback
+            # throttling does not land on whoever runs next; one warm-up.
+            os.sync()
+            ours()
+            os.sync()
+            full = best(a.runs, ours)
+            os.sync()
+            qemu = best(a.runs, lambda: run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", top, out]))
             r = subprocess.run([cat, "--random", "20000", top], check=True, capture_output=True, text=True)
-            cold, warm = (float(line.split()[1]) for line in r.stdout.splitlines())
-            t_open = best(a.runs * 3, lambda: run([cat, "--read", "0:4096", top]))
-            t_qio = best(a.runs * 3, lambda: run(["qemu-io", "-r", "-f", "qcow2", "-c", "read 0 4k", top]))
-            res[depth] = (t_cat, t_qemu, cold, warm, t_open, t_qio)
-            print(f"{depth:>5} {size / t_cat / MIB:>6.0f} MB/s {size / t_qemu / MIB:>6.0f} MB/s"
-                  f" {t_qemu / t_cat:>8.2f}x {cold:>6.0f} ns {warm:>6.0f} ns"
-                  f" {t_open * 1000:>5.1f} ms {t_qio * 1000:>5.1f} ms")
-        d1, d200 = res[1], res[200]
+            cold, warm, lookup = (float(line.split()[1]) for line in r.stdout.splitlines())
+            op = best(a.runs * 3, lambda: run([cat, "--read", "0:4096", top]))
+            qio = best(a.runs * 3, lambda: run(["qemu-io", "-r", "-f", "qcow2", "-c", "read 0 4k", top]))
+            res[depth] = dict(full=full, qemu=qemu, cold=cold, warm=warm, lookup=lookup, open=op, qio=qio)
+            ms = lambda t: f"{t[0] * 1000:6.1f}/{t[1] * 1000:6.1f}ms"
+            print(f"{depth:>5} {ms(full):>17} {ms(qemu):>17} {cold:>5.0f} ns {warm:>5.0f} ns"
+                  f" {ms(op):>15} {ms(qio):>15}")
+        d1, d8, d200 = res[1], res[8], res[200]
         print()
-        print(f"depth 200 / depth 1 throughput (full read): {d1[0] / d200[0]:.2f}")
-        print(f"depth 200 / depth 1 cost of a warm 4 KiB read: {d200[3] / d1[3]:.2f}")
-        print(f"depth 200 / depth 1 cost of a cold 4 KiB read: {d200[2] / d1[2]:.2f}")
-        print(f"full read vs qemu-img convert: {res[8][1] / res[8][0]:.2f}x faster at depth 8,"
-              f" {d200[1] / d200[0]:.2f}x at depth 200")
-        print(f"open + 4 KiB read at depth 200: {d200[4] / d200[5]:.3f} of qemu-io's time")
+        for i, what in ((0, "wall"), (1, "CPU")):
+            print(f"[{what}] depth 200 / depth 1 full-read throughput: "
+                  f"{d1['full'][i] / d200['full'][i]:.2f}")
+            print(f"[{what}] vs qemu-img convert: {d8['qemu'][i] / d8['full'][i]:.2f}x faster at depth 8, "
+                  f"{d200['qemu'][i] / d200['full'][i]:.2f}x at depth 200")
+            print(f"[{what}] open + 4 KiB read at depth 200: "
+                  f"{d200['open'][i] / d200['qio'][i]:.3f} of qemu-io's")
+        print(f"depth 200 / depth 1 cost of one 4 KiB read, warm map: {d200['warm'] / d1['warm']:.2f},"
+              f" cold map: {d200['cold'] / d1['cold']:.2f}")
+        print(f"depth 200 / depth 1 cost of one warm lookup (chain_map, no I/O):"
+              f" {d200['lookup'] / d1['lookup']:.2f} ({d1['lookup']:.0f} vs {d200['lookup']:.0f} ns)")
     finally:
         if not a.dir:
             shutil.rmtree(tmp)
