@@ -74,9 +74,9 @@ G_BEGIN_DECLS
 #define PLANNER_ERROR (planner_error_quark())
 GQuark planner_error_quark(void);
 
-/* Longest snapshot name: libvirt keeps NAME.xml in a directory, so the name
- * plus ".xml" must fit NAME_MAX. */
-#define PLANNER_NAME_MAX 251
+/* Longest snapshot name: libvirt saves NAME.xml through a temporary
+ * NAME.xml.new, which must fit NAME_MAX (255). */
+#define PLANNER_NAME_MAX 247
 
 /* ------------------------------------------------------------------ */
 /* Input: the domain as the executor found it.                         */

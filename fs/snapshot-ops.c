@@ -489,22 +489,14 @@ run_plan(Backend *backend, const char *domain, const PlanOp *op, GError **error)
   return TRUE;
 }
 
-/* A name libvirt can hold: the planner's rules, and (verified with
- * libvirt 9.0) no leading '.', no '/', and at most 247 bytes: libvirt
- * saves the metadata as NAME.xml through a temporary NAME.xml.new, and a
- * longer name fails only after the disks were switched to the overlays. */
-#define LIBVIRT_NAME_MAX (255 - (int)sizeof(".xml.new") + 1)
+/* A name libvirt can hold: the planner's rules (length included), and
+ * (verified with libvirt 9.0) no leading '.' and no '/'. */
 static gboolean
 check_name(const char *name, GError **error)
 {
   GError *local = NULL;
   if (!planner_check_name(name, &local)) {
     propagate_as_backend(error, local);
-    return FALSE;
-  }
-  if (strlen(name) > LIBVIRT_NAME_MAX) {
-    g_set_error(error, BACKEND_ERROR, EINVAL, "snapshot name of %zu bytes is longer than the %d "
-                "libvirt can store", strlen(name), LIBVIRT_NAME_MAX);
     return FALSE;
   }
   if (name[0] == '.' || strchr(name, '/')) {
