@@ -116,9 +116,13 @@ class Env:
         """virsh on the env's URI.  virsh on an embed root sometimes dies of
         SIGSEGV while exiting, after the command did its work (libvirt 9.0):
         a read-only command is run again; for others the crash is logged
-        and the command's effect is checked by the caller's next steps."""
+        and the command's effect is checked by the caller's next steps.
+        The crash is a race with the driver's reconnect threads at exit, far
+        more likely on a loaded machine: hence many tries, with a pause."""
         cmd = ["virsh", "-q", "-c", self.uri] + [str(a) for a in args]
-        for attempt in range(3):
+        for attempt in range(10):
+            if attempt:
+                time.sleep(0.2 * attempt)
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=self.env)
             if p.returncode >= 0:
