@@ -13,6 +13,27 @@
  * Errors: control paths (open, policy, allocation maps) return NULL/FALSE and
  * fill a GError in CHAIN_ERROR whose code is an errno value, so callers map it
  * onto a reply without a table.  Data paths (map, read, seek) return -errno.
+ * The codes chain_open() and chain_layer_open() use:
+ *   EIO         malformed image (the message names the file, field, value)
+ *   EOPNOTSUPP  a valid image using what the reader refuses: encryption,
+ *               external data files, unknown incompatible features or
+ *               compression types
+ *   EACCES      refused by policy: a layer outside the image directories,
+ *               not a regular file or block device, a json:/protocol
+ *               backing name, a backing file of unknown format
+ *   ELOOP       a backing loop, or a chain deeper than the policy allows
+ *   EINVAL      the caller passed no format for the top layer
+ *   others      from open(2)/realpath(3), e.g. ENOENT for a missing layer
+ * Data paths return -EIO for corrupt tables or compressed data: the clusters
+ * concerned fail, the rest of the disk still reads; each layer logs its
+ * first such error once (g_warning, domain "virtsnapfs-chain").
+ *
+ * Resources: one descriptor per layer.  Opening reads one 4 KiB header per
+ * layer; a layer's L1 table (at most 32 MiB, and never more than its file
+ * holds) is loaded on first use; L2 tables go through one process-wide
+ * cache of 32 MiB; each Chain caches merged maps of its disk (about 2 MiB
+ * at most); each thread that reads compressed clusters keeps up to three
+ * clusters of scratch (6 MiB with 2 MiB clusters).
  */
 #pragma once
 
@@ -65,7 +86,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(ChainLayer, chain_layer_unref)
 const char *chain_layer_path(const ChainLayer *layer);
 ChainFormat chain_layer_format(const ChainLayer *layer);
 guint64 chain_layer_virtual_size(const ChainLayer *layer);
-/* Guest bytes per cluster; the file size rounded to 512 for raw. */
+/* Guest bytes per cluster; 512 for raw (whose virtual size is the file
+ * size rounded up to 512, as QEMU sees it). */
 guint64 chain_layer_cluster_size(const ChainLayer *layer);
 /* The backing name exactly as stored in the header, or NULL (borrowed). */
 const char *chain_layer_backing_name(const ChainLayer *layer);
@@ -98,9 +120,9 @@ guint64 chain_bitmap_count(const ChainBitmap *bitmap);
 guint64 chain_bitmap_count_and_not(const ChainBitmap *a, const ChainBitmap *b);
 
 /* Which guest ranges this layer overrides (data, zero or compressed
- * clusters: anything that hides the backing file).  granularity must be a
- * power of two; a cluster marks every granule it touches.  Returns a new
- * bitmap. */
+ * clusters: anything that hides the backing file; for raw, the whole
+ * disk).  granularity must be a power of two; a cluster marks every granule
+ * it touches.  Returns a new bitmap, or NULL with EIO for corrupt tables. */
 ChainBitmap *chain_layer_allocation(ChainLayer *layer, guint64 granularity, GError **error);
 
 /* ------------------------------------------------------------------ */
@@ -147,8 +169,10 @@ typedef struct {
 
 /* Describes the longest run of one kind, layer and (for data) contiguous
  * host range that starts at offset and ends at or before offset + length.
- * offset must be below the virtual size; length is clamped to it.
- * Returns 0 or -errno (-EIO for a corrupt image, logged once). */
+ * offset must be below the virtual size (else -EINVAL); length is clamped
+ * to it.  A data extent may extend past the end of its file; those bytes
+ * read as zeros.  Returns 0 or -errno (-EIO for a corrupt image, logged
+ * once). */
 int chain_map(Chain *chain, guint64 offset, guint64 length, ChainExtent *extent);
 
 /* Reads guest bytes [offset, offset + length) into buf, clamped to the
