@@ -22,6 +22,12 @@
 
 G_BEGIN_DECLS
 
+/* Errors of the backend: the code is an errno value (EIO for libvirt and
+ * qemu-img failures, ENOENT for an unknown domain, EINVAL for bad XML), and
+ * the message carries libvirt's own reason. */
+#define BACKEND_ERROR (backend_error_quark())
+GQuark backend_error_quark(void);
+
 /* One disk of a point in time: the image whose chain reads as that disk. */
 typedef struct {
   char *target;            /* "vda", "sdb": the file name stem in the tree */
@@ -32,6 +38,10 @@ typedef struct {
                                  * be NULL (then chain/ uses the qcow2
                                  * backing-format extension) */
 } BackendDisk;
+
+BackendDisk *backend_disk_copy(const BackendDisk *disk);
+void backend_disk_free(BackendDisk *disk);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendDisk, backend_disk_free)
 
 /* A point in time of a domain. */
 typedef struct {
@@ -47,6 +57,8 @@ typedef struct {
   char *name;
   char *uuid;
   gboolean running;
+  gboolean frozen;         /* an @now freeze holds temporary overlays: the
+                            * active images are then our overlays */
   GPtrArray *disks;        /* of BackendDisk: the active images (present) */
   GPtrArray *snapshots;    /* of BackendSnapshot, oldest first */
 } BackendDomain;
@@ -69,7 +81,12 @@ BackendSnapshot *backend_domain_find_snapshot(BackendDomain *domain, const char 
 
 typedef struct _Backend Backend;
 
-/* Called from the backend thread after a new model was published. */
+/* Called after a new model was published: from the backend's worker
+ * thread, or from the thread of a backend_refresh() / backend_freeze() /
+ * backend_thaw() caller.  Calls are serialised and come in generation
+ * order.  The listener may call backend_get_model() but must not call
+ * backend_refresh(), backend_freeze() or backend_thaw() (it runs under the
+ * backend's build lock). */
 typedef void (*BackendChangeFunc)(BackendModel *old_model, BackendModel *new_model,
                                   gpointer user_data);
 
@@ -88,6 +105,13 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(Backend, backend_free)
 
 void backend_set_listener(Backend *backend, BackendChangeFunc func, gpointer user_data);
 
+/* Reads libvirt now and publishes a new model (calling the listener from
+ * the calling thread), without waiting for the poll: for callers that just
+ * changed libvirt state themselves.  Blocks.  A snapshot libvirt is still
+ * creating (its metadata listed, its overlay not yet there) holds the new
+ * model back; the worker publishes it once settled, within 3 s. */
+gboolean backend_refresh(Backend *backend, GError **error);
+
 /* The current model: a new reference, never NULL (empty while the
  * connection is down and no model was ever read). */
 BackendModel *backend_get_model(Backend *backend);
@@ -97,7 +121,12 @@ BackendModel *backend_get_model(Backend *backend);
  * agent answers) and returns the frozen images as BackendDisks; further
  * freezes share it.  Each successful backend_freeze() is paired with one
  * backend_thaw(); the last thaw commits the overlays back and deletes
- * them.  Returns a new array of BackendDisk (free with g_ptr_array_unref). */
+ * them.  Returns a new array of BackendDisk (free with g_ptr_array_unref).
+ * Overlays are named "<active image>.virtsnapfs-now-<usec>-<pid>" beside
+ * the active image (STATE_DIR/now/ for block devices); every freeze is
+ * recorded in STATE_DIR/freeze/ and repaired by the next backend_new()
+ * if the process dies before the thaw.  A thaw that fails is logged and
+ * retried at the domain's next freeze or thaw, or at the next start. */
 GPtrArray *backend_freeze(Backend *backend, const char *domain, GError **error);
 void backend_thaw(Backend *backend, const char *domain);
 

@@ -1,0 +1,138 @@
+/* backend-private.h: what the files of the backend share.  A map of the
+ * code: prototypes are grouped by the file that defines them.
+ *
+ * Lock order (outer first): a domain's operation lock, BackendSink.lock
+ * (libvirt callbacks only), Backend.build_lock, Backend.freeze_lock,
+ * Backend.lock, Backend.job_lock.  Backend.lock and job_lock are leaf
+ * locks held only for pointer swaps and flag changes, never across a
+ * libvirt call.
+ */
+#pragma once
+
+#include "backend-virt.h"
+#include "domxml.h"
+
+G_BEGIN_DECLS
+
+typedef struct _BackendSink BackendSink;
+
+struct _Backend {
+  char *uri;
+  char *state_dir;
+  char **image_dirs;            /* BackendOptions.image_dirs, copied */
+
+  GMutex lock;                  /* protects the fields down to "stopping" */
+  virConnectPtr conn;           /* NULL while disconnected */
+  gboolean conn_broken;         /* set by the close callback */
+  int callback_ids[5];          /* domain event callbacks on conn, -1 = none */
+  BackendModel *model;          /* never NULL */
+  BackendChangeFunc listener;
+  gpointer listener_data;
+  GCond wake;                   /* signalled with dirty or stopping */
+  gboolean dirty;               /* an event asked for a rebuild */
+  gboolean stopping;
+
+  GMutex build_lock;            /* serialises model builds */
+  char *fingerprint;            /* of the libvirt state the model was built from */
+  GHashTable *logged;           /* "domain/target: reason" already logged */
+  gboolean no_pools;            /* the connection has no storage driver */
+  GHashTable *unresolved_since; /* unresolved key -> gint64* first seen */
+  gint settling;                /* atomic: an unpublished build waits to settle */
+  guint64 generation;
+
+  GThread *worker;              /* polls, rebuilds, reconnects */
+  BackendSink *sink;            /* opaque of libvirt's callbacks (backend.c) */
+
+  GMutex freeze_lock;           /* protects freezes and domain_locks */
+  GHashTable *freezes;          /* domain name -> BackendFreeze */
+  GHashTable *domain_locks;     /* domain name -> GMutex*: one operation at a time */
+
+  GMutex job_lock;              /* protects job_events */
+  GCond job_cond;
+  GHashTable *job_events;       /* "uuid/target" -> last block job status + 1 */
+};
+
+/* backend.c */
+void backend_wake(Backend *backend);
+/* The GMutex that serialises libvirt-changing operations on one domain;
+ * lives as long as the backend. */
+GMutex *backend_domain_lock(Backend *backend, const char *domain);
+
+/* virt.c */
+void backend_virt_init(void);
+gboolean backend_event_loop_start(GError **error);
+void backend_event_loop_stop(void);
+
+/* model.c */
+/* Everything of libvirt a model is built from, read in one pass. */
+typedef struct _BackendRaw BackendRaw;
+void backend_raw_free(BackendRaw *raw);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendRaw, backend_raw_free)
+/* no_pools: in, skip storage pools; out, set when the driver has none. */
+BackendRaw *backend_raw_read(virConnectPtr conn, gboolean *no_pools, GError **error);
+/* A checksum of everything in raw: equal fingerprints, equal models. */
+const char *backend_raw_fingerprint(const BackendRaw *raw);
+/* Parses and resolves raw into a model (generation 0; the caller sets it).
+ * Disks left out for what the XML says are logged once, remembered in
+ * logged; snapshot disks whose point image cannot be found are left out
+ * and added to unresolved (key -> log message) for the caller to judge. */
+BackendModel *backend_model_build(const BackendRaw *raw, const char *const *extra_dirs,
+                                  GHashTable *logged, GHashTable *unresolved);
+BackendModel *backend_model_new_empty(void);
+/* UNKNOWN-terminated formats of layers[from..] (of DomXmlLayer), for
+ * BackendDisk.backing_formats; NULL when layers is NULL or too short. */
+ChainFormat *backend_layer_formats(GPtrArray *layers, guint from);
+/* TRUE when both paths name the same existing file (device and inode), or
+ * are equal strings. */
+gboolean backend_path_same(const char *a, const char *b);
+/* The backing file of image (opened with chain/) as an absolute path, and
+ * its format (UNKNOWN when the image does not record it); NULL with no
+ * error when the image has no backing file. */
+char *backend_image_backing(const char *image, ChainFormat format, ChainFormat *backing_format,
+                            GError **error);
+
+/* blockjob.c */
+/* Records a BLOCK_JOB_2 event (called on the event thread). */
+void backend_job_event(Backend *backend, const char *uuid, const char *target, int status);
+/* Active commit of target's top image into its backing file, then pivot:
+ * afterwards the domain runs on the backing file.  Blocks until done. */
+gboolean backend_job_active_commit(Backend *backend, virDomainPtr dom, const char *uuid,
+                                   const char *target, GError **error);
+
+/* state.c */
+typedef struct {
+  char *target;
+  char *frozen;                 /* the image that was active at the freeze */
+  ChainFormat frozen_format;
+  char *overlay;                /* the temporary overlay on top of it */
+} BackendFreezeDisk;
+
+typedef struct {
+  char *path;                   /* the record file; NULL until written */
+  char *domain;
+  char *uuid;
+  gint64 created;
+  GPtrArray *disks;             /* of BackendFreezeDisk */
+} BackendFreezeRecord;
+
+BackendFreezeRecord *backend_freeze_record_new(const char *domain, const char *uuid);
+void backend_freeze_record_free(BackendFreezeRecord *record);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendFreezeRecord, backend_freeze_record_free)
+void backend_freeze_record_add_disk(BackendFreezeRecord *record, const char *target,
+                                    const char *frozen, ChainFormat frozen_format,
+                                    const char *overlay);
+/* Writes the record durably (file and directory fsync'd) under state_dir. */
+gboolean backend_freeze_record_write(BackendFreezeRecord *record, const char *state_dir,
+                                     GError **error);
+gboolean backend_freeze_record_remove(BackendFreezeRecord *record, GError **error);
+/* Every record under state_dir (of BackendFreezeRecord). */
+GPtrArray *backend_freeze_records_load(const char *state_dir, GError **error);
+
+/* freeze.c */
+/* Commits back and deletes what the records under the state dir describe. */
+void backend_freeze_repair(Backend *backend);
+/* Thaws every open freeze (backend_free). */
+void backend_freeze_thaw_all(Backend *backend);
+void backend_freeze_table_free(Backend *backend);
+
+G_END_DECLS

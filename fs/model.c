@@ -1,0 +1,611 @@
+/* model.c: reading libvirt into a BackendModel.
+ *
+ * Two steps.  backend_raw_read() makes every libvirt call (domain list,
+ * domain XML, snapshot XML, current snapshot, storage pools) and
+ * fingerprints the answers, so the poll can tell cheaply whether anything
+ * changed.  backend_model_build() parses that material and resolves each
+ * snapshot's point image P(S) = backing(O(S)): from libvirt's own
+ * <backingStore> when O(S) is in the running chain, otherwise from the
+ * overlay's header through chain/.  fs/ never parses qcow2 itself.
+ *
+ * Thread model: called from the backend's worker (or a backend_refresh()
+ * caller) under Backend.build_lock; the result is immutable once published.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "backend-private.h"
+
+typedef struct {
+  char *name;
+  char *xml;
+  gboolean running;
+  GPtrArray *snapshot_xmls; /* of char* */
+  char *current;            /* name of the current snapshot, or NULL */
+} BackendRawDomain;
+
+struct _BackendRaw {
+  GPtrArray *domains;       /* of BackendRawDomain */
+  GPtrArray *pool_xmls;     /* of char* */
+  char *fingerprint;
+};
+
+static void
+raw_domain_free(BackendRawDomain *domain)
+{
+  g_free(domain->name);
+  g_free(domain->xml);
+  g_ptr_array_unref(domain->snapshot_xmls);
+  g_free(domain->current);
+  g_free(domain);
+}
+
+void
+backend_raw_free(BackendRaw *raw)
+{
+  if (!raw)
+    return;
+  g_ptr_array_unref(raw->domains);
+  g_ptr_array_unref(raw->pool_xmls);
+  g_free(raw->fingerprint);
+  g_free(raw);
+}
+
+const char *
+backend_raw_fingerprint(const BackendRaw *raw)
+{
+  return raw->fingerprint;
+}
+
+static gboolean
+domain_vanished(void)
+{
+  const virError *err = virGetLastError();
+  return err && (err->code == VIR_ERR_NO_DOMAIN || err->code == VIR_ERR_NO_DOMAIN_SNAPSHOT);
+}
+
+/* Reads one domain; FALSE with no error when it went away meanwhile. */
+static gboolean
+raw_read_domain(virDomainPtr dom, BackendRawDomain *out, GError **error)
+{
+  const char *name = virDomainGetName(dom);
+  out->name = g_strdup(name);
+  int active = virDomainIsActive(dom);
+  if (active < 0)
+    goto fail;
+  out->running = active == 1;
+  out->xml = virDomainGetXMLDesc(dom, 0);
+  if (!out->xml)
+    goto fail;
+
+  virDomainSnapshotPtr *snaps = NULL;
+  int n = virDomainListAllSnapshots(dom, &snaps, 0);
+  if (n < 0)
+    goto fail;
+  gboolean ok = TRUE;
+  for (int i = 0; i < n; i++) {
+    if (ok) {
+      char *xml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
+      int current = virDomainSnapshotIsCurrent(snaps[i], 0);
+      if (!xml || current < 0) {
+        g_free(xml);
+        ok = FALSE;
+      } else {
+        g_ptr_array_add(out->snapshot_xmls, xml);
+        if (current == 1)
+          out->current = g_strdup(virDomainSnapshotGetName(snaps[i]));
+      }
+    }
+    virDomainSnapshotFree(snaps[i]);
+  }
+  free(snaps);
+  if (!ok)
+    goto fail;
+  return TRUE;
+
+fail:
+  if (!domain_vanished())
+    backend_set_virt_error(error, "domain %s", name);
+  return FALSE;
+}
+
+BackendRaw *
+backend_raw_read(virConnectPtr conn, gboolean *no_pools, GError **error)
+{
+  g_autoptr(BackendRaw) raw = g_new0(BackendRaw, 1);
+  raw->domains = g_ptr_array_new_with_free_func((GDestroyNotify)raw_domain_free);
+  raw->pool_xmls = g_ptr_array_new_with_free_func(g_free);
+
+  virDomainPtr *doms = NULL;
+  int n = virConnectListAllDomains(conn, &doms, 0);
+  if (n < 0) {
+    backend_set_virt_error(error, "cannot list domains");
+    return NULL;
+  }
+  gboolean ok = TRUE;
+  for (int i = 0; i < n; i++) {
+    if (ok) {
+      BackendRawDomain *domain = g_new0(BackendRawDomain, 1);
+      domain->snapshot_xmls = g_ptr_array_new_with_free_func(g_free);
+      GError *local = NULL;
+      if (raw_read_domain(doms[i], domain, &local)) {
+        g_ptr_array_add(raw->domains, domain);
+      } else {
+        raw_domain_free(domain);
+        if (local) {
+          g_propagate_error(error, local);
+          ok = FALSE;
+        }
+      }
+    }
+    virDomainFree(doms[i]);
+  }
+  free(doms);
+  if (!ok)
+    return NULL;
+
+  /* Storage pools only widen the image policy; a driver without them
+   * (qemu:///embed has no storage driver) is not an error, and is not
+   * asked again on this connection. */
+  virStoragePoolPtr *pools = NULL;
+  n = *no_pools ? 0 : virConnectListAllStoragePools(conn, &pools, 0);
+  if (n < 0) {
+    const virError *err = virGetLastError();
+    g_debug("no storage pools: %s", virGetLastErrorMessage());
+    *no_pools = err && err->code == VIR_ERR_NO_SUPPORT;
+  }
+  for (int i = 0; i < n; i++) {
+    char *xml = virStoragePoolGetXMLDesc(pools[i], 0);
+    if (xml)
+      g_ptr_array_add(raw->pool_xmls, xml);
+    virStoragePoolFree(pools[i]);
+  }
+  free(pools);
+
+  g_autoptr(GChecksum) sum = g_checksum_new(G_CHECKSUM_SHA256);
+  for (guint i = 0; i < raw->domains->len; i++) {
+    BackendRawDomain *domain = g_ptr_array_index(raw->domains, i);
+    g_checksum_update(sum, (const guchar *)domain->xml, -1);
+    g_checksum_update(sum, (const guchar *)(domain->running ? "\1R" : "\1S"), -1);
+    for (guint j = 0; j < domain->snapshot_xmls->len; j++) {
+      g_checksum_update(sum, (const guchar *)"\2", 1);
+      g_checksum_update(sum, g_ptr_array_index(domain->snapshot_xmls, j), -1);
+    }
+    g_checksum_update(sum, (const guchar *)"\3", 1);
+    if (domain->current)
+      g_checksum_update(sum, (const guchar *)domain->current, -1);
+  }
+  for (guint i = 0; i < raw->pool_xmls->len; i++) {
+    g_checksum_update(sum, (const guchar *)"\4", 1);
+    g_checksum_update(sum, g_ptr_array_index(raw->pool_xmls, i), -1);
+  }
+  raw->fingerprint = g_strdup(g_checksum_get_string(sum));
+  return g_steal_pointer(&raw);
+}
+
+/* ------------------------------------------------------------------ */
+/* Model objects                                                       */
+
+BackendDisk *
+backend_disk_copy(const BackendDisk *disk)
+{
+  BackendDisk *copy = g_new0(BackendDisk, 1);
+  copy->target = g_strdup(disk->target);
+  copy->image_path = g_strdup(disk->image_path);
+  copy->format = disk->format;
+  if (disk->backing_formats) {
+    gsize n = 0;
+    while (disk->backing_formats[n] != CHAIN_FORMAT_UNKNOWN)
+      n++;
+    copy->backing_formats = g_memdup2(disk->backing_formats, (n + 1) * sizeof(ChainFormat));
+  }
+  return copy;
+}
+
+void
+backend_disk_free(BackendDisk *disk)
+{
+  if (!disk)
+    return;
+  g_free(disk->target);
+  g_free(disk->image_path);
+  g_free(disk->backing_formats);
+  g_free(disk);
+}
+
+static void
+snapshot_free(BackendSnapshot *snapshot)
+{
+  g_free(snapshot->name);
+  g_free(snapshot->parent);
+  g_free(snapshot->xml);
+  g_ptr_array_unref(snapshot->disks);
+  g_free(snapshot);
+}
+
+static void
+domain_free(BackendDomain *domain)
+{
+  g_free(domain->name);
+  g_free(domain->uuid);
+  g_ptr_array_unref(domain->disks);
+  g_ptr_array_unref(domain->snapshots);
+  g_free(domain);
+}
+
+BackendModel *
+backend_model_new_empty(void)
+{
+  BackendModel *model = g_new0(BackendModel, 1);
+  model->ref_count = 1;
+  model->domains = g_ptr_array_new_with_free_func((GDestroyNotify)domain_free);
+  model->image_dirs = g_new0(char *, 1);
+  return model;
+}
+
+BackendModel *
+backend_model_ref(BackendModel *model)
+{
+  g_atomic_int_inc(&model->ref_count);
+  return model;
+}
+
+void
+backend_model_unref(BackendModel *model)
+{
+  if (!model || !g_atomic_int_dec_and_test(&model->ref_count))
+    return;
+  g_ptr_array_unref(model->domains);
+  g_strfreev(model->image_dirs);
+  g_free(model);
+}
+
+BackendDomain *
+backend_model_find_domain(BackendModel *model, const char *name)
+{
+  for (guint i = 0; i < model->domains->len; i++) {
+    BackendDomain *domain = g_ptr_array_index(model->domains, i);
+    if (strcmp(domain->name, name) == 0)
+      return domain;
+  }
+  return NULL;
+}
+
+BackendSnapshot *
+backend_domain_find_snapshot(BackendDomain *domain, const char *name)
+{
+  for (guint i = 0; i < domain->snapshots->len; i++) {
+    BackendSnapshot *snapshot = g_ptr_array_index(domain->snapshots, i);
+    if (strcmp(snapshot->name, name) == 0)
+      return snapshot;
+  }
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Paths                                                               */
+
+gboolean
+backend_path_same(const char *a, const char *b)
+{
+  if (!a || !b)
+    return FALSE;
+  if (strcmp(a, b) == 0)
+    return TRUE;
+  struct stat sa, sb;
+  return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
+char *
+backend_image_backing(const char *image, ChainFormat format, ChainFormat *backing_format,
+                      GError **error)
+{
+  g_autoptr(ChainLayer) layer = chain_layer_open(image, format, error);
+  if (!layer)
+    return NULL;
+  const char *name = chain_layer_backing_name(layer);
+  *backing_format = chain_layer_backing_format(layer);
+  if (!name)
+    return NULL;
+  /* Only literal local paths: "json:{...}" or "nbd:..." name no file. */
+  const char *colon = strchr(name, ':'), *slash = strchr(name, '/');
+  if (colon && (!slash || colon < slash)) {
+    g_set_error(error, BACKEND_ERROR, EINVAL, "%s: backing name '%s' is not a local path",
+                image, name);
+    return NULL;
+  }
+  if (g_path_is_absolute(name))
+    return g_canonicalize_filename(name, NULL);
+  g_autofree char *dir = g_path_get_dirname(image);
+  return g_canonicalize_filename(name, dir);
+}
+
+/* An existing directory through realpath(), otherwise lexically. */
+static char *
+canonical_dir(const char *dir)
+{
+  char *real = realpath(dir, NULL);
+  if (real) {
+    char *copy = g_strdup(real);
+    free(real);
+    return copy;
+  }
+  return g_canonicalize_filename(dir, "/");
+}
+
+static void
+add_dir_of(GHashTable *dirs, const char *path)
+{
+  if (!path || !g_path_is_absolute(path))
+    return;
+  g_autofree char *dir = g_path_get_dirname(path);
+  g_hash_table_add(dirs, canonical_dir(dir));
+}
+
+/* ------------------------------------------------------------------ */
+/* Building                                                            */
+
+static void
+log_once(GHashTable *logged, const char *domain, const char *target, const char *reason)
+{
+  g_autofree char *key = g_strdup_printf("%s/%s: %s", domain, target ? target : "?", reason);
+  if (g_hash_table_contains(logged, key))
+    return;
+  g_message("domain %s: disk %s left out: %s", domain, target ? target : "(no target)", reason);
+  g_hash_table_add(logged, g_steal_pointer(&key));
+}
+
+ChainFormat *
+backend_layer_formats(GPtrArray *layers, guint from)
+{
+  if (!layers || from >= layers->len)
+    return NULL;
+  ChainFormat *formats = g_new0(ChainFormat, layers->len - from + 1);
+  for (guint i = from; i < layers->len; i++) {
+    DomXmlLayer *layer = g_ptr_array_index(layers, i);
+    if (layer->format == CHAIN_FORMAT_UNKNOWN)
+      break;
+    formats[i - from] = layer->format;
+  }
+  return formats;
+}
+
+static DomXmlDisk *
+find_domain_disk(DomXmlDomain *domain, const char *name)
+{
+  DomXmlDisk *disk = domxml_domain_find_disk(domain, name);
+  for (guint i = 0; !disk && i < domain->disks->len; i++) {
+    DomXmlDisk *d = g_ptr_array_index(domain->disks, i);
+    if (backend_path_same(d->source, name))
+      disk = d;
+  }
+  return disk;
+}
+
+/* Records a point image that could not be found.  While libvirt creates
+ * a snapshot of a running domain, its metadata shows before the overlay
+ * exists; the caller decides whether this is such a moment (refresh()
+ * waits a little) or lasting (then it logs the message). */
+static void
+add_unresolved(GHashTable *unresolved, const char *domain, const char *snapshot,
+               const char *target, const char *reason)
+{
+  g_hash_table_insert(unresolved, g_strdup_printf("%s/%s/%s", domain, snapshot, target),
+                      g_strdup_printf("domain %s: disk %s left out: snapshot %s: %s", domain,
+                                      target, snapshot, reason));
+}
+
+/* P(S) for one disk of a snapshot; NULL (logged, or added to unresolved)
+ * when it cannot be known. */
+static BackendDisk *
+resolve_point(DomXmlDomain *domain, const char *snapshot, DomXmlSnapshotDisk *sdisk,
+              GHashTable *logged, GHashTable *unresolved)
+{
+  DomXmlDisk *disk = find_domain_disk(domain, sdisk->name);
+  const char *target = disk ? disk->target : sdisk->name;
+  g_autofree char *where = g_strdup_printf("snapshot %s", snapshot);
+
+  if (sdisk->mode != DOMXML_SNAPSHOT_DISK_EXTERNAL || !sdisk->source) {
+    g_autofree char *reason = g_strdup_printf(
+        "%s: %s", where,
+        sdisk->mode == DOMXML_SNAPSHOT_DISK_INTERNAL ? "internal snapshot"
+        : sdisk->mode == DOMXML_SNAPSHOT_DISK_NO     ? "disk not in the snapshot"
+                                                     : "external snapshot without a file");
+    if (sdisk->mode != DOMXML_SNAPSHOT_DISK_NO || disk)
+      log_once(logged, domain->name, target, reason);
+    return NULL;
+  }
+
+  g_autoptr(BackendDisk) point = g_new0(BackendDisk, 1);
+  point->target = g_strdup(target);
+  const char *overlay = sdisk->source;
+
+  /* O(S) in the chain libvirt reports: the layer below it is P(S). */
+  if (disk && disk->backing) {
+    gint at = backend_path_same(disk->source, overlay) ? 0 : -1;
+    for (guint i = 0; at < 0 && i < disk->backing->len; i++) {
+      DomXmlLayer *layer = g_ptr_array_index(disk->backing, i);
+      if (backend_path_same(layer->path, overlay))
+        at = (gint)i + 1;
+    }
+    if (at >= 0 && (guint)at < disk->backing->len) {
+      DomXmlLayer *below = g_ptr_array_index(disk->backing, at);
+      if (below->format != CHAIN_FORMAT_UNKNOWN) {
+        point->image_path = g_strdup(below->path);
+        point->format = below->format;
+        point->backing_formats = backend_layer_formats(disk->backing, (guint)at + 1);
+        return g_steal_pointer(&point);
+      }
+    }
+  }
+
+  /* Otherwise ask the overlay's header. */
+  g_autoptr(GError) error = NULL;
+  ChainFormat format = CHAIN_FORMAT_UNKNOWN;
+  point->image_path = backend_image_backing(overlay, sdisk->format, &format, &error);
+  if (!point->image_path) {
+    g_autofree char *reason =
+        error ? g_strdup(error->message) : g_strdup_printf("overlay %s has no backing file", overlay);
+    add_unresolved(unresolved, domain->name, snapshot, target, reason);
+    return NULL;
+  }
+  if (format == CHAIN_FORMAT_UNKNOWN) {
+    g_autofree char *reason = g_strdup_printf("overlay %s does not record the format of %s",
+                                              overlay, point->image_path);
+    add_unresolved(unresolved, domain->name, snapshot, target, reason);
+    return NULL;
+  }
+  point->format = format;
+  return g_steal_pointer(&point);
+}
+
+static gint
+compare_snapshots(gconstpointer a, gconstpointer b)
+{
+  const BackendSnapshot *x = *(BackendSnapshot *const *)a, *y = *(BackendSnapshot *const *)b;
+  if (x->creation_time != y->creation_time)
+    return x->creation_time < y->creation_time ? -1 : 1;
+  return strcmp(x->name, y->name);
+}
+
+static gint
+compare_disks(gconstpointer a, gconstpointer b)
+{
+  const BackendDisk *x = *(BackendDisk *const *)a, *y = *(BackendDisk *const *)b;
+  return strcmp(x->target, y->target);
+}
+
+static gint
+compare_domains(gconstpointer a, gconstpointer b)
+{
+  const BackendDomain *x = *(BackendDomain *const *)a, *y = *(BackendDomain *const *)b;
+  return strcmp(x->name, y->name);
+}
+
+static BackendDomain *
+build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged,
+             GHashTable *unresolved)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(DomXmlDomain) parsed = domxml_parse_domain(raw->xml, &error);
+  if (!parsed) {
+    g_autofree char *key = g_strdup_printf("%s: %s", raw->name, error->message);
+    if (g_hash_table_add(logged, g_steal_pointer(&key)))
+      g_warning("domain %s left out: %s", raw->name, error->message);
+    return NULL;
+  }
+
+  BackendDomain *domain = g_new0(BackendDomain, 1);
+  domain->name = g_strdup(parsed->name);
+  domain->uuid = g_strdup(parsed->uuid);
+  domain->running = raw->running;
+  domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
+  domain->snapshots = g_ptr_array_new_with_free_func((GDestroyNotify)snapshot_free);
+
+  /* Every image libvirt names, live or in the inactive XML, is in a
+   * directory the policy allows.  But the inactive XML's chain is the one
+   * libvirt saw when it last looked; only the live one is authoritative
+   * for P(S), so a shut-off domain's chains are read from the headers. */
+  for (guint i = 0; i < parsed->disks->len; i++) {
+    DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
+    add_dir_of(dirs, disk->source);
+    for (guint j = 0; disk->backing && j < disk->backing->len; j++)
+      add_dir_of(dirs, ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->path);
+  }
+  if (!raw->running)
+    domxml_domain_forget_backing(parsed);
+  for (guint i = 0; i < parsed->skipped->len; i++) {
+    DomXmlSkipped *skipped = g_ptr_array_index(parsed->skipped, i);
+    log_once(logged, parsed->name, skipped->target, skipped->reason);
+  }
+  for (guint i = 0; i < parsed->disks->len; i++) {
+    DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
+    BackendDisk *out = g_new0(BackendDisk, 1);
+    out->target = g_strdup(disk->target);
+    out->image_path = g_strdup(disk->source);
+    out->format = disk->format;
+    out->backing_formats = backend_layer_formats(disk->backing, 0);
+    g_ptr_array_add(domain->disks, out);
+  }
+  g_ptr_array_sort(domain->disks, compare_disks);
+
+  for (guint i = 0; i < raw->snapshot_xmls->len; i++) {
+    const char *xml = g_ptr_array_index(raw->snapshot_xmls, i);
+    g_autoptr(GError) serror = NULL;
+    g_autoptr(DomXmlSnapshot) parsed_snap = domxml_parse_snapshot(xml, &serror);
+    if (!parsed_snap) {
+      g_autofree char *key = g_strdup_printf("%s: %s", parsed->name, serror->message);
+      if (g_hash_table_add(logged, g_steal_pointer(&key)))
+        g_warning("domain %s: a snapshot is left out: %s", parsed->name, serror->message);
+      continue;
+    }
+    BackendSnapshot *snapshot = g_new0(BackendSnapshot, 1);
+    snapshot->name = g_strdup(parsed_snap->name);
+    snapshot->parent = g_strdup(parsed_snap->parent);
+    snapshot->creation_time = parsed_snap->creation_time;
+    snapshot->current = g_strcmp0(raw->current, parsed_snap->name) == 0;
+    snapshot->xml = g_strdup(xml);
+    snapshot->disks = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
+    for (guint j = 0; j < parsed_snap->disks->len; j++) {
+      DomXmlSnapshotDisk *sdisk = g_ptr_array_index(parsed_snap->disks, j);
+      BackendDisk *point = resolve_point(parsed, parsed_snap->name, sdisk, logged, unresolved);
+      if (!point)
+        continue;
+      add_dir_of(dirs, sdisk->source);
+      add_dir_of(dirs, point->image_path);
+      g_ptr_array_add(snapshot->disks, point);
+    }
+    g_ptr_array_sort(snapshot->disks, compare_disks);
+    g_ptr_array_add(domain->snapshots, snapshot);
+  }
+  g_ptr_array_sort(domain->snapshots, compare_snapshots);
+  return domain;
+}
+
+static gint
+compare_strings(gconstpointer a, gconstpointer b)
+{
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+BackendModel *
+backend_model_build(const BackendRaw *raw, const char *const *extra_dirs, GHashTable *logged,
+                    GHashTable *unresolved)
+{
+  BackendModel *model = backend_model_new_empty();
+  g_autoptr(GHashTable) dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+
+  for (guint i = 0; i < raw->domains->len; i++) {
+    BackendDomain *domain = build_domain(g_ptr_array_index(raw->domains, i), dirs, logged,
+                                          unresolved);
+    if (domain)
+      g_ptr_array_add(model->domains, domain);
+  }
+  g_ptr_array_sort(model->domains, compare_domains);
+
+  for (guint i = 0; i < raw->pool_xmls->len; i++) {
+    g_autoptr(GError) error = NULL;
+    g_autofree char *target = domxml_parse_pool_target(g_ptr_array_index(raw->pool_xmls, i), &error);
+    if (target && g_path_is_absolute(target))
+      g_hash_table_add(dirs, canonical_dir(target));
+    else if (error)
+      g_debug("storage pool XML: %s", error->message);
+  }
+  for (const char *const *d = extra_dirs; d && *d; d++)
+    g_hash_table_add(dirs, canonical_dir(*d));
+
+  GPtrArray *sorted = g_ptr_array_new();
+  GHashTableIter iter;
+  gpointer dir;
+  g_hash_table_iter_init(&iter, dirs);
+  while (g_hash_table_iter_next(&iter, &dir, NULL))
+    g_ptr_array_add(sorted, g_strdup(dir));
+  g_ptr_array_sort(sorted, compare_strings);
+  g_ptr_array_add(sorted, NULL);
+  g_strfreev(model->image_dirs);
+  model->image_dirs = (char **)g_ptr_array_free(sorted, FALSE);
+  return model;
+}

@@ -1,0 +1,211 @@
+/* state.c: freeze records in the state directory.
+ *
+ * A record says "domain D has temporary overlays on top of these images".
+ * It is written, and made durable (file fsync'd, renamed into place,
+ * directory fsync'd), before the first overlay is created, and removed
+ * (directory fsync'd) only after every overlay was committed back and
+ * deleted.  So after a crash, each record names overlays that may exist and
+ * may hold guest writes; backend_freeze_repair() (freeze.c) finishes them.
+ *
+ * Layout: STATE_DIR/freeze/<uuid>-<microseconds>.freeze, one per freeze
+ * (a domain can have two: a freeze whose thaw failed, and a later one
+ * stacked on it), a GKeyFile:
+ *   [freeze]       domain=, uuid=, created= (seconds since the epoch)
+ *   [disk <target>] frozen=, format=, overlay=
+ *
+ * Thread model: called with the domain's operation lock held.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend-private.h"
+
+static void
+freeze_disk_free(BackendFreezeDisk *disk)
+{
+  g_free(disk->target);
+  g_free(disk->frozen);
+  g_free(disk->overlay);
+  g_free(disk);
+}
+
+BackendFreezeRecord *
+backend_freeze_record_new(const char *domain, const char *uuid)
+{
+  BackendFreezeRecord *record = g_new0(BackendFreezeRecord, 1);
+  record->domain = g_strdup(domain);
+  record->uuid = g_strdup(uuid);
+  record->created = g_get_real_time() / G_USEC_PER_SEC;
+  record->disks = g_ptr_array_new_with_free_func((GDestroyNotify)freeze_disk_free);
+  return record;
+}
+
+void
+backend_freeze_record_free(BackendFreezeRecord *record)
+{
+  if (!record)
+    return;
+  g_free(record->path);
+  g_free(record->domain);
+  g_free(record->uuid);
+  g_ptr_array_unref(record->disks);
+  g_free(record);
+}
+
+void
+backend_freeze_record_add_disk(BackendFreezeRecord *record, const char *target,
+                               const char *frozen, ChainFormat frozen_format, const char *overlay)
+{
+  BackendFreezeDisk *disk = g_new0(BackendFreezeDisk, 1);
+  disk->target = g_strdup(target);
+  disk->frozen = g_strdup(frozen);
+  disk->frozen_format = frozen_format;
+  disk->overlay = g_strdup(overlay);
+  g_ptr_array_add(record->disks, disk);
+}
+
+static gboolean
+fsync_path(const char *path, int flags, GError **error)
+{
+  int fd = open(path, flags | O_CLOEXEC);
+  if (fd < 0 || fsync(fd) < 0) {
+    int err = errno;
+    if (fd >= 0)
+      close(fd);
+    g_set_error(error, BACKEND_ERROR, err, "cannot sync %s: %s", path, g_strerror(err));
+    return FALSE;
+  }
+  close(fd);
+  return TRUE;
+}
+
+static char *
+records_dir(const char *state_dir)
+{
+  return g_build_filename(state_dir, "freeze", NULL);
+}
+
+gboolean
+backend_freeze_record_write(BackendFreezeRecord *record, const char *state_dir, GError **error)
+{
+  g_autofree char *dir = records_dir(state_dir);
+  if (g_mkdir_with_parents(dir, 0700) < 0) {
+    int err = errno;
+    g_set_error(error, BACKEND_ERROR, err, "cannot create %s: %s", dir, g_strerror(err));
+    return FALSE;
+  }
+  g_autoptr(GKeyFile) file = g_key_file_new();
+  g_key_file_set_string(file, "freeze", "domain", record->domain);
+  g_key_file_set_string(file, "freeze", "uuid", record->uuid);
+  g_key_file_set_int64(file, "freeze", "created", record->created);
+  for (guint i = 0; i < record->disks->len; i++) {
+    BackendFreezeDisk *disk = g_ptr_array_index(record->disks, i);
+    g_autofree char *group = g_strdup_printf("disk %s", disk->target);
+    g_key_file_set_string(file, group, "frozen", disk->frozen);
+    g_key_file_set_string(file, group, "format", chain_format_name(disk->frozen_format));
+    g_key_file_set_string(file, group, "overlay", disk->overlay);
+  }
+  gsize length;
+  g_autofree char *data = g_key_file_to_data(file, &length, NULL);
+
+  g_autofree char *name = g_strdup_printf("%s-%" G_GINT64_FORMAT ".freeze", record->uuid,
+                                          g_get_real_time());
+  g_autofree char *path = record->path ? g_strdup(record->path) : g_build_filename(dir, name, NULL);
+  g_autofree char *tmp = g_strdup_printf("%s.tmp", path);
+  /* g_file_set_contents_full with DURABLE fsyncs the file before the
+   * rename; the directory sync makes the rename itself durable. */
+  if (!g_file_set_contents_full(tmp, data, (gssize)length, G_FILE_SET_CONTENTS_DURABLE, 0600,
+                                error))
+    return FALSE;
+  if (rename(tmp, path) < 0) {
+    int err = errno;
+    g_set_error(error, BACKEND_ERROR, err, "cannot rename %s: %s", tmp, g_strerror(err));
+    unlink(tmp);
+    return FALSE;
+  }
+  if (!fsync_path(dir, O_RDONLY | O_DIRECTORY, error))
+    return FALSE;
+  g_free(record->path);
+  record->path = g_steal_pointer(&path);
+  return TRUE;
+}
+
+gboolean
+backend_freeze_record_remove(BackendFreezeRecord *record, GError **error)
+{
+  if (!record->path)
+    return TRUE;
+  if (unlink(record->path) < 0 && errno != ENOENT) {
+    int err = errno;
+    g_set_error(error, BACKEND_ERROR, err, "cannot remove %s: %s", record->path, g_strerror(err));
+    return FALSE;
+  }
+  g_autofree char *dir = g_path_get_dirname(record->path);
+  if (!fsync_path(dir, O_RDONLY | O_DIRECTORY, error))
+    return FALSE;
+  g_clear_pointer(&record->path, g_free);
+  return TRUE;
+}
+
+static BackendFreezeRecord *
+record_load(const char *path, GError **error)
+{
+  g_autoptr(GKeyFile) file = g_key_file_new();
+  if (!g_key_file_load_from_file(file, path, G_KEY_FILE_NONE, error))
+    return NULL;
+  g_autofree char *domain = g_key_file_get_string(file, "freeze", "domain", error);
+  if (!domain)
+    return NULL;
+  g_autofree char *uuid = g_key_file_get_string(file, "freeze", "uuid", error);
+  if (!uuid)
+    return NULL;
+  g_autoptr(BackendFreezeRecord) record = backend_freeze_record_new(domain, uuid);
+  record->created = g_key_file_get_int64(file, "freeze", "created", NULL);
+  record->path = g_strdup(path);
+
+  g_auto(GStrv) groups = g_key_file_get_groups(file, NULL);
+  for (char **g = groups; *g; g++) {
+    if (!g_str_has_prefix(*g, "disk "))
+      continue;
+    g_autofree char *frozen = g_key_file_get_string(file, *g, "frozen", error);
+    g_autofree char *format = frozen ? g_key_file_get_string(file, *g, "format", error) : NULL;
+    g_autofree char *overlay = format ? g_key_file_get_string(file, *g, "overlay", error) : NULL;
+    if (!overlay)
+      return NULL;
+    backend_freeze_record_add_disk(record, *g + strlen("disk "), frozen,
+                                   chain_format_from_name(format), overlay);
+  }
+  return g_steal_pointer(&record);
+}
+
+GPtrArray *
+backend_freeze_records_load(const char *state_dir, GError **error)
+{
+  g_autoptr(GPtrArray) records =
+      g_ptr_array_new_with_free_func((GDestroyNotify)backend_freeze_record_free);
+  g_autofree char *dir = records_dir(state_dir);
+  g_autoptr(GError) local = NULL;
+  g_autoptr(GDir) listing = g_dir_open(dir, 0, &local);
+  if (!listing) {
+    if (g_error_matches(local, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+      return g_steal_pointer(&records);
+    g_propagate_error(error, g_steal_pointer(&local));
+    return NULL;
+  }
+  const char *name;
+  while ((name = g_dir_read_name(listing))) {
+    if (!g_str_has_suffix(name, ".freeze"))
+      continue;
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+    g_autoptr(GError) bad = NULL;
+    BackendFreezeRecord *record = record_load(path, &bad);
+    if (record)
+      g_ptr_array_add(records, record);
+    else
+      g_warning("freeze record %s is unreadable and left alone: %s", path, bad->message);
+  }
+  return g_steal_pointer(&records);
+}
