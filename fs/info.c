@@ -1,0 +1,144 @@
+/* info.c: size, allocation and depth of a disk's chain, cached.
+ *
+ * getattr needs the virtual size and allocated bytes of every disk file,
+ * which only the chain can tell.  Opening a chain and counting its
+ * allocation reads every L2 table, so the answer is cached per image path,
+ * keyed by the identity of the top image (device, inode, mtime, size):
+ * a point image never changes while it is one, so its entry lives as long
+ * as the file.  The present of a running domain is written all the time;
+ * its entries expire after a few seconds: counting the allocation walks
+ * every L2 table of the chain, and st_blocks of the present is an estimate
+ * anyway (cp only compares it with the size to decide to look for holes).
+ *
+ * Errors (unreadable chain, policy refusal) are logged once per image
+ * path and reported as the chain's errno.
+ *
+ * Thread model: any FUSE worker; one mutex protects the table and is not
+ * held while a chain is opened (two threads may compute the same entry;
+ * the later one wins, both are right).
+ */
+#include "virtsnapfs.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define INFO_LIVE_TTL_US (5 * G_USEC_PER_SEC)
+
+typedef struct {
+  dev_t dev;
+  ino_t ino;
+  struct timespec mtime;
+  off_t size;
+  gint64 fetched;     /* monotonic time */
+  ImageInfo info;
+} InfoEntry;
+
+struct _InfoCache {
+  GMutex lock;
+  GHashTable *entries;  /* image path -> InfoEntry * */
+  GHashTable *failed;   /* image paths whose error was logged */
+};
+
+InfoCache *
+info_cache_new(void)
+{
+  InfoCache *cache = g_new0(InfoCache, 1);
+  g_mutex_init(&cache->lock);
+  cache->entries = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  cache->failed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  return cache;
+}
+
+void
+info_cache_free(InfoCache *cache)
+{
+  if (cache == NULL)
+    return;
+  g_hash_table_unref(cache->entries);
+  g_hash_table_unref(cache->failed);
+  g_mutex_clear(&cache->lock);
+  g_free(cache);
+}
+
+static gboolean
+same_file(const InfoEntry *e, const struct stat *st)
+{
+  return e->dev == st->st_dev && e->ino == st->st_ino && e->size == st->st_size &&
+         e->mtime.tv_sec == st->st_mtim.tv_sec && e->mtime.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+static gboolean
+info_compute(const BackendDisk *disk, const char *const *image_dirs, ImageInfo *info,
+             GError **error)
+{
+  ChainPolicy policy = { .image_dirs = image_dirs, .max_depth = 0 };
+  g_autoptr(Chain) chain = chain_open(disk->image_path, disk->format,
+                                      disk->backing_formats, &policy, error);
+  if (chain == NULL)
+    return FALSE;
+  gint64 allocated = chain_allocated_bytes(chain);
+  if (allocated < 0) {
+    g_set_error(error, CHAIN_ERROR, (int)-allocated, "%s: cannot count allocated bytes: %s",
+                disk->image_path, g_strerror((int)-allocated));
+    return FALSE;
+  }
+  info->virtual_size = chain_virtual_size(chain);
+  info->allocated = (guint64)allocated;
+  info->depth = chain_depth(chain);
+  info->format = chain_layer_format(chain_get_layer(chain, 0));
+  return TRUE;
+}
+
+static gboolean
+info_lookup(InfoCache *cache, const BackendDisk *disk, const char *const *image_dirs,
+            gboolean live, ImageInfo *info, GError **error)
+{
+  struct stat st;
+  if (stat(disk->image_path, &st) < 0) {
+    int err = errno;
+    g_set_error(error, CHAIN_ERROR, err, "%s: %s", disk->image_path, g_strerror(err));
+    return FALSE;
+  }
+
+  gint64 now = g_get_monotonic_time();
+  {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&cache->lock);
+    InfoEntry *e = g_hash_table_lookup(cache->entries, disk->image_path);
+    if (e && same_file(e, &st) && (!live || now - e->fetched < INFO_LIVE_TTL_US)) {
+      *info = e->info;
+      return TRUE;
+    }
+  }
+
+  g_autofree InfoEntry *e = g_new0(InfoEntry, 1);
+  if (!info_compute(disk, image_dirs, &e->info, error))
+    return FALSE;
+  e->dev = st.st_dev;
+  e->ino = st.st_ino;
+  e->size = st.st_size;
+  e->mtime = st.st_mtim;
+  e->fetched = now;
+  e->info.mtime = st.st_mtim;
+  *info = e->info;
+
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&cache->lock);
+  g_hash_table_remove(cache->failed, disk->image_path);
+  g_hash_table_replace(cache->entries, g_strdup(disk->image_path), g_steal_pointer(&e));
+  return TRUE;
+}
+
+gboolean
+info_cache_get(InfoCache *cache, const BackendDisk *disk, const char *const *image_dirs,
+               gboolean live, ImageInfo *info, GError **error)
+{
+  g_autoptr(GError) local = NULL;
+  if (info_lookup(cache, disk, image_dirs, live, info, &local))
+    return TRUE;
+  {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&cache->lock);
+    if (g_hash_table_add(cache->failed, g_strdup(disk->image_path)))
+      g_warning("disk %s: %s", disk->target, local->message);
+  }
+  g_propagate_error(error, g_steal_pointer(&local));
+  return FALSE;
+}

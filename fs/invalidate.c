@@ -1,0 +1,186 @@
+/* invalidate.c: tell the kernel what changed between two models.
+ *
+ * The backend publishes a new model when libvirt changes (a snapshot made
+ * with virsh behind the daemon's back, a deleted one, a domain defined).
+ * The kernel caches entries and attributes for -o timeout seconds and
+ * keeps the page cache of snapshot files across opens, so the daemon
+ * tells it: entries that went away are invalidated in their parent
+ * (fuse_lowlevel_notify_inval_entry), directories whose listing changed
+ * and files whose content or size may differ are invalidated as inodes
+ * (fuse_lowlevel_notify_inval_inode, which also drops cached pages).
+ * New entries need nothing: the daemon never caches negative lookups and
+ * readdir is not cached.
+ *
+ * Thread model: invalidate_on_change() runs on the backend's thread and
+ * only queues the pair of models to the main loop; the notifications are
+ * sent from the main thread, never from a FUSE worker (a notification
+ * may wait for a kernel lock that a worker's request holds).
+ */
+#include "virtsnapfs.h"
+
+#include <errno.h>
+#include <string.h>
+
+typedef struct {
+  Virtsnapfs *fs;
+  BackendModel *old_model;
+  BackendModel *new_model;
+} Change;
+
+static void
+change_free(gpointer data)
+{
+  Change *c = data;
+  g_clear_pointer(&c->old_model, backend_model_unref);
+  g_clear_pointer(&c->new_model, backend_model_unref);
+  g_free(c);
+}
+
+static void
+inval_inode(Virtsnapfs *fs, fuse_ino_t ino, const char *what)
+{
+  if (ino == 0)
+    return; /* the kernel never saw it */
+  int r = fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
+  g_debug("INVAL inode %s (%" G_GUINT64_FORMAT ") => %d", what, (guint64)ino, r);
+}
+
+static void
+inval_entry(Virtsnapfs *fs, fuse_ino_t parent, const char *name)
+{
+  if (parent == 0)
+    return;
+  int r = fuse_lowlevel_notify_inval_entry(fs->se, parent, name, strlen(name));
+  g_debug("INVAL entry %s in %" G_GUINT64_FORMAT " => %d", name, (guint64)parent, r);
+}
+
+static gboolean
+disk_equal(const BackendDisk *a, const BackendDisk *b)
+{
+  return g_str_equal(a->target, b->target) && g_str_equal(a->image_path, b->image_path) &&
+         a->format == b->format;
+}
+
+/* Invalidates the files of one point (snapshot or @now) whose disks or
+ * XML changed, and the entries of disks that went away. */
+static void
+diff_point(Virtsnapfs *fs, const char *domain, const char *point, GPtrArray *old_disks,
+           GPtrArray *new_disks, const char *old_xml, const char *new_xml)
+{
+  Tree *tree = fs->tree;
+  fuse_ino_t pino = tree_find(tree, TREE_POINT, domain, point, NULL);
+  gboolean listing_changed = FALSE;
+
+  for (guint i = 0; old_disks && i < old_disks->len; i++) {
+    BackendDisk *od = old_disks->pdata[i];
+    BackendDisk *nd = tree_find_disk(new_disks, od->target);
+    fuse_ino_t ino = tree_find(tree, TREE_DISK, domain, point, od->target);
+    if (nd == NULL) {
+      g_autofree char *name = g_strconcat(od->target, VIRTSNAPFS_RAW_SUFFIX, NULL);
+      inval_entry(fs, pino, name);
+      inval_inode(fs, ino, name);
+      listing_changed = TRUE;
+    } else if (!disk_equal(od, nd)) {
+      inval_inode(fs, ino, od->target);
+    }
+  }
+  for (guint i = 0; new_disks && i < new_disks->len; i++) {
+    BackendDisk *nd = new_disks->pdata[i];
+    if (tree_find_disk(old_disks, nd->target) == NULL)
+      listing_changed = TRUE;
+  }
+  if (point != NULL && g_strcmp0(old_xml, new_xml) != 0)
+    inval_inode(fs, tree_find(tree, TREE_XML, domain, point, NULL), VIRTSNAPFS_SNAPSHOT_XML);
+  if (listing_changed)
+    inval_inode(fs, pino, point ? point : VIRTSNAPFS_NOW);
+}
+
+static void
+diff_domain(Virtsnapfs *fs, BackendDomain *od, BackendDomain *nd)
+{
+  Tree *tree = fs->tree;
+  fuse_ino_t dino = tree_find(tree, TREE_DOMAIN, od->name, NULL, NULL);
+  gboolean listing_changed = FALSE;
+
+  for (guint i = 0; i < od->snapshots->len; i++) {
+    BackendSnapshot *os = od->snapshots->pdata[i];
+    BackendSnapshot *ns = nd ? backend_domain_find_snapshot(nd, os->name) : NULL;
+    if (ns == NULL) {
+      /* Gone: drop the entry, and the pages of its files in case the name
+       * comes back as another point in time with the same inodes. */
+      g_autofree char *entry = names_escape(os->name);
+      inval_entry(fs, dino, entry);
+      diff_point(fs, od->name, os->name, os->disks, NULL, os->xml, NULL);
+      inval_inode(fs, tree_find(tree, TREE_POINT, od->name, os->name, NULL), os->name);
+      listing_changed = TRUE;
+    } else if (ns->creation_time != os->creation_time) {
+      /* Same name, another point in time. */
+      for (guint j = 0; j < os->disks->len; j++) {
+        BackendDisk *d = os->disks->pdata[j];
+        inval_inode(fs, tree_find(tree, TREE_DISK, od->name, os->name, d->target), d->target);
+      }
+      diff_point(fs, od->name, os->name, os->disks, ns->disks, os->xml, ns->xml);
+      inval_inode(fs, tree_find(tree, TREE_POINT, od->name, os->name, NULL), os->name);
+    } else {
+      diff_point(fs, od->name, os->name, os->disks, ns->disks, os->xml, ns->xml);
+    }
+  }
+  if (nd) {
+    for (guint i = 0; i < nd->snapshots->len; i++) {
+      BackendSnapshot *ns = nd->snapshots->pdata[i];
+      if (backend_domain_find_snapshot(od, ns->name) == NULL)
+        listing_changed = TRUE;
+    }
+    diff_point(fs, od->name, NULL, od->disks, nd->disks, NULL, NULL);
+    if (od->running != nd->running)
+      inval_inode(fs, tree_find(tree, TREE_POINT, od->name, NULL, NULL), VIRTSNAPFS_NOW);
+  }
+  if (listing_changed)
+    inval_inode(fs, dino, od->name);
+}
+
+static gboolean
+apply_change(gpointer data)
+{
+  Change *c = data;
+  Virtsnapfs *fs = c->fs;
+  gboolean root_changed = FALSE;
+
+  g_debug("model %" G_GUINT64_FORMAT " -> %" G_GUINT64_FORMAT, c->old_model->generation,
+          c->new_model->generation);
+  for (guint i = 0; i < c->old_model->domains->len; i++) {
+    BackendDomain *od = c->old_model->domains->pdata[i];
+    BackendDomain *nd = backend_model_find_domain(c->new_model, od->name);
+    diff_domain(fs, od, nd);
+    if (nd == NULL) {
+      g_autofree char *entry = names_escape(od->name);
+      inval_entry(fs, FUSE_ROOT_ID, entry);
+      root_changed = TRUE;
+    }
+  }
+  for (guint i = 0; i < c->new_model->domains->len; i++) {
+    BackendDomain *nd = c->new_model->domains->pdata[i];
+    if (backend_model_find_domain(c->old_model, nd->name) == NULL)
+      root_changed = TRUE;
+  }
+  if (root_changed)
+    inval_inode(fs, FUSE_ROOT_ID, "/");
+  tree_prune(fs->tree, c->new_model);
+  return G_SOURCE_REMOVE;
+}
+
+void
+invalidate_on_change(BackendModel *old_model, BackendModel *new_model, gpointer user_data)
+{
+  Change *c = g_new0(Change, 1);
+  c->fs = user_data;
+  c->old_model = old_model ? backend_model_ref(old_model) : NULL;
+  c->new_model = backend_model_ref(new_model);
+  if (c->old_model == NULL) {
+    change_free(c);
+    return;
+  }
+  /* Always through a source: g_main_context_invoke() would run it right
+   * here if the main loop did not own the context yet. */
+  g_idle_add_full(G_PRIORITY_DEFAULT, apply_change, c, change_free);
+}

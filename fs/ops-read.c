@@ -1,0 +1,461 @@
+/* ops-read.c: open, read, lseek and release of the files in the tree.
+ *
+ * open() pins what a file reads (DESIGN.md 4): a snapshot's <target>.raw
+ * opens the chain of its point image and keeps every layer's descriptor
+ * until release(); @now/<target>.raw first freezes the domain (one
+ * backend_freeze() per open handle, paired with backend_thaw() at
+ * release: the backend shares one temporary overlay between them) and
+ * then opens the frozen image's chain.  snapshot.xml copies the XML.
+ *
+ * read() answers from chain_map(): data runs become FUSE_BUF_IS_FD |
+ * FUSE_BUF_FD_SEEK buffers (layer descriptor + host offset), so with
+ * splice the bytes go from the page cache of the image to the FUSE device
+ * without a copy through the daemon; zero runs point at one static zero
+ * buffer; compressed runs are decompressed by chain_read() into a scratch
+ * buffer owned by the worker thread.  Nothing is allocated per read once a
+ * thread's buffers have grown to the largest request.
+ *
+ * Thread model: FUSE workers, many reads of one handle at once.  A handle
+ * is immutable after open (the Chain has its own locks); the only shared
+ * mutable bit is the "error logged" flag, an atomic.  fs->files (the set
+ * of open handles, for shutdown) has its own lock, not taken by read().
+ */
+#include "virtsnapfs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+struct _VirtsnapfsFile {
+  TreeKind kind;
+  char *display;        /* "demo/s1/vda.raw", for log lines */
+  Chain *chain;         /* TREE_DISK */
+  guint64 size;
+  GBytes *bytes;        /* TREE_XML */
+  char *frozen_domain;  /* @now: the domain to thaw at release */
+  gint error_logged;    /* atomic: a data error was logged */
+};
+
+static void
+file_free(VirtsnapfsFile *file)
+{
+  g_clear_pointer(&file->chain, chain_unref);
+  g_clear_pointer(&file->bytes, g_bytes_unref);
+  g_free(file->display);
+  g_free(file->frozen_domain);
+  g_free(file);
+}
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VirtsnapfsFile, file_free)
+
+/* Releases file; thaws its freeze after the chain's descriptors are
+ * closed, so the backend can commit the overlay back. */
+static void
+file_close(Virtsnapfs *fs, VirtsnapfsFile *file)
+{
+  g_autofree char *domain = g_steal_pointer(&file->frozen_domain);
+  file_free(file);
+  if (domain)
+    backend_thaw(fs->backend, domain);
+}
+
+static VirtsnapfsFile *
+req_file(struct fuse_file_info *fi)
+{
+  return (VirtsnapfsFile *)(uintptr_t)fi->fh;
+}
+
+static void
+file_data_error(VirtsnapfsFile *file, const char *what, guint64 off, int err)
+{
+  if (g_atomic_int_compare_and_exchange(&file->error_logged, 0, 1))
+    g_warning("%s: %s at offset 0x%" G_GINT64_MODIFIER "x: %s (further errors of this "
+              "file are not logged)", file->display, what, off, g_strerror(-err));
+}
+
+/* Opens the chain of a disk; the model's image directories are the policy. */
+static Chain *
+open_disk_chain(const BackendDisk *disk, BackendModel *model, GError **error)
+{
+  ChainPolicy policy = { .image_dirs = (const char *const *)model->image_dirs };
+  return chain_open(disk->image_path, disk->format, disk->backing_formats, &policy, error);
+}
+
+static gboolean
+open_now(Virtsnapfs *fs, VirtsnapfsFile *file, const TreeNode *node, BackendModel *model,
+         GError **error)
+{
+  g_autoptr(GPtrArray) frozen = backend_freeze(fs->backend, node->domain, error);
+  if (frozen == NULL)
+    return FALSE;
+  /* From here on the freeze is ours: thaw it if anything below fails. */
+  BackendDisk *disk = tree_find_disk(frozen, node->target);
+  if (disk == NULL) {
+    g_set_error(error, CHAIN_ERROR, ENOENT, "disk %s is not in the frozen domain",
+                node->target);
+    backend_thaw(fs->backend, node->domain);
+    return FALSE;
+  }
+  file->chain = open_disk_chain(disk, model, error);
+  if (file->chain == NULL) {
+    backend_thaw(fs->backend, node->domain);
+    return FALSE;
+  }
+  file->frozen_domain = g_strdup(node->domain);
+  g_debug("OPEN %s: frozen image %s", node->display, disk->image_path);
+  return TRUE;
+}
+
+void
+ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  Virtsnapfs *fs = fuse_req_userdata(req);
+  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
+  g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
+  g_autoptr(GError) error = NULL;
+
+  if (node == NULL) {
+    fuse_reply_err(req, ESTALE);
+    return;
+  }
+  if (node->kind != TREE_DISK && node->kind != TREE_XML) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  /* Data files have no write bits; root is refused here too. */
+  if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+    g_debug("OPEN %s flags=0%o => EACCES", node->display, fi->flags);
+    fuse_reply_err(req, EACCES);
+    return;
+  }
+
+  g_autoptr(VirtsnapfsFile) file = g_new0(VirtsnapfsFile, 1);
+  file->kind = node->kind;
+  file->display = g_strdup(node->display);
+
+  if (node->kind == TREE_XML) {
+    BackendSnapshot *snap = tree_node_snapshot(node, model);
+    if (snap == NULL) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    const char *xml = snap->xml ? snap->xml : "";
+    file->bytes = g_bytes_new(xml, strlen(xml));
+    file->size = g_bytes_get_size(file->bytes);
+    fi->keep_cache = 1;
+  } else if (node->point == NULL) {
+    if (tree_node_domain(node, model) == NULL) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    if (!open_now(fs, file, node, model, &error)) {
+      g_warning("open %s: %s", node->display, error->message);
+      errors_reply_gerror(req, error);
+      return;
+    }
+    file->size = chain_virtual_size(file->chain);
+    /* A freeze is immutable while this handle lives, but the next freeze
+     * is another disk: never keep the page cache across opens. */
+    fi->keep_cache = 0;
+  } else {
+    BackendDisk *disk = tree_find_disk(tree_node_disks(node, model), node->target);
+    if (disk == NULL) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    file->chain = open_disk_chain(disk, model, &error);
+    if (file->chain == NULL) {
+      g_warning("open %s: %s", node->display, error->message);
+      errors_reply_gerror(req, error);
+      return;
+    }
+    file->size = chain_virtual_size(file->chain);
+    /* A point in time never changes: keep the kernel's cache across
+     * opens (invalidate.c drops it if the name is reused). */
+    fi->keep_cache = 1;
+  }
+  fi->direct_io = 0;
+  fi->nonseekable = 0;
+
+  VirtsnapfsFile *handle = g_steal_pointer(&file);
+  {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->files_lock);
+    g_hash_table_add(fs->files, handle);
+  }
+  fi->fh = (uint64_t)(uintptr_t)handle;
+  g_debug("OPEN %s => size %" G_GUINT64_FORMAT, handle->display, handle->size);
+  if (fuse_reply_open(req, fi) != 0) {
+    /* Interrupted: the kernel will not release it. */
+    {
+      g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->files_lock);
+      g_hash_table_remove(fs->files, handle);
+    }
+    file_close(fs, handle);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* read                                                                 */
+
+/* Zero runs all point into this; never written.  Zero runs longer than
+ * it become several buffers. */
+#define ZERO_BUFFER_SIZE (256 * 1024)
+static char zero_buffer[ZERO_BUFFER_SIZE];
+
+/* Per-thread buffers, grown to the largest request and reused. */
+typedef struct {
+  struct fuse_bufvec *bufv;
+  gsize bufv_capacity;  /* entries in bufv->buf */
+  char *scratch;        /* compressed runs */
+  gsize scratch_size;
+} ReadBuffers;
+
+static void
+read_buffers_free(gpointer data)
+{
+  ReadBuffers *rb = data;
+  g_free(rb->bufv);
+  g_free(rb->scratch);
+  g_free(rb);
+}
+
+static GPrivate read_buffers_key = G_PRIVATE_INIT(read_buffers_free);
+
+static ReadBuffers *
+read_buffers(gsize size)
+{
+  ReadBuffers *rb = g_private_get(&read_buffers_key);
+  if (rb == NULL) {
+    rb = g_new0(ReadBuffers, 1);
+    g_private_set(&read_buffers_key, rb);
+  }
+  if (rb->scratch_size < size) {
+    g_free(rb->scratch);
+    rb->scratch = g_malloc(size);
+    rb->scratch_size = size;
+  }
+  return rb;
+}
+
+/* Appends a buffer to the thread's vector, growing it when full. */
+static struct fuse_buf *
+bufv_push(ReadBuffers *rb)
+{
+  if (rb->bufv == NULL || rb->bufv->count == rb->bufv_capacity) {
+    gsize cap = MAX(rb->bufv_capacity * 2, 64);
+    gsize count = rb->bufv ? rb->bufv->count : 0;
+    rb->bufv = g_realloc(rb->bufv, sizeof(struct fuse_bufvec) +
+                                   (cap - 1) * sizeof(struct fuse_buf));
+    rb->bufv->count = count;
+    rb->bufv_capacity = cap;
+  }
+  struct fuse_buf *buf = &rb->bufv->buf[rb->bufv->count++];
+  memset(buf, 0, sizeof *buf);
+  return buf;
+}
+
+/* Fills the thread's bufvec for guest [off, off + len) of file's chain.
+ * Returns 0 or -errno. */
+static int
+read_build(VirtsnapfsFile *file, ReadBuffers *rb, guint64 off, gsize len)
+{
+  gsize scratch_used = 0;
+  guint64 pos = off, end = off + len;
+
+  while (pos < end) {
+    ChainExtent ext;
+    int r = chain_map(file->chain, pos, end - pos, &ext);
+    if (r < 0)
+      return r;
+    if (ext.length == 0 || ext.offset != pos)
+      return -EIO;
+    gsize n = (gsize)MIN(ext.length, end - pos);
+    struct fuse_buf *last = rb->bufv->count ? &rb->bufv->buf[rb->bufv->count - 1] : NULL;
+
+    switch (ext.kind) {
+    case CHAIN_EXTENT_DATA:
+      if (last && (last->flags & FUSE_BUF_IS_FD) && last->fd == ext.fd &&
+          (guint64)last->pos + last->size == ext.host_offset) {
+        last->size += n;
+        break;
+      }
+      {
+        struct fuse_buf *b = bufv_push(rb);
+        b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
+        b->fd = ext.fd;
+        b->pos = (off_t)ext.host_offset;
+        b->size = n;
+      }
+      break;
+
+    case CHAIN_EXTENT_ZERO:
+      for (gsize done = 0; done < n;) {
+        last = rb->bufv->count ? &rb->bufv->buf[rb->bufv->count - 1] : NULL;
+        if (last && last->mem == zero_buffer && last->size < ZERO_BUFFER_SIZE) {
+          gsize add = MIN(n - done, ZERO_BUFFER_SIZE - last->size);
+          last->size += add;
+          done += add;
+          continue;
+        }
+        struct fuse_buf *b = bufv_push(rb);
+        b->mem = zero_buffer;
+        b->size = MIN(n - done, (gsize)ZERO_BUFFER_SIZE);
+        done += b->size;
+      }
+      break;
+
+    case CHAIN_EXTENT_COMPRESSED: {
+      char *dst = rb->scratch + scratch_used;
+      gssize got = chain_read(file->chain, dst, n, pos);
+      if (got < 0)
+        return (int)got;
+      if ((gsize)got != n)
+        return -EIO;
+      if (last && last->mem == dst - last->size && (char *)last->mem >= rb->scratch &&
+          (char *)last->mem < rb->scratch + rb->scratch_size) {
+        last->size += n;
+      } else {
+        struct fuse_buf *b = bufv_push(rb);
+        b->mem = dst;
+        b->size = n;
+      }
+      scratch_used += n;
+      break;
+    }
+    }
+    pos += n;
+  }
+  return 0;
+}
+
+static void
+read_xml(fuse_req_t req, VirtsnapfsFile *file, size_t size, off_t off)
+{
+  /* Our own reference: once the kernel has the reply it may release the
+   * handle (from another worker) while fuse_reply_buf() returns. */
+  g_autoptr(GBytes) bytes = g_bytes_ref(file->bytes);
+  gsize len;
+  const char *data = g_bytes_get_data(bytes, &len);
+  if ((guint64)off >= len) {
+    fuse_reply_buf(req, NULL, 0);
+    return;
+  }
+  fuse_reply_buf(req, data + off, MIN(size, len - (gsize)off));
+}
+
+void
+ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+  Virtsnapfs *fs = fuse_req_userdata(req);
+  VirtsnapfsFile *file = req_file(fi);
+
+  if (file->kind == TREE_XML) {
+    read_xml(req, file, size, off);
+    return;
+  }
+  if (off < 0 || (guint64)off >= file->size || size == 0) {
+    LOG_TRACE("READ %s off=%" G_GINT64_FORMAT " len=%zu => 0", file->display, (gint64)off, size);
+    fuse_reply_buf(req, NULL, 0);
+    return;
+  }
+  gsize len = (gsize)MIN((guint64)size, file->size - (guint64)off);
+  /* Held until the reply is sent: a release may free the handle as soon
+   * as the kernel has the data, and the reply's buffers name the chain's
+   * descriptors.  Nothing touches file after fuse_reply_data(). */
+  g_autoptr(Chain) chain = chain_ref(file->chain);
+
+  ReadBuffers *rb = read_buffers(len);
+  if (rb->bufv == NULL)
+    bufv_push(rb);
+  rb->bufv->count = 0;
+  int r = read_build(file, rb, (guint64)off, len);
+  if (r < 0) {
+    file_data_error(file, "read", (guint64)off, r);
+    LOG_TRACE("READ %s off=%" G_GINT64_FORMAT " len=%zu => %s", file->display, (gint64)off,
+            size, g_strerror(-r));
+    fuse_reply_err(req, EIO);
+    return;
+  }
+  rb->bufv->idx = 0;
+  rb->bufv->off = 0;
+
+  LOG_TRACE("READ %s off=%" G_GINT64_FORMAT " len=%zu => %zu (%zu buffers)", file->display,
+          (gint64)off, size, len, rb->bufv->count);
+  r = fuse_reply_data(req, rb->bufv, fs->splice ? FUSE_BUF_SPLICE_MOVE : FUSE_BUF_NO_SPLICE);
+  if (r < 0 && r != -ENOENT)
+    LOG_TRACE("READ reply at offset %" G_GINT64_FORMAT ": %s", (gint64)off, g_strerror(-r));
+}
+
+/* ------------------------------------------------------------------ */
+/* lseek, release                                                       */
+
+void
+ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
+{
+  VirtsnapfsFile *file = req_file(fi);
+  gint64 r;
+
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  if (off < 0) {
+    fuse_reply_err(req, ENXIO);
+    return;
+  }
+  if ((guint64)off >= file->size)
+    r = -ENXIO;
+  else if (file->kind == TREE_XML)
+    r = whence == SEEK_DATA ? off : (gint64)file->size;
+  else
+    r = chain_seek(file->chain, (guint64)off, whence);
+
+  LOG_TRACE("LSEEK %s off=%" G_GINT64_FORMAT " %s => %" G_GINT64_FORMAT, file->display,
+          (gint64)off, whence == SEEK_DATA ? "SEEK_DATA" : "SEEK_HOLE", r);
+  if (r < 0) {
+    if (r != -ENXIO)
+      file_data_error(file, "seek", (guint64)off, (int)r);
+    fuse_reply_err(req, r == -ENXIO ? ENXIO : EIO);
+    return;
+  }
+  fuse_reply_lseek(req, (off_t)r);
+}
+
+void
+ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+  Virtsnapfs *fs = fuse_req_userdata(req);
+  VirtsnapfsFile *file = req_file(fi);
+  gboolean owned;
+
+  g_debug("RELEASE %s", file->display);
+  {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->files_lock);
+    owned = g_hash_table_remove(fs->files, file);
+  }
+  /* Reply first: a thaw commits the overlay back and may take a while;
+   * close(2) need not wait for it. */
+  fuse_reply_err(req, 0);
+  if (owned)
+    file_close(fs, file);
+}
+
+void
+ops_release_all(Virtsnapfs *fs)
+{
+  g_autoptr(GPtrArray) files = g_ptr_array_new();
+  {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->files_lock);
+    GHashTableIter iter;
+    gpointer key;
+    g_hash_table_iter_init(&iter, fs->files);
+    while (g_hash_table_iter_next(&iter, &key, NULL))
+      g_ptr_array_add(files, key);
+    g_hash_table_remove_all(fs->files);
+  }
+  for (guint i = 0; i < files->len; i++) {
+    VirtsnapfsFile *file = files->pdata[i];
+    g_message("closing %s, still open at exit", file->display);
+    file_close(fs, file);
+  }
+}

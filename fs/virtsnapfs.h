@@ -1,0 +1,276 @@
+/* virtsnapfs.h: the private header of the FUSE front end.
+ *
+ * A map of the daemon: each group of prototypes below belongs to one file
+ * and names what that file is for.  The libvirt side is behind backend.h,
+ * the image reader behind chain.h.
+ */
+#pragma once
+
+#include "fuse-version.h"
+
+#include <glib.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "backend.h"
+#include "chain.h"
+
+G_BEGIN_DECLS
+
+#define VIRTSNAPFS_DEFAULT_URI "qemu:///system"
+#define VIRTSNAPFS_DEFAULT_STATE_DIR "/var/lib/virtsnapfs"
+#define VIRTSNAPFS_DEFAULT_THREADS 16
+#define VIRTSNAPFS_DEFAULT_TIMEOUT 1.0
+/* The directory of the present, in every domain directory. */
+#define VIRTSNAPFS_NOW "@now"
+#define VIRTSNAPFS_RAW_SUFFIX ".raw"
+#define VIRTSNAPFS_SNAPSHOT_XML "snapshot.xml"
+/* Largest read request: the readahead window, st_blksize, and (through
+ * max_write, from which libfuse derives max_pages) the kernel's request
+ * size.  Splice replies need a pipe that holds a whole reply plus its
+ * header, and pipes grow to /proc/sys/fs/pipe-max-size (1 MiB by default):
+ * 1 MiB requests would not fit and libfuse would fall back to copying. */
+#define VIRTSNAPFS_MAX_READ (512 * 1024)
+
+/* libfuse types with automatic cleanup. */
+typedef struct fuse_session FuseSession;
+typedef struct fuse_loop_config FuseLoopConfig;
+typedef struct fuse_args FuseArgs;
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FuseSession, fuse_session_destroy)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FuseLoopConfig, fuse_loop_cfg_destroy)
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(FuseArgs, fuse_opt_free_args)
+
+/* ------------------------------------------------------------------ */
+/* options.c: the command line and -o options, parsed into one struct. */
+
+typedef enum {
+  VIRTSNAPFS_REVERT_KEEP,
+  VIRTSNAPFS_REVERT_DISCARD,
+} VirtsnapfsRevertMode;
+
+typedef struct {
+  /* Filled by fuse_opt_parse from the offsetof table (malloc'd). */
+  char *uri;
+  char *state_dir;
+  char *revert;
+  unsigned max_threads;
+  double timeout;
+  int no_splice;
+  /* Filled by the option callback (g_malloc'd). */
+  char *source;              /* first positional of two: the mount source */
+  char *mountpoint;
+  GPtrArray *image_dirs;     /* of char *, -o image_dir= in order */
+  int n_nonopt;
+  gboolean show_help, show_version;
+  gboolean foreground, debug, single_thread, allow_other;
+  /* Derived by options_validate(). */
+  VirtsnapfsRevertMode revert_mode;
+  const char **image_dirs_strv; /* NULL-terminated view of image_dirs */
+} VirtsnapfsOptions;
+
+void options_init(VirtsnapfsOptions *opts);
+void options_clear(VirtsnapfsOptions *opts);
+/* Consumes the daemon's options from args; leaves libfuse's in it. */
+gboolean options_parse(VirtsnapfsOptions *opts, struct fuse_args *args, GError **error);
+/* Fills defaults and checks every value; nothing is mounted yet. */
+gboolean options_validate(VirtsnapfsOptions *opts, GError **error);
+void options_print_help(const char *argv0);
+
+/* ------------------------------------------------------------------ */
+/* names.c: snapshot names <-> entry names (pure functions).          */
+
+/* Returns the entry name for a snapshot name (g_free). */
+char *names_escape(const char *name);
+/* Returns the snapshot name for an entry name, or NULL if the entry is
+ * not one names_escape() can produce (g_free). */
+char *names_unescape(const char *entry);
+/* TRUE if entry is "<target><suffix>" with a non-empty target. */
+gboolean names_is_disk_file(const char *entry, const char *suffix, char **target_out);
+
+/* ------------------------------------------------------------------ */
+/* log.c: glib logging to stderr or syslog, libfuse's log routed in.  */
+
+void log_setup(gboolean debug, gboolean to_syslog);
+/* g_debug() for the hot paths: formats nothing unless -d. */
+#define LOG_TRACE(...)              \
+  do {                              \
+    if (log_debug_enabled())        \
+      g_debug(__VA_ARGS__);         \
+  } while (0)
+void log_use_syslog(void);
+gboolean log_debug_enabled(void);
+
+/* ------------------------------------------------------------------ */
+/* errors.c: one way from an error to a FUSE reply.                    */
+
+/* errno for a GError: CHAIN_ERROR and the backend's domain carry errno
+ * values as codes; anything else is EIO. */
+int errors_to_errno(const GError *error);
+/* Replies to req with the errno of error (or EIO), logging nothing. */
+void errors_reply_gerror(fuse_req_t req, const GError *error);
+/* Replies with -err (err < 0) or err (err > 0). */
+void errors_reply_errno(fuse_req_t req, int err);
+
+/* ------------------------------------------------------------------ */
+/* tree.c: inode numbers for (domain, point, file), stable per mount.  */
+
+typedef enum {
+  TREE_ROOT,
+  TREE_DOMAIN,
+  TREE_POINT,     /* a snapshot directory, or @now when point == NULL */
+  TREE_DISK,      /* <target>.raw */
+  TREE_XML,       /* snapshot.xml */
+} TreeKind;
+
+typedef struct {
+  fuse_ino_t ino;
+  TreeKind kind;
+  char *domain;   /* NULL for the root */
+  char *point;    /* snapshot name (unescaped); NULL for @now and above */
+  char *target;   /* disk target, TREE_DISK only */
+  char *key;      /* unique: kind and components */
+  char *display;  /* for log lines: "demo/s1/vda.raw" */
+} TreeNode;
+
+typedef struct _Tree Tree;
+
+Tree *tree_new(void);
+void tree_free(Tree *tree);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(Tree, tree_free)
+
+TreeNode *tree_node_ref(TreeNode *node);
+void tree_node_unref(TreeNode *node);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(TreeNode, tree_node_unref)
+
+/* The node for ino, a new reference, or NULL (ENOENT/ESTALE). */
+TreeNode *tree_get(Tree *tree, fuse_ino_t ino);
+/* The node for the components, created with a fresh inode number if it
+ * does not exist; its lookup count goes up by one (a FUSE entry reply
+ * follows).  Returns a new reference. */
+TreeNode *tree_lookup(Tree *tree, TreeKind kind, const char *domain,
+                      const char *point, const char *target);
+/* The inode of the components if known, else 0 (no lookup count). */
+fuse_ino_t tree_find(Tree *tree, TreeKind kind, const char *domain,
+                     const char *point, const char *target);
+/* The inode of the components, created if needed, without a lookup
+ * count (for readdir's d_ino; pruned when it leaves the model). */
+fuse_ino_t tree_intern(Tree *tree, TreeKind kind, const char *domain,
+                       const char *point, const char *target);
+/* FUSE forget: drops nlookup; a node that reaches zero and is no longer
+ * in the model leaves the table (nodes still in the model keep their
+ * number for the next lookup). */
+void tree_forget(Tree *tree, fuse_ino_t ino, guint64 nlookup, BackendModel *model);
+/* Drops forgotten nodes that left the model. */
+void tree_prune(Tree *tree, BackendModel *model);
+guint tree_size(Tree *tree);
+
+/* Model lookups for a node; borrowed from model. */
+gboolean tree_node_exists(const TreeNode *node, BackendModel *model);
+BackendDomain *tree_node_domain(const TreeNode *node, BackendModel *model);
+/* The snapshot of a TREE_POINT/DISK/XML node, NULL for @now or gone. */
+BackendSnapshot *tree_node_snapshot(const TreeNode *node, BackendModel *model);
+/* The disks of the node's point (snapshot disks or the present). */
+GPtrArray *tree_node_disks(const TreeNode *node, BackendModel *model);
+BackendDisk *tree_find_disk(GPtrArray *disks, const char *target);
+
+/* ------------------------------------------------------------------ */
+/* info.c: virtual size, allocation and depth of images, cached.      */
+
+typedef struct {
+  guint64 virtual_size;
+  guint64 allocated;     /* bytes that read from allocated data */
+  guint depth;
+  ChainFormat format;
+  struct timespec mtime; /* of the top image */
+} ImageInfo;
+
+typedef struct _InfoCache InfoCache;
+
+InfoCache *info_cache_new(void);
+void info_cache_free(InfoCache *cache);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(InfoCache, info_cache_free)
+/* Facts about disk's chain.  live: the image may be written to (the
+ * present of a running domain), so cached facts expire after 5 seconds.
+ * Errors are logged once per image and reported as EIO. */
+gboolean info_cache_get(InfoCache *cache, const BackendDisk *disk,
+                        const char *const *image_dirs, gboolean live,
+                        ImageInfo *info, GError **error);
+
+/* ------------------------------------------------------------------ */
+/* daemon state shared by every FUSE operation (main.c owns it).      */
+
+typedef struct {
+  VirtsnapfsOptions *opts;
+  Backend *backend;
+  struct fuse_session *se;
+  Tree *tree;
+  InfoCache *info;
+  uid_t uid;               /* owner of every entry: the mount owner */
+  gid_t gid;
+  struct timespec mount_time;
+  GMutex files_lock;       /* protects files; taken alone */
+  GHashTable *files;       /* VirtsnapfsFile * set: open handles */
+  gboolean splice;         /* kernel accepted splice */
+} Virtsnapfs;
+
+/* ------------------------------------------------------------------ */
+/* ops.c: the FUSE low-level operations table; metadata operations.   */
+
+extern const struct fuse_lowlevel_ops ops_table;
+/* Fills st for node from model; FALSE with ENOENT/EIO in *err. */
+gboolean ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model,
+                  struct stat *st, int *err);
+
+/* ------------------------------------------------------------------ */
+/* ops-read.c: open, read, lseek, release of files.                   */
+
+typedef struct _VirtsnapfsFile VirtsnapfsFile;
+
+void ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+              struct fuse_file_info *fi);
+void ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+               struct fuse_file_info *fi);
+void ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+/* At shutdown, after the FUSE loop ended: closes what the kernel did not
+ * release (and thaws their freezes). */
+void ops_release_all(Virtsnapfs *fs);
+
+/* ------------------------------------------------------------------ */
+/* ops-change.c: operations that change snapshots (not yet: EPERM).  */
+
+void ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void ops_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+                fuse_ino_t newparent, const char *newname, unsigned int flags);
+void ops_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                 struct fuse_file_info *fi);
+void ops_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
+void ops_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                struct fuse_file_info *fi);
+void ops_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name);
+void ops_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
+void ops_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+               struct fuse_file_info *fi);
+void ops_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                  size_t size, int flags);
+void ops_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
+void ops_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                   struct fuse_file_info *fi);
+
+/* ------------------------------------------------------------------ */
+/* xattr.c: user.virtsnapfs.* attributes.                              */
+
+void xattr_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
+void xattr_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+
+/* ------------------------------------------------------------------ */
+/* invalidate.c: tell the kernel what changed between two models.     */
+
+/* Called by the backend thread; hands the work to the main loop. */
+void invalidate_on_change(BackendModel *old_model, BackendModel *new_model,
+                          gpointer user_data);
+
+G_END_DECLS

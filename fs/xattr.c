@@ -1,0 +1,142 @@
+/* xattr.c: the user.virtsnapfs.* extended attributes (DESIGN.md 2).
+ *
+ * On a disk file:
+ *   user.virtsnapfs.point_image   path of the image whose chain the file
+ *                                 reads (the point image; for @now the
+ *                                 active image, frozen at open)
+ *   user.virtsnapfs.chain_depth   layers in that chain
+ *   user.virtsnapfs.allocated     bytes that read from allocated data
+ *   user.virtsnapfs.format        format of the top image
+ * On a domain directory:
+ *   user.virtsnapfs.job           the running plan and its progress;
+ *                                 "idle" until plans exist
+ * Values are text without a trailing newline, as `getfattr -d` shows them.
+ *
+ * Thread model: FUSE workers; answers from the current model and the info
+ * cache (info.c), no state of its own.
+ */
+#include "virtsnapfs.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define XATTR_PREFIX "user.virtsnapfs."
+
+static const char *const disk_names[] = {
+  XATTR_PREFIX "point_image",
+  XATTR_PREFIX "chain_depth",
+  XATTR_PREFIX "allocated",
+  XATTR_PREFIX "format",
+};
+static const char *const domain_names[] = {
+  XATTR_PREFIX "job",
+};
+
+/* The value of name on node, or NULL with *err set (ENODATA: no such
+ * attribute). */
+static char *
+xattr_value(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const char *name,
+            int *err)
+{
+  *err = ENODATA;
+  if (!g_str_has_prefix(name, XATTR_PREFIX))
+    return NULL;
+  const char *key = name + strlen(XATTR_PREFIX);
+
+  if (node->kind == TREE_DOMAIN) {
+    if (tree_node_domain(node, model) == NULL) {
+      *err = ENOENT;
+      return NULL;
+    }
+    if (g_str_equal(key, "job"))
+      return g_strdup("idle");
+    return NULL;
+  }
+  if (node->kind != TREE_DISK)
+    return NULL;
+
+  BackendDisk *disk = tree_find_disk(tree_node_disks(node, model), node->target);
+  if (disk == NULL) {
+    *err = ENOENT;
+    return NULL;
+  }
+  if (g_str_equal(key, "point_image"))
+    return g_strdup(disk->image_path);
+
+  BackendDomain *dom = tree_node_domain(node, model);
+  gboolean live = node->point == NULL && dom->running;
+  ImageInfo info;
+  g_autoptr(GError) error = NULL;
+  gboolean known = g_str_equal(key, "chain_depth") || g_str_equal(key, "allocated") ||
+                   g_str_equal(key, "format");
+  if (!known)
+    return NULL;
+  if (!info_cache_get(fs->info, disk, (const char *const *)model->image_dirs, live, &info,
+                      &error)) {
+    *err = EIO;
+    return NULL;
+  }
+  if (g_str_equal(key, "chain_depth"))
+    return g_strdup_printf("%u", info.depth);
+  if (g_str_equal(key, "allocated"))
+    return g_strdup_printf("%" G_GUINT64_FORMAT, info.allocated);
+  return g_strdup(chain_format_name(info.format));
+}
+
+/* Replies with data (or its size when size == 0), ERANGE if too small. */
+static void
+reply_sized(fuse_req_t req, const char *data, gsize len, size_t size)
+{
+  if (size == 0)
+    fuse_reply_xattr(req, len);
+  else if (size < len)
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, data, len);
+}
+
+void
+xattr_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+  Virtsnapfs *fs = fuse_req_userdata(req);
+  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
+  g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
+  int err;
+
+  if (node == NULL) {
+    fuse_reply_err(req, ESTALE);
+    return;
+  }
+  g_autofree char *value = xattr_value(fs, node, model, name, &err);
+  g_debug("GETXATTR %s %s => %s", node->display, name, value ? value : g_strerror(err));
+  if (value == NULL) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  reply_sized(req, value, strlen(value), size);
+}
+
+void
+xattr_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+  Virtsnapfs *fs = fuse_req_userdata(req);
+  g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
+  const char *const *names = NULL;
+  gsize n = 0;
+
+  if (node == NULL) {
+    fuse_reply_err(req, ESTALE);
+    return;
+  }
+  if (node->kind == TREE_DISK) {
+    names = disk_names;
+    n = G_N_ELEMENTS(disk_names);
+  } else if (node->kind == TREE_DOMAIN) {
+    names = domain_names;
+    n = G_N_ELEMENTS(domain_names);
+  }
+  g_autoptr(GString) list = g_string_new(NULL);
+  for (gsize i = 0; i < n; i++)
+    g_string_append_len(list, names[i], (gssize)strlen(names[i]) + 1);
+  reply_sized(req, list->str, list->len, size);
+}

@@ -1,0 +1,478 @@
+"""mountlib: helpers for the mount tests of virtsnapfs (Python 3 stdlib only).
+
+An Env is a scratch directory with a libvirt embed root (qemu:///embed),
+an image directory, a mount point and a state directory.  Domains and
+snapshots are made with virsh and qemu-img before mounting: only one
+process at a time may use an embed root.  Daemon runs virtsnapfs in the
+foreground with its stderr captured, and stop() fails the test when the
+daemon logged a warning or worse that the test did not expect.
+
+The oracle for what a point in time must read as is
+`qemu-img convert -O raw` of its point image (DESIGN.md 7).
+"""
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+SRCDIR = os.path.dirname(os.path.abspath(__file__))
+VIRTSNAPFS = os.environ.get("VIRTSNAPFS")
+
+QEMU_CONF = """user = "root"
+group = "root"
+dynamic_ownership = 0
+security_driver = "none"
+stdio_handler = "file"
+"""
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+{disks}  </devices>
+</domain>
+"""
+
+DISK_XML = """    <disk type='file' device='disk'>
+      <driver name='qemu' type='{fmt}'/>
+      <source file='{path}'/>
+      <target dev='{target}' bus='{bus}'/>
+    </disk>
+"""
+
+# A daemon log line at warning level or worse, from our writer.
+BAD_LOG = re.compile(r"\b(virtsnapfs|libfuse)\[\d+\]: (WARNING|CRITICAL|ERROR):")
+
+
+def log(*args):
+    print("#", *args, flush=True)
+
+
+def skip(reason):
+    print("SKIP:", reason, flush=True)
+    sys.exit(77)
+
+
+def need_tools():
+    if VIRTSNAPFS is None or not os.access(VIRTSNAPFS, os.X_OK):
+        skip("VIRTSNAPFS not set (run through meson test)")
+    for tool in ("virsh", "qemu-img", "qemu-io", "fusermount3", "cp"):
+        if shutil.which(tool) is None:
+            skip(tool + " missing")
+    if not os.path.exists("/dev/fuse"):
+        skip("/dev/fuse missing")
+    if os.geteuid() != 0:
+        skip("mount tests run as root (embed root with user root)")
+
+
+def run(*cmd, check=True, quiet=False, **kw):
+    """Runs cmd; returns stdout as text; raises with stderr on failure."""
+    cmd = [str(c) for c in cmd]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError("%s: exit %d\n%s%s" % (" ".join(cmd), p.returncode, p.stdout, p.stderr))
+    if not quiet and p.returncode == 0:
+        pass
+    return p.stdout
+
+
+class Env:
+    def __init__(self, name, uri=None):
+        base = os.environ.get("VIRTSNAPFS_TEST_TMP", "/var/tmp")
+        self.dir = tempfile.mkdtemp(prefix="virtsnapfs-%s-" % name, dir=base)
+        os.chmod(self.dir, 0o755)
+        self.root = os.path.join(self.dir, "root")
+        self.images = os.path.join(self.dir, "images")
+        self.mnt = os.path.join(self.dir, "mnt")
+        self.state = os.path.join(self.dir, "state")
+        for d in (self.root + "/etc", self.images, self.mnt, self.state):
+            os.makedirs(d, exist_ok=True)
+        os.chmod(self.images, 0o755)
+        with open(self.root + "/etc/qemu.conf", "w") as f:
+            f.write(QEMU_CONF)
+        self.uri = uri or "qemu:///embed?root=" + self.root
+        self.domains = []
+        self.keep = os.environ.get("VIRTSNAPFS_KEEP_TMP") == "1"
+        # libvirt's own log would print a warning about security_driver
+        # "none" on every connection: send it to a file.
+        self.env = dict(os.environ)
+        self.env["LIBVIRT_LOG_OUTPUTS"] = "3:file:%s/libvirt-client.log" % self.dir
+
+    # -- libvirt ---------------------------------------------------------
+    READ_ONLY = ("domblklist", "snapshot-list", "snapshot-dumpxml", "dumpxml", "domstate",
+                 "list")
+
+    def virsh(self, *args, check=True):
+        """virsh on the env's URI.  virsh on an embed root sometimes dies of
+        SIGSEGV while exiting, after the command did its work (libvirt 9.0):
+        a read-only command is run again; for others the crash is logged
+        and the command's effect is checked by the caller's next steps."""
+        cmd = ["virsh", "-q", "-c", self.uri] + [str(a) for a in args]
+        for attempt in range(3):
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=self.env)
+            if p.returncode >= 0:
+                break
+            log("virsh %s died of signal %d (attempt %d)" % (args[0], -p.returncode, attempt))
+            if args[0] not in self.READ_ONLY and not args[0].startswith("qemu-monitor"):
+                return p.stdout
+        if check and p.returncode != 0:
+            raise AssertionError("%s: exit %d\n%s%s" % (" ".join(cmd), p.returncode, p.stdout,
+                                                         p.stderr))
+        return p.stdout
+
+    def define(self, name, disks, start=False):
+        """disks: list of (target, bus, path, fmt)."""
+        xml = DOMAIN_XML.format(name=name, disks="".join(
+            DISK_XML.format(target=t, bus=b, path=p, fmt=f) for t, b, p, f in disks))
+        path = os.path.join(self.dir, name + ".xml")
+        with open(path, "w") as f:
+            f.write(xml)
+        self.virsh("define", path)
+        self.domains.append(name)
+        if start:
+            self.virsh("start", name)
+
+    def snapshot(self, dom, name):
+        self.virsh("snapshot-create-as", dom, name, "--disk-only", "--atomic")
+
+    def active_image(self, dom, target):
+        out = self.virsh("domblklist", dom, "--details")
+        for line in out.splitlines():
+            f = line.split(None, 3)
+            if len(f) == 4 and f[2] == target:
+                return f[3]
+        raise AssertionError("no disk %s in %s:\n%s" % (target, dom, out))
+
+    def hmp(self, dom, cmd):
+        return self.virsh("qemu-monitor-command", dom, "--hmp", cmd)
+
+    def qom_disk(self, dom, target):
+        """The QOM path of a disk's device, for qemu-io through the monitor."""
+        out = self.hmp(dom, "info block")
+        # "libvirt-1-format: /path (qcow2)\n    Attached to: /machine/peripheral/virtio-disk0/virtio-backend"
+        blocks = out.split("\n\n") if "\n\n" in out else re.split(r"\n(?=\S)", out)
+        path = self.active_image(dom, target)
+        for b in blocks:
+            if path in b:
+                m = re.search(r"Attached to:\s+(\S+)", b)
+                if m:
+                    return m.group(1)
+        raise AssertionError("no device for %s in:\n%s" % (target, out))
+
+    def guest_write(self, dom, target, pattern, offset, length):
+        dev = self.qom_disk(dom, target)
+        # qemu-io prints to QEMU's stdout, not to the monitor: no output.
+        self.hmp(dom, 'qemu-io -d %s "write -P 0x%x %d %d"' % (dev, pattern, offset, length))
+
+    def cleanup(self):
+        for dom in self.domains:
+            self.virsh("destroy", dom, check=False)
+            snaps = self.virsh("snapshot-list", dom, "--name", check=False).splitlines()
+            for s in filter(None, (x.strip() for x in snaps)):
+                self.virsh("snapshot-delete", dom, s, "--metadata", check=False)
+            out = self.virsh("undefine", dom, check=False)
+            if dom in self.virsh("list", "--all", "--name", check=False).split():
+                log("could not undefine", dom, out)
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            log("kept", self.dir)
+
+
+def qemu_img_create(path, size, fmt="qcow2", backing=None, backing_fmt=None, extra=()):
+    cmd = ["qemu-img", "create", "-q", "-f", fmt]
+    if backing:
+        cmd += ["-b", backing, "-F", backing_fmt or "qcow2"]
+    cmd += list(extra) + [path]
+    if size is not None:
+        cmd.append(str(size))
+    run(*cmd)
+
+
+def qemu_io_write(path, fmt, pattern, offset, length):
+    run("qemu-io", "-f", fmt, "-c", "write -P 0x%x %d %d" % (pattern, offset, length), path)
+
+
+def qemu_io_zero(path, fmt, offset, length):
+    run("qemu-io", "-f", fmt, "-c", "write -z %d %d" % (offset, length), path)
+
+
+def image_info(path):
+    return json.loads(run("qemu-img", "info", "-U", "--output=json", path))
+
+
+def backing_of(path):
+    info = image_info(path)
+    return info.get("full-backing-filename") or info.get("backing-filename")
+
+
+def oracle(path, out):
+    """qemu-img convert -O raw of the chain under path."""
+    run("qemu-img", "convert", "-U", "-O", "raw", path, out)
+
+
+def data_ranges_qemu(path):
+    """Allocated (data) ranges of the chain under path, merged."""
+    out = json.loads(run("qemu-img", "map", "-U", "--output=json", path))
+    return merge([(e["start"], e["start"] + e["length"]) for e in out if e.get("data")])
+
+
+def data_ranges_seek(path):
+    """Data ranges of a file by SEEK_DATA/SEEK_HOLE."""
+    ranges = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            ranges.append((start, end))
+            pos = end
+    finally:
+        os.close(fd)
+    return merge(ranges)
+
+
+def merge(ranges):
+    out = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def files_equal(a, b):
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x = fa.read(1 << 20)
+            y = fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def copy_sparse(src, dst):
+    run("cp", "--sparse=always", src, dst)
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+class Daemon:
+    """virtsnapfs -f on env, stderr captured in env.dir/daemon-N.log."""
+
+    count = 0
+
+    def __init__(self, env, *opts, uri=None, expect=()):
+        self.env = env
+        Daemon.count += 1
+        self.logpath = os.path.join(env.dir, "daemon-%d.log" % Daemon.count)
+        self.expect = [re.compile(e) for e in expect]
+        args = [VIRTSNAPFS, uri or env.uri, env.mnt, "-f",
+                "-o", "state_dir=" + env.state, "-o", "image_dir=" + env.images]
+        for o in opts:
+            args += ["-o", o]
+        if os.environ.get("VIRTSNAPFS_DEBUG") == "1":
+            args.append("-d")
+        log("mount:", " ".join(args))
+        self.logfile = open(self.logpath, "w")
+        self.proc = subprocess.Popen(args, stdout=self.logfile, stderr=subprocess.STDOUT,
+                                     env=env.env)
+        wait_mounted(env.mnt, self.proc)
+
+    def log_text(self):
+        with open(self.logpath) as f:
+            return f.read()
+
+    def check_log(self):
+        bad = []
+        for line in self.log_text().splitlines():
+            if BAD_LOG.search(line) and not any(e.search(line) for e in self.expect):
+                bad.append(line)
+        assert not bad, "daemon logged unexpected warnings:\n" + "\n".join(bad)
+
+    def stop(self, how="fusermount"):
+        if how == "fusermount":
+            run("fusermount3", "-u", self.env.mnt)
+        elif how == "kill9":
+            self.proc.kill()
+            self.proc.wait()
+            run("fusermount3", "-u", "-z", self.env.mnt, check=False)
+            self.logfile.close()
+            return
+        else:
+            self.proc.send_signal(how)
+        try:
+            rc = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("daemon did not exit after unmount")
+        self.logfile.close()
+        assert not os.path.ismount(self.env.mnt), "still mounted"
+        assert rc == 0, "daemon exit status %d:\n%s" % (rc, self.log_text())
+        self.check_log()
+
+
+def wait_mounted(mnt, proc=None, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.ismount(mnt):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError("daemon exited with %d before mounting" % proc.returncode)
+        time.sleep(0.05)
+    raise AssertionError("not mounted after %d s" % timeout)
+
+
+def wait_for(pred, timeout=10, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Checker:
+    """Counts checks; main() prints a summary and fails on the first error."""
+
+    def __init__(self):
+        self.n = 0
+
+    def ok(self, cond, msg):
+        self.n += 1
+        if not cond:
+            raise AssertionError(msg)
+        log("ok", self.n, "-", msg)
+
+
+def main(fn, name):
+    need_tools()
+    env = Env(name)
+    try:
+        fn(env)
+    except BaseException:
+        env.keep = True
+        for mnt in (env.mnt,):
+            subprocess.run(["fusermount3", "-u", "-z", mnt], stderr=subprocess.DEVNULL)
+        raise
+    finally:
+        env.cleanup()
+
+
+class PrivateLibvirtd:
+    """A libvirtd of the test's own, for changes behind the daemon's back.
+
+    An embed root belongs to one process, so a test that changes libvirt
+    while virtsnapfs is mounted needs a libvirt daemon both can talk to.
+    `libvirtd -f CONFIG` with its own unix_sock_dir is reached with
+    qemu:///system?socket=DIR/libvirt-sock.  Run as root, its qemu driver
+    still uses the system paths: /etc/libvirt/qemu.conf (default: QEMU runs
+    as libvirt-qemu with dynamic ownership, so image directories must be
+    traversable by that user: the Env's are 0755), /run/libvirt/qemu and
+    /var/lib/libvirt/qemu, and it logs QEMU's output through virtlogd
+    (/run/libvirt/virtlogd-sock).  So:
+      - if the system libvirtd answers on /run/libvirt/libvirt-sock, the
+        test uses qemu:///system itself (a normal Debian host);
+      - otherwise it starts `virtlogd -d` when its socket is missing, and a
+        private libvirtd; both are stopped at the end.  Only one qemu
+        driver may own /run/libvirt/qemu at a time: if another private
+        libvirtd runs, the test waits for it to go.
+    Domains get the "vsfs-" prefix and are undefined at the end.
+    """
+
+    def __init__(self, env):
+        self.env = env
+        self.proc = None
+        self.virtlogd_pid = None
+        if os.path.exists("/run/libvirt/libvirt-sock") and \
+                subprocess.run(["virsh", "-c", "qemu:///system", "version"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+            log("using the system libvirtd")
+            env.uri = "qemu:///system"
+            return
+        for tool in ("libvirtd", "virtlogd"):
+            if shutil.which(tool) is None and not os.path.exists("/usr/sbin/" + tool):
+                skip(tool + " missing")
+        deadline = time.time() + 600
+        while self.other_libvirtd() and time.time() < deadline:
+            log("another libvirtd runs; waiting for it to exit")
+            time.sleep(5)
+        if not os.path.exists("/run/libvirt/virtlogd-sock"):
+            pidfile = os.path.join(env.dir, "virtlogd.pid")
+            run("virtlogd", "-d", "-p", pidfile)
+            wait_for(lambda: os.path.exists(pidfile) and os.path.exists("/run/libvirt/virtlogd-sock"),
+                     what="virtlogd")
+            self.virtlogd_pid = int(open(pidfile).read().strip())
+        sockdir = os.path.join(env.dir, "sock")
+        os.makedirs(sockdir, exist_ok=True)
+        conf = os.path.join(env.dir, "libvirtd.conf")
+        with open(conf, "w") as f:
+            f.write('unix_sock_dir = "%s"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n'
+                    'log_outputs = "3:file:%s/libvirtd.log"\n' % (sockdir, env.dir))
+        self.proc = subprocess.Popen(["libvirtd", "-f", conf, "-p",
+                                      os.path.join(env.dir, "libvirtd.pid")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env.uri = "qemu:///system?socket=%s/libvirt-sock" % sockdir
+        wait_for(lambda: subprocess.run(["virsh", "-c", env.uri, "version"],
+                                        stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL).returncode == 0,
+                 timeout=30, what="private libvirtd")
+        log("private libvirtd at", env.uri)
+
+    @staticmethod
+    def other_libvirtd():
+        out = subprocess.run(["ps", "-eo", "stat,comm"], stdout=subprocess.PIPE, text=True).stdout
+        return any(l.split()[1] == "libvirtd" and not l.startswith("Z")
+                   for l in out.splitlines()[1:] if len(l.split()) == 2)
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.virtlogd_pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.virtlogd_pid, signal.SIGTERM)
+
+
+def main_libvirtd(fn, name):
+    """main() for tests that need a libvirt daemon (PrivateLibvirtd)."""
+    need_tools()
+    env = Env(name)
+    lv = None
+    try:
+        lv = PrivateLibvirtd(env)
+        fn(env)
+    except BaseException:
+        env.keep = True
+        subprocess.run(["fusermount3", "-u", "-z", env.mnt], stderr=subprocess.DEVNULL)
+        raise
+    finally:
+        env.cleanup()
+        if lv is not None:
+            lv.stop()

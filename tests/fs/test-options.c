@@ -1,0 +1,163 @@
+/* test-options.c: command line and -o parsing, as mount.fuse3 and fstab
+ * call the daemon, and validation before anything is mounted. */
+#include "virtsnapfs.h"
+
+#include <string.h>
+
+typedef struct {
+  VirtsnapfsOptions opts;
+  FuseArgs args;
+  char *dir;
+} Fixture;
+
+static void
+fixture_clear(Fixture *f)
+{
+  options_clear(&f->opts);
+  fuse_opt_free_args(&f->args);
+}
+
+/* Parses argv (NULL-terminated, without argv[0]); "MNT" is replaced by a
+ * real directory.  Returns the parse result. */
+static gboolean
+parse(Fixture *f, const char *const *argv, GError **error)
+{
+  static char *dir;
+  if (dir == NULL)
+    dir = g_dir_make_tmp("virtsnapfs-opt-XXXXXX", NULL);
+  memset(f, 0, sizeof *f);
+  f->dir = dir;
+  options_init(&f->opts);
+  fuse_opt_add_arg(&f->args, "virtsnapfs");
+  for (gsize i = 0; argv[i]; i++)
+    fuse_opt_add_arg(&f->args, g_str_equal(argv[i], "MNT") ? dir : argv[i]);
+  return options_parse(&f->opts, &f->args, error);
+}
+
+static gboolean
+args_contain(const FuseArgs *args, const char *needle)
+{
+  for (int i = 0; i < args->argc; i++)
+    if (strstr(args->argv[i], needle))
+      return TRUE;
+  return FALSE;
+}
+
+static void
+test_defaults(void)
+{
+  Fixture f;
+  g_autoptr(GError) error = NULL;
+  const char *argv[] = { "MNT", NULL };
+  g_assert_true(parse(&f, argv, &error));
+  g_assert_true(options_validate(&f.opts, &error));
+  g_assert_no_error(error);
+  g_assert_cmpstr(f.opts.uri, ==, "qemu:///system");
+  g_assert_cmpstr(f.opts.state_dir, ==, "/var/lib/virtsnapfs");
+  g_assert_cmpstr(f.opts.mountpoint, ==, f.dir);
+  g_assert_cmpint(f.opts.revert_mode, ==, VIRTSNAPFS_REVERT_KEEP);
+  g_assert_cmpuint(f.opts.max_threads, ==, VIRTSNAPFS_DEFAULT_THREADS);
+  g_assert_false(f.opts.foreground);
+  g_assert_null(f.opts.image_dirs_strv[0]);
+  fixture_clear(&f);
+}
+
+static void
+test_mount_helper(void)
+{
+  /* mount -t fuse.virtsnapfs qemu:///session /mnt -o ...: mount.fuse3
+   * passes the source first and the options after the mount point. */
+  Fixture f;
+  g_autoptr(GError) error = NULL;
+  const char *argv[] = { "qemu:///session", "MNT", "-o",
+                         "rw,nosuid,nodev,allow_other,image_dir=/tmp,image_dir=/,revert=discard,"
+                         "state_dir=/run/x,_netdev", NULL };
+  g_assert_true(parse(&f, argv, &error));
+  g_assert_true(options_validate(&f.opts, &error));
+  g_assert_no_error(error);
+  g_assert_cmpstr(f.opts.uri, ==, "qemu:///session");
+  g_assert_cmpstr(f.opts.state_dir, ==, "/run/x");
+  g_assert_true(f.opts.allow_other);
+  g_assert_cmpint(f.opts.revert_mode, ==, VIRTSNAPFS_REVERT_DISCARD);
+  g_assert_cmpstr(f.opts.image_dirs_strv[0], ==, "/tmp");
+  g_assert_cmpstr(f.opts.image_dirs_strv[1], ==, "/");
+  g_assert_null(f.opts.image_dirs_strv[2]);
+  /* libfuse's options stay for fuse_session_new; ours and _netdev go. */
+  g_assert_true(args_contain(&f.args, "allow_other"));
+  g_assert_true(args_contain(&f.args, "nosuid"));
+  g_assert_false(args_contain(&f.args, "image_dir"));
+  g_assert_false(args_contain(&f.args, "revert"));
+  g_assert_false(args_contain(&f.args, "_netdev"));
+  g_assert_false(args_contain(&f.args, "qemu:"));
+  fixture_clear(&f);
+}
+
+static void
+test_uri_option_wins(void)
+{
+  Fixture f;
+  g_autoptr(GError) error = NULL;
+  const char *argv[] = { "virtsnapfs", "MNT", "-o", "uri=qemu:///embed?root=/x", "-f", "-d",
+                         NULL };
+  g_assert_true(parse(&f, argv, &error));
+  g_assert_true(options_validate(&f.opts, &error));
+  g_assert_cmpstr(f.opts.uri, ==, "qemu:///embed?root=/x");
+  g_assert_true(f.opts.foreground);
+  g_assert_true(f.opts.debug);
+  g_assert_true(args_contain(&f.args, "-d"));
+  fixture_clear(&f);
+}
+
+static void
+test_help_version(void)
+{
+  Fixture f;
+  const char *argv[] = { "--help", NULL };
+  g_assert_true(parse(&f, argv, NULL));
+  g_assert_true(f.opts.show_help);
+  fixture_clear(&f);
+  const char *argv2[] = { "-V", NULL };
+  g_assert_true(parse(&f, argv2, NULL));
+  g_assert_true(f.opts.show_version);
+  fixture_clear(&f);
+}
+
+static void
+test_invalid(void)
+{
+  const char *const *const bad[] = {
+    (const char *const[]){ "MNT", "-o", "revert=maybe", NULL },
+    (const char *const[]){ "MNT", "-o", "state_dir=relative", NULL },
+    (const char *const[]){ "MNT", "-o", "image_dir=/does/not/exist", NULL },
+    (const char *const[]){ "MNT", "-o", "threads=100000", NULL },
+    (const char *const[]){ "MNT", "-o", "uri=nocolon", NULL },
+    (const char *const[]){ "/does/not/exist", NULL },
+    (const char *const[]){ "-f", NULL },
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
+    Fixture f;
+    g_autoptr(GError) error = NULL;
+    gboolean ok = parse(&f, bad[i], &error) && options_validate(&f.opts, &error);
+    g_assert_false(ok);
+    g_assert_nonnull(error);
+    g_test_message("case %zu: %s", i, error->message);
+    fixture_clear(&f);
+  }
+  /* Three positionals is a parse error. */
+  Fixture f;
+  const char *argv[] = { "a:", "MNT", "extra", NULL };
+  g_assert_false(parse(&f, argv, NULL));
+  fixture_clear(&f);
+}
+
+int
+main(int argc, char *argv[])
+{
+  g_test_init(&argc, &argv, NULL);
+  g_test_add_func("/options/defaults", test_defaults);
+  g_test_add_func("/options/mount-helper", test_mount_helper);
+  g_test_add_func("/options/uri-option-wins", test_uri_option_wins);
+  g_test_add_func("/options/help-version", test_help_version);
+  g_test_add_func("/options/invalid", test_invalid);
+  return g_test_run();
+}
