@@ -50,6 +50,8 @@ struct _Backend {
   GMutex job_lock;              /* protects job_events */
   GCond job_cond;
   GHashTable *job_events;       /* "uuid/target" -> last block job status + 1 */
+
+  struct _BackendExec *exec;    /* snapshot operations (snapshot-ops.c) */
 };
 
 /* backend.c */
@@ -134,5 +136,15 @@ void backend_freeze_repair(Backend *backend);
 /* Thaws every open freeze (backend_free). */
 void backend_freeze_thaw_all(Backend *backend);
 void backend_freeze_table_free(Backend *backend);
+
+/* snapshot-ops.c, journal.c, plan-input.c, executor.c, exec-xml.c:
+ * the snapshot operations and their plans; see exec.h. */
+typedef struct _BackendExec BackendExec;
+void backend_exec_init(Backend *backend, const BackendOptions *options);
+void backend_exec_free(Backend *backend);
+/* Finishes every plan a crash left in the journal (backend_new). */
+void backend_exec_recover(Backend *backend);
+/* Drops the snapshots a running plan hides from a model being built. */
+void backend_exec_filter_model(Backend *backend, BackendModel *model);
 
 G_END_DECLS

@@ -299,6 +299,7 @@ refresh(Backend *backend, gboolean force, GError **error)
   backend->fingerprint = g_strdup(backend_raw_fingerprint(raw));
   BackendModel *model = g_steal_pointer(&built);
   mark_frozen(backend, model);
+  backend_exec_filter_model(backend, model);
   model->generation = ++backend->generation;
   g_debug("model %" G_GUINT64_FORMAT ": %u domains", model->generation, model->domains->len);
 
@@ -432,6 +433,7 @@ backend_destroy(Backend *backend, gboolean thaw)
   }
   connect_drop(backend);
   sink_unref(backend->sink);
+  backend_exec_free(backend);
   backend_freeze_table_free(backend);
   g_hash_table_unref(backend->domain_locks);
   g_hash_table_unref(backend->job_events);
@@ -488,6 +490,7 @@ backend_new(const BackendOptions *options, GError **error)
   backend->freezes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   backend->domain_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, domain_lock_free);
   backend->job_events = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  backend_exec_init(backend, options);
 
   if (g_mkdir_with_parents(backend->state_dir, 0700) < 0) {
     int err = errno;
@@ -501,6 +504,7 @@ backend_new(const BackendOptions *options, GError **error)
     return NULL;
   }
   backend_freeze_repair(backend);
+  backend_exec_recover(backend);
   if (!refresh(backend, TRUE, error)) {
     backend_destroy(backend, FALSE);
     return NULL;

@@ -94,6 +94,8 @@ typedef struct {
   const char *uri;               /* libvirt URI */
   const char *state_dir;         /* journal and freeze records */
   const char *const *image_dirs; /* extra allowed directories, may be NULL */
+  gboolean revert_discard;       /* -o revert=discard: a revert keeps no
+                                  * pre-revert snapshot of the present */
 } BackendOptions;
 
 /* Connects, reads the first model, repairs freezes a crash left behind,
@@ -129,5 +131,47 @@ BackendModel *backend_get_model(Backend *backend);
  * retried at the domain's next freeze or thaw, or at the next start. */
 GPtrArray *backend_freeze(Backend *backend, const char *domain, GError **error);
 void backend_thaw(Backend *backend, const char *domain);
+
+/* ------------------------------------------------------------------ */
+/* Snapshot operations (DESIGN.md 3 and 5), for mkdir, rmdir and rename. */
+
+/* All four block the calling thread until the operation finished (plans
+ * can take minutes) and are serialised per domain in arrival order; other
+ * domains run in parallel.  On return the published model already shows
+ * the result.  Errors are BACKEND_ERROR with an errno code (DESIGN.md 3):
+ *   EEXIST      create, or rename onto, an existing name
+ *   EINVAL      bad name (empty, too long, control characters)
+ *   ENOENT      no such domain or snapshot
+ *   EBUSY       a layer the plan must write is pinned by a reader; revert
+ *               of a running domain; the domain is frozen for @now
+ *   EOPNOTSUPP  a disk the planner cannot handle
+ *   EIO         libvirt or qemu-img failed: the message holds their reason;
+ *               the chain is as it was, or recovery rolls the plan forward
+ * Every changing call logs one line with what the planner chose and why. */
+gboolean backend_snapshot_create(Backend *backend, const char *domain, const char *name,
+                                 GError **error);
+gboolean backend_snapshot_delete(Backend *backend, const char *domain, const char *name,
+                                 GError **error);
+gboolean backend_snapshot_rename(Backend *backend, const char *domain, const char *name,
+                                 const char *new_name, GError **error);
+/* The present being left is kept as snapshot pre-revert-<UTC time>
+ * unless discard or BackendOptions.revert_discard says to drop it. */
+gboolean backend_snapshot_revert(Backend *backend, const char *domain, const char *name,
+                                 gboolean discard, GError **error);
+
+/* Pinned layers (DESIGN.md 4.3): the front end pins the chain of every
+ * open point in time, snapshot files and @now alike (open), and unpins it
+ * (release).  What counts is the chain's top layer, the point image, keyed
+ * by device and inode (the planner follows the chain below it); pins
+ * count, so a chain may be pinned many times.  A plan never changes what
+ * an open reader reads: deleting an open point in time, or a merge with no
+ * safe direction, fails with EBUSY.  Any thread; never blocks on a plan. */
+void backend_pin_chain(Backend *backend, const char *domain, Chain *chain);
+void backend_unpin_chain(Backend *backend, const char *domain, Chain *chain);
+
+/* For the user.virtsnapfs.job xattr of a domain directory: the running
+ * operation and its progress, e.g. "delete s2: step 3/7 commit vda 45%",
+ * or NULL when nothing runs.  Returns a new string.  Any thread. */
+char *backend_job_status(Backend *backend, const char *domain);
 
 G_END_DECLS

@@ -1,0 +1,247 @@
+/* exec-xml.c: the XML documents the snapshot executor sends to libvirt.
+ *
+ * Snapshot creation sends a small <domainsnapshot> naming one external
+ * qcow2 overlay per disk.  A REDEFINE starts from libvirt's own XML of the
+ * snapshot (so the description, state, memory and the embedded <domain>
+ * survive) and changes only what the plan changed: name, parent, creation
+ * time, the overlay of each disk, and in the embedded <domain> the disk
+ * sources, which are the point images (the domain as it was at the
+ * snapshot).  Pure code: strings in, strings out; any thread.
+ */
+#include <errno.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <string.h>
+
+#include "exec.h"
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
+
+char *
+exec_xml_create_snapshot(const char *name, const char *const *targets,
+                         const char *const *overlays, const char *const *no_targets)
+{
+  GString *xml = g_string_new("<domainsnapshot>\n");
+  g_autofree char *escaped = g_markup_escape_text(name, -1);
+  g_string_append_printf(xml, "  <name>%s</name>\n  <disks>\n", escaped);
+  for (guint i = 0; targets[i]; i++) {
+    g_autofree char *target = g_markup_escape_text(targets[i], -1);
+    g_autofree char *overlay = g_markup_escape_text(overlays[i], -1);
+    g_string_append_printf(xml,
+                           "    <disk name='%s' snapshot='external' type='file'>\n"
+                           "      <driver type='qcow2'/>\n"
+                           "      <source file='%s'/>\n"
+                           "    </disk>\n",
+                           target, overlay);
+  }
+  for (guint i = 0; no_targets && no_targets[i]; i++) {
+    g_autofree char *target = g_markup_escape_text(no_targets[i], -1);
+    g_string_append_printf(xml, "    <disk name='%s' snapshot='no'/>\n", target);
+  }
+  g_string_append(xml, "  </disks>\n</domainsnapshot>\n");
+  return g_string_free(xml, FALSE);
+}
+
+/* ------------------------------------------------------------------ */
+/* Tree helpers                                                        */
+
+static gboolean
+is_element(const xmlNode *node, const char *name)
+{
+  return node && node->type == XML_ELEMENT_NODE && strcmp((const char *)node->name, name) == 0;
+}
+
+static xmlNode *
+child(const xmlNode *parent, const char *name)
+{
+  for (xmlNode *n = parent ? parent->children : NULL; n; n = n->next)
+    if (is_element(n, name))
+      return n;
+  return NULL;
+}
+
+static char *
+get_attr(const xmlNode *node, const char *name)
+{
+  if (!node)
+    return NULL;
+  xmlChar *value = xmlGetProp(node, (const xmlChar *)name);
+  if (!value)
+    return NULL;
+  char *copy = g_strdup((const char *)value);
+  xmlFree(value);
+  return copy;
+}
+
+static void
+remove_children(xmlNode *parent, const char *name)
+{
+  xmlNode *n;
+  while ((n = child(parent, name))) {
+    xmlUnlinkNode(n);
+    xmlFreeNode(n);
+  }
+}
+
+/* Replaces (or adds) <name>text</name> under parent. */
+static xmlNode *
+set_text_child(xmlNode *parent, const char *name, const char *text)
+{
+  xmlNode *node = child(parent, name);
+  if (!node)
+    node = xmlNewChild(parent, NULL, (const xmlChar *)name, NULL);
+  xmlNodeSetContent(node, NULL);
+  xmlNodeAddContent(node, (const xmlChar *)text);
+  return node;
+}
+
+static char *
+dump(xmlDoc *doc, GError **error)
+{
+  xmlChar *out = NULL;
+  int len = 0;
+  xmlDocDumpMemory(doc, &out, &len);
+  if (!out) {
+    g_set_error(error, BACKEND_ERROR, ENOMEM, "cannot serialise XML");
+    return NULL;
+  }
+  char *copy = g_strndup((const char *)out, (gsize)len);
+  xmlFree(out);
+  return copy;
+}
+
+static xmlDoc *
+parse(const char *xml, const char *root, GError **error)
+{
+  xmlDoc *doc = xmlReadMemory(xml, (int)strlen(xml), NULL, NULL, XML_PARSE_NONET | XML_PARSE_NOBLANKS);
+  if (!doc || !is_element(xmlDocGetRootElement(doc), root)) {
+    if (doc)
+      xmlFreeDoc(doc);
+    g_set_error(error, BACKEND_ERROR, EINVAL, "not a <%s> document", root);
+    return NULL;
+  }
+  return doc;
+}
+
+/* The <disk> of a domain's <devices> with this target, or NULL. */
+static xmlNode *
+domain_disk(xmlNode *domain, const char *target)
+{
+  for (xmlNode *n = child(domain, "devices") ? child(domain, "devices")->children : NULL; n;
+       n = n->next) {
+    if (!is_element(n, "disk"))
+      continue;
+    g_autofree char *dev = get_attr(child(n, "target"), "dev");
+    if (g_strcmp0(dev, target) == 0)
+      return n;
+  }
+  return NULL;
+}
+
+static void
+set_source_file(xmlNode *disk, const char *path)
+{
+  xmlNode *source = child(disk, "source");
+  if (!source)
+    source = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
+  g_autofree char *type = get_attr(disk, "type");
+  gboolean block = g_strcmp0(type, "block") == 0;
+  xmlUnsetProp(source, (const xmlChar *)"index");
+  xmlSetProp(source, (const xmlChar *)(block ? "dev" : "file"), (const xmlChar *)path);
+}
+
+/* ------------------------------------------------------------------ */
+/* REDEFINE                                                            */
+
+char *
+exec_xml_redefine_snapshot(const char *template_xml, const char *domain_xml,
+                           const PlanSnapshot *definition, GError **error)
+{
+  g_autoptr(xmlDoc) doc = NULL;
+  if (template_xml) {
+    doc = parse(template_xml, "domainsnapshot", error);
+    if (!doc)
+      return NULL;
+  } else {
+    doc = xmlNewDoc((const xmlChar *)"1.0");
+    xmlNode *root = xmlNewNode(NULL, (const xmlChar *)"domainsnapshot");
+    xmlDocSetRootElement(doc, root);
+    xmlNewChild(root, NULL, (const xmlChar *)"state", (const xmlChar *)"shutoff");
+    xmlNode *memory = xmlNewChild(root, NULL, (const xmlChar *)"memory", NULL);
+    xmlSetProp(memory, (const xmlChar *)"snapshot", (const xmlChar *)"no");
+    if (domain_xml) {
+      g_autoptr(xmlDoc) dom = parse(domain_xml, "domain", error);
+      if (!dom)
+        return NULL;
+      xmlNode *copy = xmlDocCopyNode(xmlDocGetRootElement(dom), doc, 1);
+      xmlAddChild(root, copy);
+    }
+  }
+  xmlNode *root = xmlDocGetRootElement(doc);
+
+  set_text_child(root, "name", definition->name);
+  remove_children(root, "parent");
+  if (definition->parent) {
+    xmlNode *parent = xmlNewChild(root, NULL, (const xmlChar *)"parent", NULL);
+    xmlNewTextChild(parent, NULL, (const xmlChar *)"name", (const xmlChar *)definition->parent);
+  }
+  g_autofree char *ctime = g_strdup_printf("%" G_GINT64_FORMAT, definition->creation_time);
+  set_text_child(root, "creationTime", ctime);
+
+  xmlNode *disks = child(root, "disks");
+  if (!disks)
+    disks = xmlNewChild(root, NULL, (const xmlChar *)"disks", NULL);
+  xmlNode *domain = child(root, "domain");
+  for (guint i = 0; i < definition->disks->len; i++) {
+    const PlanSnapshotDisk *sd = definition->disks->pdata[i];
+    xmlNode *disk = NULL;
+    for (xmlNode *n = disks->children; n && !disk; n = n->next) {
+      g_autofree char *name = get_attr(n, "name");
+      if (is_element(n, "disk") && g_strcmp0(name, sd->target) == 0)
+        disk = n;
+    }
+    if (!disk) {
+      disk = xmlNewChild(disks, NULL, (const xmlChar *)"disk", NULL);
+      xmlSetProp(disk, (const xmlChar *)"name", (const xmlChar *)sd->target);
+    }
+    xmlSetProp(disk, (const xmlChar *)"snapshot", (const xmlChar *)"external");
+    if (!xmlHasProp(disk, (const xmlChar *)"type"))
+      xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"file");
+    if (!child(disk, "driver")) {
+      xmlNode *driver = xmlNewChild(disk, NULL, (const xmlChar *)"driver", NULL);
+      xmlSetProp(driver, (const xmlChar *)"type", (const xmlChar *)"qcow2");
+    }
+    if (sd->overlay)
+      set_source_file(disk, sd->overlay);
+
+    /* The embedded domain is the domain at the snapshot: it read P(S). */
+    xmlNode *ddisk = domain ? domain_disk(domain, sd->target) : NULL;
+    if (ddisk && sd->point) {
+      set_source_file(ddisk, sd->point);
+      remove_children(ddisk, "backingStore");
+    }
+  }
+  return dump(doc, error);
+}
+
+/* ------------------------------------------------------------------ */
+/* Shared disks                                                        */
+
+GHashTable *
+exec_xml_shared_targets(const char *domain_xml)
+{
+  GHashTable *targets = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(xmlDoc) doc = parse(domain_xml, "domain", &error);
+  if (!doc)
+    return targets;
+  xmlNode *devices = child(xmlDocGetRootElement(doc), "devices");
+  for (xmlNode *n = devices ? devices->children : NULL; n; n = n->next) {
+    if (!is_element(n, "disk") || !(child(n, "readonly") || child(n, "shareable")))
+      continue;
+    char *dev = get_attr(child(n, "target"), "dev");
+    if (dev)
+      g_hash_table_add(targets, dev);
+  }
+  return targets;
+}

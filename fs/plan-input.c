@@ -1,0 +1,391 @@
+/* plan-input.c: the planner's picture of one domain (a PlanState), read
+ * from libvirt and from the image headers.
+ *
+ * For each disk the graph holds every image reachable from the active
+ * image and from the overlay of every snapshot, so files of other branches
+ * (left by a revert) are in it too.  Backing names come from the headers
+ * (chain/), formats from the qcow2 backing-format extension or, failing
+ * that, from libvirt's <backingStore>.  Allocation bitmaps use one
+ * granularity per disk: the smallest qcow2 cluster size among its images.
+ * A layer is pinned when an open reader holds it (dev/ino, registered by
+ * the front end), shared when its disk is <readonly/> or <shareable/> or
+ * the chain of another domain in the model reaches it.
+ *
+ * Paths are canonical (realpath) so that the names the planner compares
+ * are the names of files, whatever spelling libvirt or a header used.
+ *
+ * Thread model: called by an operation under its domain's lock; reads the
+ * published model, makes libvirt calls, opens images read-only.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "exec.h"
+
+#define DEFAULT_GRANULARITY 65536
+
+char *
+backend_exec_canonical(const char *path)
+{
+  char *real = realpath(path, NULL);
+  if (real) {
+    char *copy = g_strdup(real);
+    free(real);
+    return copy;
+  }
+  return g_canonicalize_filename(path, "/");
+}
+
+void
+backend_plan_input_free(BackendPlanInput *input)
+{
+  if (!input)
+    return;
+  plan_state_free(input->state);
+  g_ptr_array_unref(input->bitmaps);
+  g_free(input->uuid);
+  g_hash_table_unref(input->unsupported);
+  g_free(input);
+}
+
+static char *
+identity(dev_t dev, ino_t ino)
+{
+  return g_strdup_printf("%ju:%ju", (uintmax_t)dev, (uintmax_t)ino);
+}
+
+/* Identities of every layer of every chain of the other domains. */
+static GHashTable *
+foreign_layers(Backend *backend, const char *domain)
+{
+  GHashTable *set = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_autoptr(BackendModel) model = backend_get_model(backend);
+  for (guint i = 0; i < model->domains->len; i++) {
+    BackendDomain *d = g_ptr_array_index(model->domains, i);
+    if (strcmp(d->name, domain) == 0)
+      continue;
+    g_autoptr(GPtrArray) tops = g_ptr_array_new();
+    for (guint j = 0; j < d->disks->len; j++)
+      g_ptr_array_add(tops, g_ptr_array_index(d->disks, j));
+    for (guint s = 0; s < d->snapshots->len; s++) {
+      BackendSnapshot *snapshot = g_ptr_array_index(d->snapshots, s);
+      for (guint j = 0; j < snapshot->disks->len; j++)
+        g_ptr_array_add(tops, g_ptr_array_index(snapshot->disks, j));
+    }
+    for (guint t = 0; t < tops->len; t++) {
+      BackendDisk *disk = g_ptr_array_index(tops, t);
+      g_autofree char *path = g_strdup(disk->image_path);
+      ChainFormat format = disk->format;
+      for (guint depth = 0; path && depth < CHAIN_MAX_DEPTH; depth++) {
+        struct stat st;
+        if (stat(path, &st) < 0)
+          break;
+        char *key = identity(st.st_dev, st.st_ino);
+        if (!g_hash_table_add(set, key))
+          break; /* seen: so is everything below */
+        if (format != CHAIN_FORMAT_QCOW2)
+          break;
+        g_autoptr(GError) error = NULL;
+        ChainFormat backing_format = CHAIN_FORMAT_UNKNOWN;
+        char *backing = backend_image_backing(path, format, &backing_format, &error);
+        g_free(path);
+        path = backing;
+        format = backing_format != CHAIN_FORMAT_UNKNOWN ? backing_format : CHAIN_FORMAT_RAW;
+      }
+    }
+  }
+  return set;
+}
+
+/* One image found while walking a disk's graph. */
+typedef struct {
+  ChainLayer *layer;
+  char *path;
+  ChainFormat format;
+  char *backing;
+  ChainFormat backing_format;
+} FoundImage;
+
+static void
+found_image_free(FoundImage *found)
+{
+  if (found->layer)
+    chain_layer_unref(found->layer);
+  g_free(found->path);
+  g_free(found->backing);
+  g_free(found);
+}
+
+/* The format libvirt reports for path in the disk's chain, or UNKNOWN. */
+static ChainFormat
+libvirt_format(const DomXmlDisk *disk, const char *path)
+{
+  for (guint i = 0; disk->backing && i < disk->backing->len; i++) {
+    DomXmlLayer *layer = g_ptr_array_index(disk->backing, i);
+    if (backend_path_same(layer->path, path))
+      return layer->format;
+  }
+  return CHAIN_FORMAT_UNKNOWN;
+}
+
+/* Walks down from top, adding every image not yet in found (by path). */
+static gboolean
+walk_chain(const DomXmlDomain *domain, const DomXmlDisk *disk, const char *top,
+           ChainFormat format, GHashTable *found, GError **error)
+{
+  g_autofree char *path = backend_exec_canonical(top);
+  for (guint depth = 0; depth <= CHAIN_MAX_DEPTH; depth++) {
+    if (g_hash_table_contains(found, path))
+      return TRUE;
+    if (format == CHAIN_FORMAT_UNKNOWN) {
+      g_set_error(error, BACKEND_ERROR, EOPNOTSUPP, "domain %s disk %s: the format of %s is "
+                  "recorded neither in its overlay nor by libvirt", domain->name, disk->target, path);
+      return FALSE;
+    }
+    g_autoptr(GError) local = NULL;
+    ChainLayer *layer = chain_layer_open(path, format, &local);
+    if (!layer) {
+      g_set_error(error, BACKEND_ERROR, EIO, "domain %s disk %s: %s", domain->name, disk->target,
+                  local->message);
+      return FALSE;
+    }
+    FoundImage *image = g_new0(FoundImage, 1);
+    image->layer = layer;
+    image->path = g_strdup(path);
+    image->format = format;
+    g_hash_table_insert(found, image->path, image);
+
+    const char *name = chain_layer_backing_name(layer);
+    if (!name)
+      return TRUE;
+    ChainFormat backing_format = CHAIN_FORMAT_UNKNOWN;
+    char *backing = backend_image_backing(path, format, &backing_format, &local);
+    if (!backing) {
+      g_set_error(error, BACKEND_ERROR, EOPNOTSUPP, "domain %s disk %s: %s", domain->name,
+                  disk->target, local ? local->message : "backing file vanished");
+      return FALSE;
+    }
+    image->backing = backend_exec_canonical(backing);
+    g_free(backing);
+    if (backing_format == CHAIN_FORMAT_UNKNOWN)
+      backing_format = libvirt_format(disk, image->backing);
+    image->backing_format = backing_format;
+    g_free(path);
+    path = g_strdup(image->backing);
+    format = backing_format;
+  }
+  g_set_error(error, BACKEND_ERROR, EOPNOTSUPP, "domain %s disk %s: chain deeper than %d",
+              domain->name, disk->target, CHAIN_MAX_DEPTH);
+  return FALSE;
+}
+
+static gint
+compare_found(gconstpointer a, gconstpointer b)
+{
+  return strcmp((*(FoundImage *const *)a)->path, (*(FoundImage *const *)b)->path);
+}
+
+/* The target a snapshot's <disk name=...> means: a target or a path. */
+static const DomXmlDisk *
+snapshot_disk_target(const DomXmlDomain *domain, const char *name)
+{
+  for (guint i = 0; i < domain->disks->len; i++) {
+    const DomXmlDisk *disk = g_ptr_array_index(domain->disks, i);
+    if (strcmp(disk->target, name) == 0)
+      return disk;
+  }
+  for (guint i = 0; i < domain->disks->len; i++) {
+    const DomXmlDisk *disk = g_ptr_array_index(domain->disks, i);
+    if (backend_path_same(disk->source, name))
+      return disk;
+  }
+  return NULL;
+}
+
+static gboolean
+add_disk(Backend *backend, BackendPlanInput *input, const DomXmlDomain *domain,
+         const DomXmlDisk *disk, GPtrArray *snapshots, GHashTable *shared_targets,
+         GHashTable *foreign, GError **error)
+{
+  g_autoptr(GHashTable) found =
+      g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)found_image_free);
+  if (!walk_chain(domain, disk, disk->source, disk->format, found, error))
+    return FALSE;
+  for (guint s = 0; s < snapshots->len; s++) {
+    DomXmlSnapshot *snapshot = g_ptr_array_index(snapshots, s);
+    for (guint j = 0; j < snapshot->disks->len; j++) {
+      DomXmlSnapshotDisk *sd = g_ptr_array_index(snapshot->disks, j);
+      if (sd->mode != DOMXML_SNAPSHOT_DISK_EXTERNAL || !sd->source ||
+          snapshot_disk_target(domain, sd->name) != disk)
+        continue;
+      if (!walk_chain(domain, disk, sd->source, sd->format, found, error)) {
+        g_prefix_error(error, "snapshot %s: ", snapshot->name);
+        return FALSE;
+      }
+    }
+  }
+
+  g_autoptr(GPtrArray) images = g_ptr_array_new();
+  GHashTableIter iter;
+  gpointer value;
+  g_hash_table_iter_init(&iter, found);
+  while (g_hash_table_iter_next(&iter, NULL, &value))
+    g_ptr_array_add(images, value);
+  g_ptr_array_sort(images, compare_found);
+  guint64 granularity = 0;
+  for (guint i = 0; i < images->len; i++) {
+    FoundImage *image = g_ptr_array_index(images, i);
+    if (image->format != CHAIN_FORMAT_QCOW2)
+      continue;
+    guint64 cluster = chain_layer_cluster_size(image->layer);
+    if (granularity == 0 || cluster < granularity)
+      granularity = cluster;
+  }
+  if (granularity == 0)
+    granularity = DEFAULT_GRANULARITY;
+
+  g_autofree char *active = backend_exec_canonical(disk->source);
+  PlanDisk *pdisk = plan_state_add_disk(input->state, disk->target, active);
+  gboolean disk_shared = g_hash_table_contains(shared_targets, disk->target);
+  for (guint i = 0; i < images->len; i++) {
+    FoundImage *image = g_ptr_array_index(images, i);
+    g_autoptr(GError) local = NULL;
+    ChainBitmap *allocation = chain_layer_allocation(image->layer, granularity, &local);
+    if (!allocation) {
+      g_set_error(error, BACKEND_ERROR, EIO, "domain %s disk %s: allocation of %s: %s",
+                  domain->name, disk->target, image->path, local->message);
+      return FALSE;
+    }
+    g_ptr_array_add(input->bitmaps, allocation);
+    PlanImage *pimage =
+        plan_disk_add_image(pdisk, image->path, image->format, image->backing, allocation);
+    dev_t dev = chain_layer_dev(image->layer);
+    ino_t ino = chain_layer_ino(image->layer);
+    g_autofree char *key = identity(dev, ino);
+    pimage->pinned = backend_exec_pinned(backend, dev, ino);
+    pimage->shared = disk_shared || g_hash_table_contains(foreign, key);
+  }
+  return TRUE;
+}
+
+static gint
+compare_snapshots(gconstpointer a, gconstpointer b)
+{
+  const DomXmlSnapshot *x = *(DomXmlSnapshot *const *)a, *y = *(DomXmlSnapshot *const *)b;
+  if (x->creation_time != y->creation_time)
+    return x->creation_time < y->creation_time ? -1 : 1;
+  return strcmp(x->name, y->name);
+}
+
+BackendPlanInput *
+backend_plan_input_read(Backend *backend, virDomainPtr dom, GError **error)
+{
+  const char *name = virDomainGetName(dom);
+  char uuid[VIR_UUID_STRING_BUFLEN];
+  if (virDomainGetUUIDString(dom, uuid) < 0) {
+    backend_set_virt_error(error, "domain %s: UUID", name);
+    return NULL;
+  }
+  int active = virDomainIsActive(dom);
+  if (active < 0) {
+    backend_set_virt_error(error, "domain %s: state", name);
+    return NULL;
+  }
+  g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
+  if (!xml) {
+    backend_set_virt_error(error, "domain %s: XML", name);
+    return NULL;
+  }
+  g_autoptr(DomXmlDomain) domain = domxml_parse_domain(xml, error);
+  if (!domain)
+    return NULL;
+
+  /* Snapshots, in creation order. */
+  g_autoptr(GPtrArray) snapshots =
+      g_ptr_array_new_with_free_func((GDestroyNotify)domxml_snapshot_free);
+  g_autofree char *current = NULL;
+  virDomainSnapshotPtr *snaps = NULL;
+  int n = virDomainListAllSnapshots(dom, &snaps, 0);
+  if (n < 0) {
+    backend_set_virt_error(error, "domain %s: snapshots", name);
+    return NULL;
+  }
+  gboolean ok = TRUE;
+  for (int i = 0; i < n; i++) {
+    if (ok) {
+      g_autofree char *sxml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
+      int is_current = virDomainSnapshotIsCurrent(snaps[i], 0);
+      if (!sxml || is_current < 0) {
+        backend_set_virt_error(error, "domain %s: snapshot %s", name,
+                               virDomainSnapshotGetName(snaps[i]));
+        ok = FALSE;
+      } else {
+        DomXmlSnapshot *parsed = domxml_parse_snapshot(sxml, error);
+        if (!parsed)
+          ok = FALSE;
+        else
+          g_ptr_array_add(snapshots, parsed);
+        if (parsed && is_current == 1)
+          current = g_strdup(parsed->name);
+      }
+    }
+    virDomainSnapshotFree(snaps[i]);
+  }
+  free(snaps);
+  if (!ok)
+    return NULL;
+  g_ptr_array_sort(snapshots, compare_snapshots);
+
+  g_autoptr(BackendPlanInput) input = g_new0(BackendPlanInput, 1);
+  input->state = plan_state_new(active == 1);
+  input->bitmaps = g_ptr_array_new_with_free_func((GDestroyNotify)chain_bitmap_free);
+  input->uuid = g_strdup(uuid);
+  input->unsupported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+
+  g_autoptr(GHashTable) shared_targets = exec_xml_shared_targets(xml);
+  g_autoptr(GHashTable) foreign = foreign_layers(backend, name);
+  for (guint i = 0; i < domain->disks->len; i++) {
+    if (!add_disk(backend, input, domain, g_ptr_array_index(domain->disks, i), snapshots,
+                  shared_targets, foreign, error))
+      return NULL;
+  }
+  for (guint i = 0; i < domain->skipped->len; i++) {
+    DomXmlSkipped *skipped = g_ptr_array_index(domain->skipped, i);
+    if (!skipped->target || plan_state_find_disk(input->state, skipped->target))
+      continue;
+    PlanDisk *pdisk = plan_state_add_disk(input->state, skipped->target, NULL);
+    pdisk->unsupported = g_strdup(skipped->reason);
+  }
+
+  for (guint s = 0; s < snapshots->len; s++) {
+    DomXmlSnapshot *snapshot = g_ptr_array_index(snapshots, s);
+    PlanSnapshot *ps = plan_state_add_snapshot(input->state, snapshot->name,
+                                               snapshot->creation_time, snapshot->parent,
+                                               g_strcmp0(current, snapshot->name) == 0);
+    for (guint j = 0; j < snapshot->disks->len; j++) {
+      DomXmlSnapshotDisk *sd = g_ptr_array_index(snapshot->disks, j);
+      if (sd->mode == DOMXML_SNAPSHOT_DISK_NO)
+        continue;
+      const DomXmlDisk *disk = snapshot_disk_target(domain, sd->name);
+      PlanDisk *pdisk = plan_state_find_disk(input->state, disk ? disk->target : sd->name);
+      if (sd->mode == DOMXML_SNAPSHOT_DISK_INTERNAL || !sd->source || !pdisk) {
+        g_hash_table_replace(input->unsupported, g_strdup(snapshot->name),
+                             g_strdup_printf("disk %s: %s", sd->name,
+                                             sd->mode == DOMXML_SNAPSHOT_DISK_INTERNAL
+                                                 ? "internal snapshot"
+                                             : !pdisk ? "the domain has no such disk"
+                                                      : "external snapshot without a file"));
+        continue;
+      }
+      if (pdisk->unsupported) {
+        plan_snapshot_set_overlay(ps, pdisk->target, sd->source);
+        continue;
+      }
+      g_autofree char *overlay = backend_exec_canonical(sd->source);
+      plan_snapshot_set_overlay(ps, pdisk->target, overlay);
+    }
+  }
+  return g_steal_pointer(&input);
+}
