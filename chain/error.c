@@ -7,6 +7,7 @@
  * the "already logged" flag is atomic.
  */
 #include <stdarg.h>
+#include <string.h>
 
 #include "chain-private.h"
 

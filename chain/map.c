@@ -18,6 +18,7 @@
  * threads may compute the same region at once; the first to insert wins.
  */
 #include <errno.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "chain-private.h"

@@ -13,6 +13,7 @@
  * small reads of a compressed cluster inflate it once.
  */
 #include <errno.h>
+#include <string.h>
 #include <zlib.h>
 #include <zstd.h>
 

@@ -427,8 +427,8 @@ backend_thaw(Backend *backend, const char *domain)
   }
   g_autoptr(GError) error = NULL;
   if (freeze->record && !thaw_record(backend, freeze->record, &error))
-    g_warning("domain %s: thaw failed, the freeze record stays for the next start: %s", domain,
-              error->message);
+    g_warning("domain %s: thaw failed; its record stays and is retried at the next freeze, "
+              "thaw or start: %s", domain, error->message);
   else {
     g_message("domain %s: thawed", domain);
     repair_records(backend, domain);
