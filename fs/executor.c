@@ -781,6 +781,79 @@ run_step(Exec *x, const PlanStep *step, GError **error)
   return FALSE;
 }
 
+/* libvirt writes the chain it found into the inactive XML (<backingStore>,
+ * e.g. after an offline snapshot) and reads it back from there.  A plan
+ * that moved backing pointers below an unchanged active image leaves that
+ * copy stale: it is dropped so that libvirt looks at the files again.
+ * Idempotent; shut-off domains only (a running domain's XML is libvirt's). */
+static gboolean
+tidy_inactive_xml(Exec *x, GError **error)
+{
+  GError *local = NULL;
+  gboolean running = is_running(x, &local);
+  if (local) {
+    g_propagate_error(error, local);
+    return FALSE;
+  }
+  if (running)
+    return TRUE;
+  g_autofree char *xml = virDomainGetXMLDesc(x->dom, VIR_DOMAIN_XML_INACTIVE);
+  if (!xml) {
+    backend_set_virt_error(error, "domain %s: XML", x->name);
+    return FALSE;
+  }
+  g_autoptr(DomXmlDomain) parsed = domxml_parse_domain(xml, error);
+  if (!parsed)
+    return FALSE;
+  g_autofree char *fixed = NULL;
+  for (guint i = 0; i < parsed->disks->len; i++) {
+    DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
+    if (!disk->backing)
+      continue;
+    /* Compare what the XML lists with the headers, layer by layer. */
+    gboolean stale = FALSE;
+    g_autofree char *image = g_strdup(disk->source);
+    ChainFormat format = disk->format;
+    for (guint j = 0; !stale && j <= disk->backing->len; j++) {
+      g_autofree char *backing = NULL;
+      g_autoptr(GError) ignored = NULL;
+      if (!read_backing(image, format, &backing, &ignored)) {
+        stale = TRUE;
+        break;
+      }
+      DomXmlLayer *listed = j < disk->backing->len ? g_ptr_array_index(disk->backing, j) : NULL;
+      if (!listed) {
+        stale = backing != NULL && disk->backing_complete;
+        break;
+      }
+      if (!same_file(backing, listed->path)) {
+        stale = TRUE;
+        break;
+      }
+      g_free(image);
+      image = g_steal_pointer(&backing);
+      format = listed->format;
+    }
+    if (!stale)
+      continue;
+    g_autofree char *next = domxml_set_disk_source(fixed ? fixed : xml, disk->target, disk->source,
+                                                   disk->format, error);
+    if (!next)
+      return FALSE;
+    g_free(fixed);
+    fixed = g_steal_pointer(&next);
+  }
+  if (!fixed)
+    return TRUE;
+  g_debug("virDomainDefineXML(%s): stale backing chains dropped", x->name);
+  g_autoptr(BackendVirDomain) defined = virDomainDefineXML(x->conn, fixed);
+  if (!defined) {
+    backend_set_virt_error(error, "domain %s: drop stale backing chains", x->name);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* "commit vda", "redefine-snapshot s3": for the log and the job status. */
 static char *
 step_title(const PlanStep *step)
@@ -836,6 +909,10 @@ backend_exec_run(Backend *backend, virDomainPtr dom, BackendJournal *journal, GE
     }
     if (!backend_journal_step_done(journal, error))
       return FALSE;
+  }
+  if (!tidy_inactive_xml(&x, error)) {
+    g_prefix_error(error, "%s: after the last step: ", op_title);
+    return FALSE;
   }
   return TRUE;
 }

@@ -442,6 +442,29 @@ fixture_check(Fixture *fixture, const char *name, GHashTable *expect)
     run(argv, &out);
   }
 
+  /* The chain the domain definition lists (if any) is the chain on disk. */
+  {
+    g_autoptr(BackendVirDomain) dom = fixture_domain(fixture, name);
+    g_autofree char *xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
+    g_autoptr(GError) error = NULL;
+    g_autoptr(DomXmlDomain) parsed = domxml_parse_domain(xml, &error);
+    g_assert_no_error(error);
+    for (guint i = 0; i < parsed->disks->len; i++) {
+      DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
+      if (!disk->backing)
+        continue;
+      g_autoptr(Chain) chain = chain_open(disk->source, disk->format, NULL, NULL, &error);
+      g_assert_no_error(error);
+      for (guint j = 0; j < disk->backing->len; j++) {
+        DomXmlLayer *layer = g_ptr_array_index(disk->backing, j);
+        if (j + 1 >= chain_depth(chain) ||
+            !backend_path_same(layer->path, chain_layer_path(chain_get_layer(chain, j + 1))))
+          g_error("domain %s disk %s: the inactive XML lists %s as layer %u of the chain, which "
+                  "is not what the images say", name, disk->target, layer->path, j + 1);
+      }
+    }
+  }
+
   g_autofree char *journals = g_build_filename(fixture->state, "journal", NULL);
   g_autoptr(GDir) jlisting = g_dir_open(journals, 0, NULL);
   while (jlisting && (entry = g_dir_read_name(jlisting)))

@@ -1,4 +1,5 @@
-/* test-crash.c: a delete killed after each of its steps, then a new
+/* test-crash.c: a plan (delete, revert, rename) killed after each of its
+ * steps, then a new
  * backend on the same state directory: recovery finishes the plan, every
  * remaining point in time and the present read as before, and nothing is
  * left behind.  Every stop point k = 0 .. n of the plan is tried; on odd k
@@ -24,14 +25,73 @@
 
 static Fixture *fx;
 
+typedef enum { OP_DELETE, OP_REVERT, OP_REVERT_DISCARD, OP_RENAME } CrashOp;
+
 typedef struct {
   const char *tag;
+  CrashOp op;
   gboolean running;
   gboolean in_job;
   const char *victim;
   guint64 sizes[3];   /* written after s1, s2, s3 */
   const char *expect; /* in the plan's log line */
 } CrashCase;
+
+static gboolean
+run_op(const char *d, const CrashCase *c, GError **error)
+{
+  switch (c->op) {
+  case OP_DELETE:
+    return backend_snapshot_delete(fx->backend, d, c->victim, error);
+  case OP_REVERT:
+  case OP_REVERT_DISCARD:
+    return backend_snapshot_revert(fx->backend, d, c->victim, c->op == OP_REVERT_DISCARD, error);
+  case OP_RENAME:
+    return backend_snapshot_rename(fx->backend, d, c->victim, "renamed", error);
+  }
+  return FALSE;
+}
+
+static char *
+status_prefix(const CrashCase *c)
+{
+  switch (c->op) {
+  case OP_DELETE:
+    return g_strdup_printf("delete %s: ", c->victim);
+  case OP_REVERT:
+  case OP_REVERT_DISCARD:
+    return g_strdup_printf("revert to %s: ", c->victim);
+  case OP_RENAME:
+    return g_strdup_printf("rename %s to renamed: ", c->victim);
+  }
+  return NULL;
+}
+
+static char *pre_revert(const char *d);
+
+/* What the points read once the operation happened, from before. */
+static void
+apply_op(const char *d, const CrashCase *c, GHashTable *expect)
+{
+  switch (c->op) {
+  case OP_DELETE:
+    fixture_picture_drop(expect, c->victim);
+    break;
+  case OP_REVERT: {
+    g_autofree char *keep = pre_revert(d);
+    g_assert_nonnull(keep);
+    fixture_picture_copy(expect, "@now", keep);
+  }
+    /* fall through */
+  case OP_REVERT_DISCARD:
+    fixture_picture_drop(expect, "@now");
+    fixture_picture_copy(expect, c->victim, "@now");
+    break;
+  case OP_RENAME:
+    fixture_picture_rename(expect, c->victim, "renamed");
+    break;
+  }
+}
 
 /* base <- O(s1) <- O(s2) <- O(s3) (active), with writes between. */
 static GHashTable *
@@ -69,6 +129,21 @@ drop_last_done(const char *d)
   g_assert_true(g_file_set_contents(path, text, -1, NULL));
 }
 
+static char *
+pre_revert(const char *d)
+{
+  g_autoptr(GError) error = NULL;
+  g_assert_true(backend_refresh(fx->backend, &error));
+  g_autoptr(BackendModel) model = backend_get_model(fx->backend);
+  BackendDomain *domain = backend_model_find_domain(model, d);
+  for (guint i = 0; i < domain->snapshots->len; i++) {
+    BackendSnapshot *snapshot = g_ptr_array_index(domain->snapshots, i);
+    if (g_str_has_prefix(snapshot->name, "pre-revert-"))
+      return g_strdup(snapshot->name);
+  }
+  return NULL;
+}
+
 static gboolean
 listed(const char *d, const char *snapshot)
 {
@@ -84,17 +159,17 @@ crash_run(const CrashCase *c)
   for (int k = 0;; k++) {
     g_autofree char *d = g_strdup_printf("crash-%s-%d", c->tag, k);
     g_autoptr(GHashTable) expect = build(d, c);
-    fixture_picture_drop(expect, c->victim);
 
     fixture_log_clear(fx);
     backend_exec_set_stop_after(fx->backend, k, c->in_job);
     GError *error = NULL;
-    gboolean ok = backend_snapshot_delete(fx->backend, d, c->victim, &error);
+    gboolean ok = run_op(d, c, &error);
     backend_exec_set_stop_after(fx->backend, -1, FALSE);
     g_assert_nonnull(strstr(fx->log->str, c->expect));
     if (ok) {
       /* k is past the last step: the plan ran whole. */
       g_assert_cmpint(k, >, 0);
+      apply_op(d, c, expect);
       fixture_check(fx, d, expect);
       if (c->running)
         fixture_stop(fx, d);
@@ -104,15 +179,17 @@ crash_run(const CrashCase *c)
     fixture_assert_errno(error, ECANCELED);
     g_test_message("%s: stopped: %s", d, error->message);
     g_clear_error(&error);
-    g_assert_false(listed(d, c->victim));
+    if (c->op == OP_DELETE)
+      g_assert_false(listed(d, c->victim));
     /* The job status shows the plan that stopped. */
     g_autofree char *status = backend_job_status(fx->backend, d);
-    g_autofree char *prefix = g_strdup_printf("delete %s: ", c->victim);
+    g_autofree char *prefix = status_prefix(c);
     g_assert_true(status && g_str_has_prefix(status, prefix));
     if (k % 2 == 1)
       drop_last_done(d);
 
     fixture_reopen(fx, TRUE);
+    apply_op(d, c, expect);
     fixture_check(fx, d, expect);
     g_assert_null(backend_job_status(fx->backend, d));
     if (c->running)
@@ -134,14 +211,19 @@ crash_case(gconstpointer data)
 }
 
 static const CrashCase cases[] = {
-  {"off-commit", FALSE, FALSE, "s2", {2 * MiB, 64 * KiB, 64 * KiB}, ": commit "},
-  {"off-pull", FALSE, FALSE, "s2", {64 * KiB, 2 * MiB, 64 * KiB}, ": pull "},
-  {"off-first", FALSE, FALSE, "s1", {2 * MiB, 64 * KiB, 64 * KiB}, ": pull "},
-  {"run-commit", TRUE, FALSE, "s2", {2 * MiB, 64 * KiB, 64 * KiB}, ": commit "},
-  {"run-commit-job", TRUE, TRUE, "s2", {4 * MiB, 4 * MiB, 64 * KiB}, ": commit "},
-  {"run-active", TRUE, FALSE, "s3", {64 * KiB, 2 * MiB, 64 * KiB}, ": commit "},
-  {"run-pull", TRUE, FALSE, "s3", {64 * KiB, 64 * KiB, 2 * MiB}, ": pull "},
-  {"run-pull-job", TRUE, TRUE, "s3", {64 * KiB, 64 * KiB, 6 * MiB}, ": pull "},
+  {"off-commit", OP_DELETE, FALSE, FALSE, "s2", {2 * MiB, 64 * KiB, 64 * KiB}, ": commit "},
+  {"off-pull", OP_DELETE, FALSE, FALSE, "s2", {64 * KiB, 2 * MiB, 64 * KiB}, ": pull "},
+  {"off-first", OP_DELETE, FALSE, FALSE, "s1", {2 * MiB, 64 * KiB, 64 * KiB}, ": pull "},
+  {"off-revert", OP_REVERT, FALSE, FALSE, "s2", {64 * KiB, 2 * MiB, 64 * KiB}, "revert to s2"},
+  {"off-revert-discard", OP_REVERT_DISCARD, FALSE, FALSE, "s1", {64 * KiB, 2 * MiB, 64 * KiB},
+   "revert to s1"},
+  {"off-rename", OP_RENAME, FALSE, FALSE, "s2", {64 * KiB, 64 * KiB, 64 * KiB}, "rename s2"},
+  {"run-commit", OP_DELETE, TRUE, FALSE, "s2", {2 * MiB, 64 * KiB, 64 * KiB}, ": commit "},
+  {"run-commit-job", OP_DELETE, TRUE, TRUE, "s2", {4 * MiB, 4 * MiB, 64 * KiB}, ": commit "},
+  {"run-active", OP_DELETE, TRUE, FALSE, "s3", {64 * KiB, 2 * MiB, 64 * KiB}, ": commit "},
+  {"run-pull", OP_DELETE, TRUE, FALSE, "s3", {64 * KiB, 64 * KiB, 2 * MiB}, ": pull "},
+  {"run-pull-job", OP_DELETE, TRUE, TRUE, "s3", {64 * KiB, 64 * KiB, 6 * MiB}, ": pull "},
+  {"run-rename", OP_RENAME, TRUE, FALSE, "s3", {64 * KiB, 64 * KiB, 64 * KiB}, "rename s3"},
 };
 
 int

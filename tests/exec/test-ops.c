@@ -469,6 +469,37 @@ test_intermediate_running(void)
   fixture_stop(fx, d);
 }
 
+/* An image that cannot be read: EIO naming the file, and nothing changed. */
+static void
+test_eio(void)
+{
+  const char *d = "eio";
+  fixture_define(fx, d, 1, 8);
+  g_autoptr(GHashTable) expect = fixture_picture(fx, d);
+  create(d, "s1", expect);
+  fixture_write(fx, d, 0, 0, MiB, 0xa1);
+  g_hash_table_unref(expect);
+  expect = fixture_picture(fx, d);
+  create(d, "s2", expect);
+
+  g_autofree char *victim = g_build_filename(fx->images, d, "vda.s1.qcow2", NULL);
+  g_autofree char *saved = NULL;
+  gsize length;
+  g_assert_true(g_file_get_contents(victim, &saved, &length, NULL));
+  g_autofree char *broken = g_memdup2(saved, length);
+  memcpy(broken, "XXXX", 4);
+  g_assert_true(g_file_set_contents(victim, broken, (gssize)length, NULL));
+  GError *error = NULL;
+  g_assert_false(backend_snapshot_delete(fx->backend, d, "s2", &error));
+  fixture_assert_errno(error, EIO);
+  g_assert_nonnull(strstr(error->message, victim));
+  g_clear_error(&error);
+  g_assert_true(g_file_set_contents(victim, saved, (gssize)length, NULL));
+  fixture_check(fx, d, expect);
+  delete(d, "s2", expect);
+  delete(d, "s1", expect);
+}
+
 /* A <readonly/> raw disk beside a normal one: snapshots leave it out
  * (snapshot='no'), and plans never touch it. */
 static void
@@ -515,6 +546,7 @@ main(int argc, char **argv)
   g_test_add_func("/exec/delete/pinned", test_pinned);
   g_test_add_func("/exec/errors", test_errors);
   g_test_add_func("/exec/readonly-disk", test_readonly_disk);
+  g_test_add_func("/exec/eio", test_eio);
   g_test_add_func("/exec/multi-disk/offline", test_multi_disk_offline);
   g_test_add_func("/exec/multi-disk/running", test_multi_disk_running);
   g_test_add_func("/exec/rename/offline", test_rename_offline);
