@@ -252,13 +252,12 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     return;
   }
   if (npnode->kind != TREE_DOMAIN) {
-    /* mv D/NAME D/OTHER sends rename(D/NAME, D/OTHER/NAME) when OTHER is
-     * a snapshot: what the user meant is a rename onto it. */
-    int err = npnode->kind == TREE_POINT && npnode->point != NULL &&
-                  g_str_equal(newname, name) ? EEXIST : EPERM;
-    g_message("rename %s/%s to %s/%s: a snapshot is renamed within its domain directory (%s)",
-              pnode->display, name, npnode->display, newname, g_strerror(err));
-    fuse_reply_err(req, err);
+    /* Into a snapshot directory: `mv D/NAME D/OTHER` sends this when
+     * OTHER exists.  EPERM, not EEXIST: mv would answer EEXIST by
+     * looking at D/OTHER/NAME and print a confusing message. */
+    g_message("rename %s/%s to %s/%s: a snapshot is renamed within its domain directory "
+              "(EPERM)", pnode->display, name, npnode->display, newname);
+    fuse_reply_err(req, EPERM);
     return;
   }
   g_autofree char *new_sname = entry_to_snapshot("rename", npnode->display, newname);
