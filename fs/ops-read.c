@@ -51,14 +51,22 @@ file_free(VirtsnapfsFile *file)
 }
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VirtsnapfsFile, file_free)
 
+/* Lets plans touch file's chain again; cheap, no libvirt. */
+static void
+file_unpin(Virtsnapfs *fs, VirtsnapfsFile *file)
+{
+  g_autofree char *domain = g_steal_pointer(&file->pinned_domain);
+  if (domain)
+    backend_unpin_chain(fs->backend, domain, file->chain);
+}
+
 /* Releases file: unpins its chain while the chain still exists, then
  * thaws its freeze after the chain's descriptors are closed, so the
  * backend can commit the overlay back. */
 static void
 file_close(Virtsnapfs *fs, VirtsnapfsFile *file)
 {
-  if (file->pinned_domain)
-    backend_unpin_chain(fs->backend, file->pinned_domain, file->chain);
+  file_unpin(fs, file);
   g_autofree char *domain = g_steal_pointer(&file->frozen_domain);
   file_free(file);
   if (domain)
@@ -446,8 +454,13 @@ ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->files_lock);
     owned = g_hash_table_remove(fs->files, file);
   }
-  /* Reply first: a thaw commits the overlay back and may take a while;
-   * close(2) need not wait for it. */
+  /* Unpin before the reply, thaw after it: the kernel sends RELEASE in
+   * the background after close(2) has returned, so an rmdir right after
+   * a close can race with it; unpinning first keeps that window to the
+   * time the kernel takes to deliver RELEASE.  A thaw commits the
+   * overlay back and may take a while; nothing need wait for it. */
+  if (owned)
+    file_unpin(fs, file);
   fuse_reply_err(req, 0);
   if (owned)
     file_close(fs, file);
