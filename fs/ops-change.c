@@ -33,6 +33,13 @@
 #include <stdio.h>
 #include <string.h>
 
+/* A directory as log lines show it, before "/NAME": the root is "". */
+static const char *
+dir_display(const TreeNode *dir)
+{
+  return dir->kind == TREE_ROOT ? "" : dir->display;
+}
+
 /* The mount owner or root may change snapshots; others get EACCES.  With
  * default_permissions the kernel already refuses callers without write
  * permission on the directory; this also covers root-owned mounts seen
@@ -84,24 +91,24 @@ ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
   }
   if (pnode->kind != TREE_DOMAIN) {
     g_message("mkdir %s/%s: snapshots are made in a domain directory (EPERM)",
-              pnode->display, name);
+              dir_display(pnode), name);
     fuse_reply_err(req, EPERM);
     return;
   }
-  if (!caller_allowed(req, fs, "mkdir", pnode->display, name))
+  if (!caller_allowed(req, fs, "mkdir", dir_display(pnode), name))
     return;
   if (g_str_equal(name, VIRTSNAPFS_NOW)) {
     fuse_reply_err(req, EEXIST);
     return;
   }
-  g_autofree char *sname = entry_to_snapshot("mkdir", pnode->display, name);
+  g_autofree char *sname = entry_to_snapshot("mkdir", dir_display(pnode), name);
   if (sname == NULL) {
     fuse_reply_err(req, EINVAL);
     return;
   }
-  g_message("mkdir %s/%s: creating snapshot", pnode->display, name);
+  g_message("mkdir %s/%s: creating snapshot", dir_display(pnode), name);
   if (!backend_snapshot_create(fs->backend, pnode->domain, sname, &error)) {
-    reply_failure(req, "mkdir", pnode->display, name, error);
+    reply_failure(req, "mkdir", dir_display(pnode), name, error);
     return;
   }
   /* The published model shows the new snapshot: answer as lookup does. */
@@ -123,25 +130,25 @@ ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
   if (pnode->kind != TREE_DOMAIN) {
     /* The root (domains are libvirt's to remove) or inside a point. */
     g_message("rmdir %s/%s: only snapshot directories can be removed (EPERM)",
-              pnode->display, name);
+              dir_display(pnode), name);
     fuse_reply_err(req, EPERM);
     return;
   }
-  if (!caller_allowed(req, fs, "rmdir", pnode->display, name))
+  if (!caller_allowed(req, fs, "rmdir", dir_display(pnode), name))
     return;
   if (g_str_equal(name, VIRTSNAPFS_NOW)) {
-    g_message("rmdir %s/%s: the present cannot be deleted (EBUSY)", pnode->display, name);
+    g_message("rmdir %s/%s: the present cannot be deleted (EBUSY)", dir_display(pnode), name);
     fuse_reply_err(req, EBUSY);
     return;
   }
-  g_autofree char *sname = entry_to_snapshot("rmdir", pnode->display, name);
+  g_autofree char *sname = entry_to_snapshot("rmdir", dir_display(pnode), name);
   if (sname == NULL) {
     fuse_reply_err(req, ENOENT);
     return;
   }
-  g_message("rmdir %s/%s: deleting snapshot", pnode->display, name);
+  g_message("rmdir %s/%s: deleting snapshot", dir_display(pnode), name);
   if (!backend_snapshot_delete(fs->backend, pnode->domain, sname, &error)) {
-    reply_failure(req, "rmdir", pnode->display, name, error);
+    reply_failure(req, "rmdir", dir_display(pnode), name, error);
     return;
   }
   fuse_reply_err(req, 0);
@@ -169,15 +176,15 @@ ops_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
       fuse_reply_err(req, ENOENT);
       return;
     }
-    if (!caller_allowed(req, fs, "unlink", pnode->display, name))
+    if (!caller_allowed(req, fs, "unlink", dir_display(pnode), name))
       return;
-    g_debug("UNLINK %s/%s: accepted, the snapshot goes with its directory", pnode->display,
+    g_debug("UNLINK %s/%s: accepted, the snapshot goes with its directory", dir_display(pnode),
             name);
     fuse_reply_err(req, 0);
     return;
   }
   g_message("unlink %s/%s: files are removed with their snapshot directory (EPERM)",
-            pnode->display, name);
+            dir_display(pnode), name);
   fuse_reply_err(req, EPERM);
 }
 
@@ -208,29 +215,29 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
   }
   if (pnode->kind != TREE_DOMAIN) {
     g_message("rename %s/%s: only snapshot directories can be renamed (EPERM)",
-              pnode->display, name);
+              dir_display(pnode), name);
     fuse_reply_err(req, EPERM);
     return;
   }
   if (npnode->domain == NULL || !g_str_equal(npnode->domain, pnode->domain)) {
     g_message("rename %s/%s to %s/%s: snapshots stay in their domain (EXDEV)",
-              pnode->display, name, npnode->display, newname);
+              dir_display(pnode), name, dir_display(npnode), newname);
     fuse_reply_err(req, EXDEV);
     return;
   }
   if (flags & RENAME_EXCHANGE) {
-    g_message("rename %s/%s: RENAME_EXCHANGE is not supported (EINVAL)", pnode->display, name);
+    g_message("rename %s/%s: RENAME_EXCHANGE is not supported (EINVAL)", dir_display(pnode), name);
     fuse_reply_err(req, EINVAL);
     return;
   }
-  if (!caller_allowed(req, fs, "rename", pnode->display, name))
+  if (!caller_allowed(req, fs, "rename", dir_display(pnode), name))
     return;
   if (g_str_equal(name, VIRTSNAPFS_NOW)) {
-    g_message("rename %s/%s: the present cannot be renamed (EBUSY)", pnode->display, name);
+    g_message("rename %s/%s: the present cannot be renamed (EBUSY)", dir_display(pnode), name);
     fuse_reply_err(req, EBUSY);
     return;
   }
-  g_autofree char *sname = entry_to_snapshot("rename", pnode->display, name);
+  g_autofree char *sname = entry_to_snapshot("rename", dir_display(pnode), name);
   if (sname == NULL) {
     fuse_reply_err(req, ENOENT);
     return;
@@ -241,10 +248,10 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
   gboolean into_now = npnode->kind == TREE_POINT && npnode->point == NULL &&
                       g_str_equal(newname, name);
   if (to_now || into_now) {
-    g_message("rename %s/%s to %s/%s: reverting to snapshot %s", pnode->display, name,
-              npnode->display, newname, sname);
+    g_message("rename %s/%s to %s/%s: reverting to snapshot %s", dir_display(pnode), name,
+              dir_display(npnode), newname, sname);
     if (!backend_snapshot_revert(fs->backend, pnode->domain, sname, FALSE, &error)) {
-      reply_failure(req, "revert", pnode->display, name, error);
+      reply_failure(req, "revert", dir_display(pnode), name, error);
       return;
     }
     fuse_reply_err(req, 0);
@@ -256,18 +263,18 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
      * OTHER exists.  EPERM, not EEXIST: mv would answer EEXIST by
      * looking at D/OTHER/NAME and print a confusing message. */
     g_message("rename %s/%s to %s/%s: a snapshot is renamed within its domain directory "
-              "(EPERM)", pnode->display, name, npnode->display, newname);
+              "(EPERM)", dir_display(pnode), name, dir_display(npnode), newname);
     fuse_reply_err(req, EPERM);
     return;
   }
-  g_autofree char *new_sname = entry_to_snapshot("rename", npnode->display, newname);
+  g_autofree char *new_sname = entry_to_snapshot("rename", dir_display(npnode), newname);
   if (new_sname == NULL) {
     fuse_reply_err(req, EINVAL);
     return;
   }
-  g_message("rename %s/%s to %s", pnode->display, name, newname);
+  g_message("rename %s/%s to %s", dir_display(pnode), name, newname);
   if (!backend_snapshot_rename(fs->backend, pnode->domain, sname, new_sname, &error)) {
-    reply_failure(req, "rename", pnode->display, name, error);
+    reply_failure(req, "rename", dir_display(pnode), name, error);
     return;
   }
   /* Before the reply: the kernel's dentries follow the inode numbers. */
