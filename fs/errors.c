@@ -1,15 +1,17 @@
 /* errors.c: one way from an error to a FUSE reply.
  *
- * The chain reader (CHAIN_ERROR) and the backend put errno values in their
- * GError codes, so the mapping needs no table: a code in errno range from
- * those domains is used as is; anything else (GIO, libvirt wrappers, a
- * code of 0) becomes EIO.  Data paths already carry -errno.
+ * The chain reader (CHAIN_ERROR), the planner (PLANNER_ERROR) and the
+ * backend put errno values in their GError codes, so the mapping needs no
+ * table: a code in errno range from those domains is used as is; anything
+ * else (GIO, libvirt wrappers, a code of 0) becomes EIO.  Data paths already carry -errno.
  *
  * Pure functions; safe from any thread.
  */
 #include "virtsnapfs.h"
 
 #include <errno.h>
+
+#include "planner.h"
 
 int
 errors_to_errno(const GError *error)
@@ -25,8 +27,9 @@ errors_to_errno(const GError *error)
     default: return EIO;
     }
   }
-  /* CHAIN_ERROR and BACKEND_ERROR carry errno codes. */
-  gboolean errno_domain = error->domain == CHAIN_ERROR || error->domain == BACKEND_ERROR;
+  /* CHAIN_ERROR, PLANNER_ERROR and BACKEND_ERROR carry errno codes. */
+  gboolean errno_domain = error->domain == CHAIN_ERROR || error->domain == PLANNER_ERROR ||
+                          error->domain == BACKEND_ERROR;
   if (errno_domain && error->code > 0 && error->code < 4096)
     return error->code;
   return EIO;

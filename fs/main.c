@@ -263,6 +263,7 @@ run(Virtsnapfs *fs, FuseArgs *args)
     .uri = opts->uri,
     .state_dir = opts->state_dir,
     .image_dirs = opts->image_dirs_strv,
+    .revert_discard = opts->revert_mode == VIRTSNAPFS_REVERT_DISCARD,
   };
   g_autoptr(Backend) backend = backend_new(&bopts, &error);
   if (backend == NULL) {

@@ -1,63 +1,285 @@
 /* ops-change.c: every FUSE operation that would change the tree.
  *
- * DESIGN.md 3 gives mkdir (take a snapshot), rmdir (delete one) and rename
- * (rename, or revert with D/@now) a meaning; they need the plan executor
- * of the backend and are refused with EPERM until it exists, with one log
- * line each so the user sees why.  Everything else that writes (files'
- * data, modes, sizes, links, xattrs) is refused for good: data files have
- * no write bits and the tree is a view of libvirt.
+ * DESIGN.md 3 gives three of them a meaning, carried out by the backend's
+ * snapshot operations (backend.h "Snapshot operations"):
+ *   mkdir D/NAME          backend_snapshot_create
+ *   rmdir D/NAME          backend_snapshot_delete; unlink of the files in
+ *                         D/NAME is accepted and does nothing, so `rm -r`
+ *                         works: the snapshot goes when its directory goes
+ *   rename D/NAME D/NEW   backend_snapshot_rename
+ *   rename D/NAME D/@now, or D/NAME D/@now/NAME (what mv sends when the
+ *                         target is a directory): backend_snapshot_revert
+ * Only the mount owner or root may call them (EACCES otherwise); each
+ * call logs one line here, and the backend one with the plan it chose.
+ * rmdir of @now is EBUSY: the present cannot be deleted, only left by a
+ * revert.  Everything else that writes (files' data, modes, sizes,
+ * links, xattrs, new files) is refused for good with EPERM.
  *
- * Thread model: FUSE workers; no state.
+ * Thread model: FUSE workers.  A change blocks its worker until the plan
+ * has finished (minutes); the backend runs one operation per domain at a
+ * time, and reads never wait for it (they use the published model and
+ * their own open chains).  On return the published model shows the
+ * result, and invalidate.c tells the kernel about entries that went away
+ * from the main loop.  The kernel itself drops the dentry of an rmdir and
+ * moves the dentry of a rename; tree_rename_point() makes the moved
+ * inode stand for the new name.  A revert moves D/NAME onto D/@now in the
+ * kernel's cache, which is wrong (NAME stays, @now is the present): those
+ * entries are invalidated after the reply, from this worker, once the
+ * kernel has finished the rename and released the directory locks.
  */
 #include "virtsnapfs.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <string.h>
 
+/* A directory as log lines show it, before "/NAME": the root is "". */
 static const char *
-parent_name(fuse_req_t req, fuse_ino_t parent, TreeNode **out)
+dir_display(const TreeNode *dir)
 {
-  Virtsnapfs *fs = fuse_req_userdata(req);
-  *out = tree_get(fs->tree, parent);
-  return *out ? (*out)->display : "?";
+  return dir->kind == TREE_ROOT ? "" : dir->display;
+}
+
+/* The mount owner or root may change snapshots; others get EACCES.  With
+ * default_permissions the kernel already refuses callers without write
+ * permission on the directory; this also covers root-owned mounts seen
+ * by other users through allow_other and any mode change to come. */
+static gboolean
+caller_allowed(fuse_req_t req, Virtsnapfs *fs, const char *what, const char *display,
+               const char *name)
+{
+  const struct fuse_ctx *ctx = fuse_req_ctx(req);
+  if (ctx->uid == 0 || ctx->uid == fs->uid)
+    return TRUE;
+  g_message("%s %s/%s by uid %u: only the mount owner (uid %u) or root changes snapshots "
+            "(EACCES)", what, display, name, (unsigned)ctx->uid, (unsigned)fs->uid);
+  fuse_reply_err(req, EACCES);
+  return FALSE;
+}
+
+/* The snapshot name for an entry in a domain directory, or NULL with a
+ * log line (EINVAL: not an entry names_escape() can produce). */
+static char *
+entry_to_snapshot(const char *what, const char *display, const char *name)
+{
+  char *sname = names_unescape(name);
+  if (sname == NULL)
+    g_message("%s %s/%s: not a snapshot entry name (a leading '.' or '@', or a '%%' escape "
+              "other than %%2F %%25 %%2E %%40) (EINVAL)", what, display, name);
+  return sname;
 }
 
 static void
-refuse_change(fuse_req_t req, const char *what, fuse_ino_t parent, const char *name)
+reply_failure(fuse_req_t req, const char *what, const char *display, const char *name,
+              const GError *error)
 {
-  g_autoptr(TreeNode) node = NULL;
-  const char *where = parent_name(req, parent, &node);
-  g_message("%s %s/%s: changing snapshots through the mount is not supported yet (EPERM)",
-            what, where, name);
-  fuse_reply_err(req, EPERM);
+  int err = errors_to_errno(error);
+  g_message("%s %s/%s: %s (%s)", what, display, name, error->message, g_strerror(err));
+  fuse_reply_err(req, err);
 }
 
 void
 ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
-  /* TODO(issue: snapshot operations): D/NAME -> backend snapshot create. */
-  refuse_change(req, "mkdir", parent, name);
+  Virtsnapfs *fs = fuse_req_userdata(req);
+  g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
+  g_autoptr(GError) error = NULL;
+
+  if (pnode == NULL) {
+    fuse_reply_err(req, ESTALE);
+    return;
+  }
+  if (pnode->kind != TREE_DOMAIN) {
+    g_message("mkdir %s/%s: snapshots are made in a domain directory (EPERM)",
+              dir_display(pnode), name);
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if (!caller_allowed(req, fs, "mkdir", dir_display(pnode), name))
+    return;
+  if (g_str_equal(name, VIRTSNAPFS_NOW)) {
+    fuse_reply_err(req, EEXIST);
+    return;
+  }
+  g_autofree char *sname = entry_to_snapshot("mkdir", dir_display(pnode), name);
+  if (sname == NULL) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  g_message("mkdir %s/%s: creating snapshot", dir_display(pnode), name);
+  if (!backend_snapshot_create(fs->backend, pnode->domain, sname, &error)) {
+    reply_failure(req, "mkdir", dir_display(pnode), name, error);
+    return;
+  }
+  /* The published model shows the new snapshot: answer as lookup does. */
+  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
+  ops_reply_entry(req, fs, model, pnode, name);
 }
 
 void
 ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-  /* TODO(issue: snapshot operations): D/NAME -> delete plan. */
-  refuse_change(req, "rmdir", parent, name);
+  Virtsnapfs *fs = fuse_req_userdata(req);
+  g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
+  g_autoptr(GError) error = NULL;
+
+  if (pnode == NULL) {
+    fuse_reply_err(req, ESTALE);
+    return;
+  }
+  if (pnode->kind != TREE_DOMAIN) {
+    /* The root (domains are libvirt's to remove) or inside a point. */
+    g_message("rmdir %s/%s: only snapshot directories can be removed (EPERM)",
+              dir_display(pnode), name);
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if (!caller_allowed(req, fs, "rmdir", dir_display(pnode), name))
+    return;
+  if (g_str_equal(name, VIRTSNAPFS_NOW)) {
+    g_message("rmdir %s/%s: the present cannot be deleted (EBUSY)", dir_display(pnode), name);
+    fuse_reply_err(req, EBUSY);
+    return;
+  }
+  g_autofree char *sname = entry_to_snapshot("rmdir", dir_display(pnode), name);
+  if (sname == NULL) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  g_message("rmdir %s/%s: deleting snapshot", dir_display(pnode), name);
+  if (!backend_snapshot_delete(fs->backend, pnode->domain, sname, &error)) {
+    reply_failure(req, "rmdir", dir_display(pnode), name, error);
+    return;
+  }
+  fuse_reply_err(req, 0);
 }
 
 void
 ops_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-  /* Later: accepted inside a snapshot directory as part of `rm -r`. */
-  refuse_change(req, "unlink", parent, name);
+  Virtsnapfs *fs = fuse_req_userdata(req);
+  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
+  g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
+
+  if (pnode == NULL) {
+    fuse_reply_err(req, ESTALE);
+    return;
+  }
+  /* Part of `rm -r D/NAME`: accepted, nothing happens; rmdir deletes.
+   * The files stay listed until then, which rm does not mind. */
+  if (pnode->kind == TREE_POINT && pnode->point != NULL) {
+    g_autofree char *target = NULL;
+    gboolean known = g_str_equal(name, VIRTSNAPFS_SNAPSHOT_XML) ||
+                     (names_is_disk_file(name, VIRTSNAPFS_RAW_SUFFIX, &target) &&
+                      tree_find_disk(tree_node_disks(pnode, model), target) != NULL);
+    if (!known) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    if (!caller_allowed(req, fs, "unlink", dir_display(pnode), name))
+      return;
+    g_debug("UNLINK %s/%s: accepted, the snapshot goes with its directory", dir_display(pnode),
+            name);
+    fuse_reply_err(req, 0);
+    return;
+  }
+  g_message("unlink %s/%s: files are removed with their snapshot directory (EPERM)",
+            dir_display(pnode), name);
+  fuse_reply_err(req, EPERM);
+}
+
+/* After the reply to a revert: the kernel moved the dentry of the source
+ * onto the target name; drop both names so the next lookups ask us. */
+static void
+revert_invalidate(Virtsnapfs *fs, fuse_ino_t domain_ino, fuse_ino_t newparent,
+                  const char *name, const char *newname)
+{
+  int r = fuse_lowlevel_notify_inval_entry(fs->se, newparent, newname, strlen(newname));
+  g_debug("INVAL entry %s in %" G_GUINT64_FORMAT " => %d", newname, (guint64)newparent, r);
+  r = fuse_lowlevel_notify_inval_entry(fs->se, domain_ino, name, strlen(name));
+  g_debug("INVAL entry %s in %" G_GUINT64_FORMAT " => %d", name, (guint64)domain_ino, r);
 }
 
 void
 ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
            const char *newname, unsigned int flags)
 {
-  /* TODO(issue: snapshot operations): rename, and revert onto @now. */
-  refuse_change(req, "rename", parent, name);
+  Virtsnapfs *fs = fuse_req_userdata(req);
+  g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
+  g_autoptr(TreeNode) npnode = tree_get(fs->tree, newparent);
+  g_autoptr(GError) error = NULL;
+
+  if (pnode == NULL || npnode == NULL) {
+    fuse_reply_err(req, ESTALE);
+    return;
+  }
+  if (pnode->kind != TREE_DOMAIN) {
+    g_message("rename %s/%s: only snapshot directories can be renamed (EPERM)",
+              dir_display(pnode), name);
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if (npnode->domain == NULL || !g_str_equal(npnode->domain, pnode->domain)) {
+    g_message("rename %s/%s to %s/%s: snapshots stay in their domain (EXDEV)",
+              dir_display(pnode), name, dir_display(npnode), newname);
+    fuse_reply_err(req, EXDEV);
+    return;
+  }
+  if (flags & RENAME_EXCHANGE) {
+    g_message("rename %s/%s: RENAME_EXCHANGE is not supported (EINVAL)", dir_display(pnode), name);
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  if (!caller_allowed(req, fs, "rename", dir_display(pnode), name))
+    return;
+  if (g_str_equal(name, VIRTSNAPFS_NOW)) {
+    g_message("rename %s/%s: the present cannot be renamed (EBUSY)", dir_display(pnode), name);
+    fuse_reply_err(req, EBUSY);
+    return;
+  }
+  g_autofree char *sname = entry_to_snapshot("rename", dir_display(pnode), name);
+  if (sname == NULL) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+
+  /* rename(D/NAME, D/@now), or rename(D/NAME, D/@now/NAME): revert. */
+  gboolean to_now = npnode->kind == TREE_DOMAIN && g_str_equal(newname, VIRTSNAPFS_NOW);
+  gboolean into_now = npnode->kind == TREE_POINT && npnode->point == NULL &&
+                      g_str_equal(newname, name);
+  if (to_now || into_now) {
+    g_message("rename %s/%s to %s/%s: reverting to snapshot %s", dir_display(pnode), name,
+              dir_display(npnode), newname, sname);
+    if (!backend_snapshot_revert(fs->backend, pnode->domain, sname, FALSE, &error)) {
+      reply_failure(req, "revert", dir_display(pnode), name, error);
+      return;
+    }
+    fuse_reply_err(req, 0);
+    revert_invalidate(fs, parent, newparent, name, newname);
+    return;
+  }
+  if (npnode->kind != TREE_DOMAIN) {
+    /* Into a snapshot directory: `mv D/NAME D/OTHER` sends this when
+     * OTHER exists.  EPERM, not EEXIST: mv would answer EEXIST by
+     * looking at D/OTHER/NAME and print a confusing message. */
+    g_message("rename %s/%s to %s/%s: a snapshot is renamed within its domain directory "
+              "(EPERM)", dir_display(pnode), name, dir_display(npnode), newname);
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  g_autofree char *new_sname = entry_to_snapshot("rename", dir_display(npnode), newname);
+  if (new_sname == NULL) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  g_message("rename %s/%s to %s", dir_display(pnode), name, newname);
+  if (!backend_snapshot_rename(fs->backend, pnode->domain, sname, new_sname, &error)) {
+    reply_failure(req, "rename", dir_display(pnode), name, error);
+    return;
+  }
+  /* Before the reply: the kernel's dentries follow the inode numbers. */
+  tree_rename_point(fs->tree, pnode->domain, sname, new_sname);
+  fuse_reply_err(req, 0);
 }
 
 /* The rest is refused without a log line: it is never going to work. */

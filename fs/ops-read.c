@@ -34,6 +34,8 @@ struct _VirtsnapfsFile {
   guint64 size;
   GBytes *bytes;        /* TREE_XML */
   char *frozen_domain;  /* @now: the domain to thaw at release */
+  char *pinned_domain;  /* the chain is pinned in the backend (DESIGN.md
+                         * 4.3): unpinned at release */
   gint error_logged;    /* atomic: a data error was logged */
 };
 
@@ -44,15 +46,27 @@ file_free(VirtsnapfsFile *file)
   g_clear_pointer(&file->bytes, g_bytes_unref);
   g_free(file->display);
   g_free(file->frozen_domain);
+  g_free(file->pinned_domain);
   g_free(file);
 }
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VirtsnapfsFile, file_free)
 
-/* Releases file; thaws its freeze after the chain's descriptors are
- * closed, so the backend can commit the overlay back. */
+/* Lets plans touch file's chain again; cheap, no libvirt. */
+static void
+file_unpin(Virtsnapfs *fs, VirtsnapfsFile *file)
+{
+  g_autofree char *domain = g_steal_pointer(&file->pinned_domain);
+  if (domain)
+    backend_unpin_chain(fs->backend, domain, file->chain);
+}
+
+/* Releases file: unpins its chain while the chain still exists, then
+ * thaws its freeze after the chain's descriptors are closed, so the
+ * backend can commit the overlay back. */
 static void
 file_close(Virtsnapfs *fs, VirtsnapfsFile *file)
 {
+  file_unpin(fs, file);
   g_autofree char *domain = g_steal_pointer(&file->frozen_domain);
   file_free(file);
   if (domain)
@@ -176,6 +190,13 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   }
   fi->direct_io = 0;
   fi->nonseekable = 0;
+  /* No plan may write what this handle reads (DESIGN.md 4.3): deleting
+   * this point, or a merge into its layers, fails with EBUSY until it is
+   * released. */
+  if (file->chain) {
+    backend_pin_chain(fs->backend, node->domain, file->chain);
+    file->pinned_domain = g_strdup(node->domain);
+  }
 
   VirtsnapfsFile *handle = g_steal_pointer(&file);
   {
@@ -433,8 +454,13 @@ ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->files_lock);
     owned = g_hash_table_remove(fs->files, file);
   }
-  /* Reply first: a thaw commits the overlay back and may take a while;
-   * close(2) need not wait for it. */
+  /* Unpin before the reply, thaw after it: the kernel sends RELEASE in
+   * the background after close(2) has returned, so an rmdir right after
+   * a close can race with it; unpinning first keeps that window to the
+   * time the kernel takes to deliver RELEASE.  A thaw commits the
+   * overlay back and may take a while; nothing need wait for it. */
+  if (owned)
+    file_unpin(fs, file);
   fuse_reply_err(req, 0);
   if (owned)
     file_close(fs, file);

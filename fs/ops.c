@@ -120,7 +120,8 @@ ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct stat 
     BackendDomain *dom = tree_node_domain(node, model);
     if (dom == NULL)
       return FALSE;
-    st->st_mode = S_IFDIR | 0555;
+    /* Writable by the owner: mkdir, rmdir and rename happen here. */
+    st->st_mode = S_IFDIR | 0755;
     st->st_nlink = 2 + 1 + dom->snapshots->len;
     set_time(st, domain_mtime(fs, dom), 0);
     return TRUE;
@@ -130,7 +131,9 @@ ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct stat 
     BackendDomain *dom = tree_node_domain(node, model);
     if (dom == NULL)
       return FALSE;
-    st->st_mode = S_IFDIR | 0555;
+    /* Writable by the owner: `rm -r` unlinks the files of a snapshot, and
+     * `mv D/NAME D/@now` renames into @now (a revert). */
+    st->st_mode = S_IFDIR | 0755;
     st->st_nlink = 2;
     if (node->point == NULL) {
       /* The present: it is always now. */
@@ -250,20 +253,14 @@ resolve_child(const TreeNode *parent, const char *name, BackendModel *model,
   return FALSE;
 }
 
-static void
-ops_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+void
+ops_reply_entry(fuse_req_t req, Virtsnapfs *fs, BackendModel *model, const TreeNode *pnode,
+                const char *name)
 {
-  Virtsnapfs *fs = req_fs(req);
-  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
-  g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
   g_autofree char *domain = NULL, *point = NULL, *target = NULL;
   TreeKind kind;
   int err;
 
-  if (pnode == NULL) {
-    fuse_reply_err(req, ESTALE);
-    return;
-  }
   if (!resolve_child(pnode, name, model, &kind, &domain, &point, &target, &err)) {
     g_debug("LOOKUP %s/%s => %s", pnode->display, name, g_strerror(err));
     fuse_reply_err(req, err);
@@ -284,6 +281,20 @@ ops_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
   g_debug("LOOKUP %s/%s => ino %" G_GUINT64_FORMAT, pnode->display, name, (guint64)node->ino);
   if (fuse_reply_entry(req, &e) != 0)
     tree_forget(fs->tree, node->ino, 1, model); /* the kernel did not take it */
+}
+
+static void
+ops_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+  Virtsnapfs *fs = req_fs(req);
+  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
+  g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
+
+  if (pnode == NULL) {
+    fuse_reply_err(req, ESTALE);
+    return;
+  }
+  ops_reply_entry(req, fs, model, pnode, name);
 }
 
 static void

@@ -228,6 +228,37 @@ tree_prune(Tree *tree, BackendModel *model)
     tree_remove_locked(tree, gone->pdata[i]);
 }
 
+void
+tree_rename_point(Tree *tree, const char *domain, const char *old_name, const char *new_name)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&tree->lock);
+  g_autoptr(GPtrArray) moved = g_ptr_array_new();
+  GHashTableIter iter;
+  gpointer value;
+
+  g_hash_table_iter_init(&iter, tree->by_ino);
+  while (g_hash_table_iter_next(&iter, NULL, &value)) {
+    Entry *e = value;
+    if (e->node.point != NULL && g_strcmp0(e->node.domain, domain) == 0 &&
+        g_str_equal(e->node.point, old_name))
+      g_ptr_array_add(moved, e);
+  }
+  for (guint i = 0; i < moved->len; i++) {
+    Entry *old = moved->pdata[i];
+    Entry *e = entry_new(old->node.ino, old->node.kind, domain, new_name, old->node.target);
+    /* A node of the new name cannot exist yet (the kernel holds the
+     * directory locked during rename); if one does, keep it. */
+    if (g_hash_table_contains(tree->by_key, e->node.key)) {
+      tree_node_unref(&e->node);
+      continue;
+    }
+    e->nlookup = old->nlookup;
+    g_hash_table_remove(tree->by_key, old->node.key);
+    g_hash_table_replace(tree->by_ino, &e->node.ino, e); /* drops old */
+    g_hash_table_insert(tree->by_key, e->node.key, e);
+  }
+}
+
 guint
 tree_size(Tree *tree)
 {

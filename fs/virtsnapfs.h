@@ -164,6 +164,11 @@ void tree_forget(Tree *tree, fuse_ino_t ino, guint64 nlookup, BackendModel *mode
 /* Drops forgotten nodes that left the model. */
 void tree_prune(Tree *tree, BackendModel *model);
 guint tree_size(Tree *tree);
+/* After a snapshot rename: the nodes of (domain, old) and of its files
+ * take the name new_name and keep their inode numbers, as a rename on a
+ * real filesystem keeps them (the kernel moved its dentries already). */
+void tree_rename_point(Tree *tree, const char *domain, const char *old_name,
+                       const char *new_name);
 
 /* Model lookups for a node; borrowed from model. */
 gboolean tree_node_exists(const TreeNode *node, BackendModel *model);
@@ -221,6 +226,10 @@ extern const struct fuse_lowlevel_ops ops_table;
 /* Fills st for node from model; FALSE with ENOENT/EIO in *err. */
 gboolean ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model,
                   struct stat *st, int *err);
+/* Answers a lookup of name in pnode from model: fuse_reply_entry (the
+ * node's lookup count goes up) or fuse_reply_err.  lookup and mkdir. */
+void ops_reply_entry(fuse_req_t req, Virtsnapfs *fs, BackendModel *model,
+                     const TreeNode *pnode, const char *name);
 
 /* ------------------------------------------------------------------ */
 /* ops-read.c: open, read, lseek, release of files.                   */
@@ -238,7 +247,7 @@ void ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void ops_release_all(Virtsnapfs *fs);
 
 /* ------------------------------------------------------------------ */
-/* ops-change.c: operations that change snapshots (not yet: EPERM).  */
+/* ops-change.c: mkdir, rmdir, rename change snapshots; the rest EPERM. */
 
 void ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
 void ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);

@@ -8,8 +8,8 @@
  *   user.virtsnapfs.allocated     bytes that read from allocated data
  *   user.virtsnapfs.format        format of the top image
  * On a domain directory:
- *   user.virtsnapfs.job           the running plan and its progress;
- *                                 "idle" until plans exist
+ *   user.virtsnapfs.job           the running operation and its progress
+ *                                 (backend_job_status), or "idle"
  * Values are text without a trailing newline, as `getfattr -d` shows them.
  *
  * Thread model: FUSE workers; answers from the current model and the info
@@ -48,8 +48,10 @@ xattr_value(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const cha
       *err = ENOENT;
       return NULL;
     }
-    if (g_str_equal(key, "job"))
-      return g_strdup("idle");
+    if (g_str_equal(key, "job")) {
+      char *status = backend_job_status(fs->backend, node->domain);
+      return status ? status : g_strdup("idle");
+    }
     return NULL;
   }
   if (node->kind != TREE_DISK)

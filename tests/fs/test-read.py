@@ -195,7 +195,7 @@ def check_domain(env, dom, names, points):
     by_time = sorted(os.listdir(ddir), key=lambda e: os.stat(os.path.join(ddir, e)).st_mtime)
     check.ok(by_time[:-1] == want[:-1], "%s: mtime order is creation order" % dom)
     check.ok(os.getxattr(ddir, "user.virtsnapfs.job") == b"idle", "%s: xattr job" % dom)
-    check.ok(os.stat(ddir).st_mode & 0o7777 == 0o555, "%s: dir mode 0555" % dom)
+    check.ok(os.stat(ddir).st_mode & 0o7777 == 0o755, "%s: dir mode 0755 (owner makes snapshots here)" % dom)
 
     for name in names:
         ctime, disks = points[name]
@@ -248,11 +248,14 @@ def check_not_writable(env):
     refuses("chown", lambda: os.chown(p, 1, 1))
     refuses("utime", lambda: os.utime(p, (0, 0)))
     refuses("create", lambda: open(os.path.join(env.mnt, "one", "first", "new"), "w"))
-    refuses("mkdir", lambda: os.mkdir(os.path.join(d, "snap-new")))
+    # mkdir, rmdir and rename of snapshots in a domain directory change
+    # snapshots (test-change.py); everywhere else they are refused.
+    now = os.path.join(d, "@now", "vda.raw")
+    refuses("mkdir in a snapshot", lambda: os.mkdir(os.path.join(d, "first", "snap-new")))
     refuses("mkdir at the root", lambda: os.mkdir(os.path.join(env.mnt, "dom-new")))
-    refuses("rmdir", lambda: os.rmdir(os.path.join(d, "first")))
-    refuses("unlink", lambda: os.unlink(p))
-    refuses("rename", lambda: os.rename(os.path.join(d, "first"), os.path.join(d, "renamed")))
+    refuses("rmdir of a domain", lambda: os.rmdir(d))
+    refuses("unlink in @now", lambda: os.unlink(now))
+    refuses("rename of a file", lambda: os.rename(p, os.path.join(d, "first", "x.raw")))
     refuses("symlink", lambda: os.symlink("x", os.path.join(d, "link")))
     refuses("link", lambda: os.link(p, os.path.join(d, "hard")))
     refuses("setxattr", lambda: os.setxattr(p, "user.x", b"1"))

@@ -164,6 +164,41 @@ test_model_lookups(void)
   model_free(model);
 }
 
+/* After a snapshot rename the kernel's dentries point at the old inode
+ * numbers under the new name: the numbers move with the snapshot. */
+static void
+test_rename(void)
+{
+  const char *const after[] = { "renamed", "s2", NULL };
+  g_autoptr(Tree) tree = tree_new();
+  BackendModel *model = model_new(after);
+
+  g_autoptr(TreeNode) pn = tree_lookup(tree, TREE_POINT, "demo", "s1", NULL);
+  g_autoptr(TreeNode) fn = tree_lookup(tree, TREE_DISK, "demo", "s1", "vda");
+  fuse_ino_t other = tree_intern(tree, TREE_POINT, "demo", "s2", NULL);
+  fuse_ino_t now = tree_intern(tree, TREE_POINT, "demo", NULL, NULL);
+
+  tree_rename_point(tree, "demo", "s1", "renamed");
+  g_assert_cmpuint(tree_find(tree, TREE_POINT, "demo", "s1", NULL), ==, 0);
+  g_assert_cmpuint(tree_find(tree, TREE_DISK, "demo", "s1", "vda"), ==, 0);
+  g_assert_cmpuint(tree_find(tree, TREE_POINT, "demo", "renamed", NULL), ==, pn->ino);
+  g_assert_cmpuint(tree_find(tree, TREE_DISK, "demo", "renamed", "vda"), ==, fn->ino);
+  g_assert_cmpuint(tree_find(tree, TREE_POINT, "demo", "s2", NULL), ==, other);
+  g_assert_cmpuint(tree_find(tree, TREE_POINT, "demo", NULL, NULL), ==, now);
+
+  g_autoptr(TreeNode) moved = tree_get(tree, pn->ino);
+  g_assert_cmpstr(moved->point, ==, "renamed");
+  g_assert_cmpstr(moved->display, ==, "demo/renamed");
+  g_assert_true(tree_node_exists(moved, model));
+  g_assert_false(tree_node_exists(pn, model)); /* the old node object is stale */
+
+  /* The lookup count came along: one forget drops the node only once it
+   * leaves the model. */
+  tree_forget(tree, pn->ino, 1, model);
+  g_assert_cmpuint(tree_find(tree, TREE_POINT, "demo", "renamed", NULL), ==, pn->ino);
+  model_free(model);
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -171,5 +206,6 @@ main(int argc, char *argv[])
   g_test_add_func("/tree/stable", test_stable);
   g_test_add_func("/tree/gone", test_gone);
   g_test_add_func("/tree/model-lookups", test_model_lookups);
+  g_test_add_func("/tree/rename", test_rename);
   return g_test_run();
 }
