@@ -102,6 +102,12 @@ gboolean backend_job_active_commit(Backend *backend, virDomainPtr dom, const cha
                                    const char *target, GError **error);
 
 /* state.c */
+/* Durable files in the state directory (freeze records, journals):
+ * written whole or not at all, and the change survives a power loss. */
+gboolean backend_state_sync_dir(const char *dir, GError **error);
+gboolean backend_state_write_file(const char *path, const char *data, gsize length,
+                                  GError **error);
+gboolean backend_state_remove_file(const char *path, GError **error);
 typedef struct {
   char *target;
   char *frozen;                 /* the image that was active at the freeze */

@@ -103,21 +103,6 @@ unescape(const char *value)
   return strcmp(value, "-") == 0 ? NULL : g_uri_unescape_string(value, NULL);
 }
 
-static gboolean
-sync_dir(const char *dir, GError **error)
-{
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0 || fsync(fd) < 0) {
-    int err = errno;
-    if (fd >= 0)
-      close(fd);
-    g_set_error(error, BACKEND_ERROR, err, "cannot sync directory %s: %s", dir, g_strerror(err));
-    return FALSE;
-  }
-  close(fd);
-  return TRUE;
-}
-
 static char *
 journal_dir(const char *state_dir)
 {
@@ -128,11 +113,6 @@ gboolean
 backend_journal_write(BackendJournal *journal, const char *state_dir, GError **error)
 {
   g_autofree char *dir = journal_dir(state_dir);
-  if (g_mkdir_with_parents(dir, 0700) < 0) {
-    int err = errno;
-    g_set_error(error, BACKEND_ERROR, err, "cannot create %s: %s", dir, g_strerror(err));
-    return FALSE;
-  }
   g_autoptr(GString) text = g_string_new(JOURNAL_MAGIC "\n");
   g_autofree char *domain = escape(journal->domain);
   g_autofree char *name = escape(journal->name);
@@ -152,17 +132,7 @@ backend_journal_write(BackendJournal *journal, const char *state_dir, GError **e
 
   g_autofree char *file = g_strdup_printf("%s.plan", journal->uuid);
   g_autofree char *path = g_build_filename(dir, file, NULL);
-  g_autofree char *tmp = g_strdup_printf("%s.tmp", path);
-  if (!g_file_set_contents_full(tmp, text->str, (gssize)text->len, G_FILE_SET_CONTENTS_DURABLE,
-                                0600, error))
-    return FALSE;
-  if (rename(tmp, path) < 0) {
-    int err = errno;
-    g_set_error(error, BACKEND_ERROR, err, "cannot rename %s: %s", tmp, g_strerror(err));
-    unlink(tmp);
-    return FALSE;
-  }
-  if (!sync_dir(dir, error))
+  if (!backend_state_write_file(path, text->str, text->len, error))
     return FALSE;
   int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
   if (fd < 0) {
@@ -203,13 +173,7 @@ backend_journal_remove(BackendJournal *journal, GError **error)
     close(journal->fd);
     journal->fd = -1;
   }
-  if (unlink(journal->path) < 0 && errno != ENOENT) {
-    int err = errno;
-    g_set_error(error, BACKEND_ERROR, err, "cannot remove %s: %s", journal->path, g_strerror(err));
-    return FALSE;
-  }
-  g_autofree char *dir = g_path_get_dirname(journal->path);
-  if (!sync_dir(dir, error))
+  if (!backend_state_remove_file(journal->path, error))
     return FALSE;
   g_clear_pointer(&journal->path, g_free);
   return TRUE;

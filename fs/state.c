@@ -67,19 +67,49 @@ backend_freeze_record_add_disk(BackendFreezeRecord *record, const char *target,
   g_ptr_array_add(record->disks, disk);
 }
 
-static gboolean
-fsync_path(const char *path, int flags, GError **error)
+gboolean
+backend_state_sync_dir(const char *dir, GError **error)
 {
-  int fd = open(path, flags | O_CLOEXEC);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0 || fsync(fd) < 0) {
     int err = errno;
     if (fd >= 0)
       close(fd);
-    g_set_error(error, BACKEND_ERROR, err, "cannot sync %s: %s", path, g_strerror(err));
+    g_set_error(error, BACKEND_ERROR, err, "cannot sync directory %s: %s", dir, g_strerror(err));
     return FALSE;
   }
   close(fd);
   return TRUE;
+}
+
+/* CONSISTENT | DURABLE: glib writes a temporary file, fsyncs it and renames
+ * it into place; the directory sync makes the rename itself durable. */
+gboolean
+backend_state_write_file(const char *path, const char *data, gsize length, GError **error)
+{
+  g_autofree char *dir = g_path_get_dirname(path);
+  if (g_mkdir_with_parents(dir, 0700) < 0) {
+    int err = errno;
+    g_set_error(error, BACKEND_ERROR, err, "cannot create %s: %s", dir, g_strerror(err));
+    return FALSE;
+  }
+  if (!g_file_set_contents_full(path, data, (gssize)length,
+                                G_FILE_SET_CONTENTS_CONSISTENT | G_FILE_SET_CONTENTS_DURABLE,
+                                0600, error))
+    return FALSE;
+  return backend_state_sync_dir(dir, error);
+}
+
+gboolean
+backend_state_remove_file(const char *path, GError **error)
+{
+  if (unlink(path) < 0 && errno != ENOENT) {
+    int err = errno;
+    g_set_error(error, BACKEND_ERROR, err, "cannot remove %s: %s", path, g_strerror(err));
+    return FALSE;
+  }
+  g_autofree char *dir = g_path_get_dirname(path);
+  return backend_state_sync_dir(dir, error);
 }
 
 static char *
@@ -92,11 +122,6 @@ gboolean
 backend_freeze_record_write(BackendFreezeRecord *record, const char *state_dir, GError **error)
 {
   g_autofree char *dir = records_dir(state_dir);
-  if (g_mkdir_with_parents(dir, 0700) < 0) {
-    int err = errno;
-    g_set_error(error, BACKEND_ERROR, err, "cannot create %s: %s", dir, g_strerror(err));
-    return FALSE;
-  }
   g_autoptr(GKeyFile) file = g_key_file_new();
   g_key_file_set_string(file, "freeze", "domain", record->domain);
   g_key_file_set_string(file, "freeze", "uuid", record->uuid);
@@ -114,19 +139,7 @@ backend_freeze_record_write(BackendFreezeRecord *record, const char *state_dir, 
   g_autofree char *name = g_strdup_printf("%s-%" G_GINT64_FORMAT ".freeze", record->uuid,
                                           g_get_real_time());
   g_autofree char *path = record->path ? g_strdup(record->path) : g_build_filename(dir, name, NULL);
-  g_autofree char *tmp = g_strdup_printf("%s.tmp", path);
-  /* g_file_set_contents_full with DURABLE fsyncs the file before the
-   * rename; the directory sync makes the rename itself durable. */
-  if (!g_file_set_contents_full(tmp, data, (gssize)length, G_FILE_SET_CONTENTS_DURABLE, 0600,
-                                error))
-    return FALSE;
-  if (rename(tmp, path) < 0) {
-    int err = errno;
-    g_set_error(error, BACKEND_ERROR, err, "cannot rename %s: %s", tmp, g_strerror(err));
-    unlink(tmp);
-    return FALSE;
-  }
-  if (!fsync_path(dir, O_RDONLY | O_DIRECTORY, error))
+  if (!backend_state_write_file(path, data, length, error))
     return FALSE;
   g_free(record->path);
   record->path = g_steal_pointer(&path);
@@ -138,13 +151,7 @@ backend_freeze_record_remove(BackendFreezeRecord *record, GError **error)
 {
   if (!record->path)
     return TRUE;
-  if (unlink(record->path) < 0 && errno != ENOENT) {
-    int err = errno;
-    g_set_error(error, BACKEND_ERROR, err, "cannot remove %s: %s", record->path, g_strerror(err));
-    return FALSE;
-  }
-  g_autofree char *dir = g_path_get_dirname(record->path);
-  if (!fsync_path(dir, O_RDONLY | O_DIRECTORY, error))
+  if (!backend_state_remove_file(record->path, error))
     return FALSE;
   g_clear_pointer(&record->path, g_free);
   return TRUE;
