@@ -6,7 +6,9 @@
  * name is "base.raw" or "base.qcow2" (the seeds from make-seeds.sh have
  * them) becomes a two-layer chain.  The last input byte chooses what the
  * caller claims the backing format to be: nothing (the image's own
- * backing-format extension decides), raw or qcow2.  The policy confines
+ * backing-format extension decides), raw or qcow2; or it opens
+ * over.qcow2 instead, a fixed image whose backing file is the input, so
+ * the input's map is merged beneath another layer.  The policy confines
  * layers to the directory, so a fuzzed backing name cannot reach out.
  *
  * If the chain opens, the target walks its map, reads, seeks, counts and
@@ -36,7 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MAX_BITMAP_BITS (G_GUINT64_CONSTANT(1) << 20)
 
 static char *dir;      /* canonical; removed at exit */
-static char *top_path; /* dir/top.qcow2 */
+static char *top_path;  /* dir/top.qcow2 */
+static char *over_path; /* dir/over.qcow2, whose backing file is top.qcow2 */
 static guint8 *buf;    /* MAX_READ bytes */
 
 static void
@@ -47,7 +50,7 @@ drop_log(const char *domain, GLogLevelFlags level, const char *message, gpointer
 static void
 remove_dir(void)
 {
-  const char *names[] = {"top.qcow2", "base.raw", "base.qcow2"};
+  const char *names[] = {"top.qcow2", "over.qcow2", "base.raw", "base.qcow2"};
   for (guint i = 0; i < G_N_ELEMENTS(names); i++) {
     g_autofree char *path = g_build_filename(dir, names[i], NULL);
     unlink(path);
@@ -62,20 +65,30 @@ put_be(guint8 *p, guint width, guint64 v)
     p[width - 1 - i] = (guint8)(v >> (8 * i));
 }
 
-/* A 1 MiB qcow2 image without a backing file whose first 64 KiB cluster
- * holds 0xb5: header at 0, L1 at 64K, refcount table at 128K, refcount
- * block at 192K, L2 at 256K, data at 320K.  The refcounts are not checked
- * by the reader, so they are left empty. */
+/* A 1 MiB qcow2 image with 64 KiB clusters: header at 0, L1 at 64K,
+ * refcount table at 128K, refcount block at 192K, L2 at 256K, data at
+ * 320K.  Guest cluster 0 holds 0xb5, cluster 2 is a zero cluster, the rest
+ * is unallocated (reads from the backing file, if any).  The reader does
+ * not check refcounts, so they are left empty. */
 static void
-write_base_qcow2(const char *path)
+write_qcow2(const char *path, const char *backing)
 {
   const gsize cluster = 65536, length = 6 * cluster;
   g_autofree guint8 *img = g_malloc0(length);
   put_be(img + 0, 4, 0x514649fb); /* magic */
   put_be(img + 4, 4, 3);          /* version */
-  put_be(img + 20, 4, 16);        /* cluster_bits */
-  put_be(img + 24, 8, 1 << 20);   /* size */
-  put_be(img + 36, 4, 1);         /* l1_size */
+  if (backing != NULL) {
+    put_be(img + 8, 8, 512); /* backing_file_offset */
+    put_be(img + 16, 4, (guint32)strlen(backing));
+    memcpy(img + 512, backing, strlen(backing));
+    /* backing format extension, then the end of the list */
+    put_be(img + 112, 4, 0xe2792aca);
+    put_be(img + 116, 4, 5);
+    memcpy(img + 120, "qcow2", 5);
+  }
+  put_be(img + 20, 4, 16);      /* cluster_bits */
+  put_be(img + 24, 8, 1 << 20); /* size */
+  put_be(img + 36, 4, 1);       /* l1_size */
   put_be(img + 40, 8, 1 * cluster);
   put_be(img + 48, 8, 2 * cluster); /* refcount_table_offset */
   put_be(img + 56, 4, 1);           /* refcount_table_clusters */
@@ -84,6 +97,7 @@ write_base_qcow2(const char *path)
   put_be(img + 1 * cluster, 8, G_GUINT64_CONSTANT(1) << 63 | 4 * cluster);
   put_be(img + 2 * cluster, 8, 3 * cluster);
   put_be(img + 4 * cluster, 8, G_GUINT64_CONSTANT(1) << 63 | 5 * cluster);
+  put_be(img + 4 * cluster + 16, 8, 1); /* QCOW_OFLAG_ZERO */
   memset(img + 5 * cluster, 0xb5, cluster);
   g_autoptr(GError) error = NULL;
   if (!g_file_set_contents(path, (const char *)img, (gssize)length, &error))
@@ -116,7 +130,9 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
   if (!g_file_set_contents(raw_path, (const char *)raw, 192 * 1024, &error))
     g_error("%s", error->message);
   g_autofree char *qcow2_path = g_build_filename(dir, "base.qcow2", NULL);
-  write_base_qcow2(qcow2_path);
+  write_qcow2(qcow2_path, NULL);
+  over_path = g_build_filename(dir, "over.qcow2", NULL);
+  write_qcow2(over_path, "top.qcow2");
 
   buf = g_malloc(MAX_READ);
   return 0;
@@ -194,13 +210,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
   g_autoptr(GError) error = NULL;
 
-  guint mode = size > 0 ? data[size - 1] : 0;
-  ChainFormat claimed[] = {CHAIN_FORMAT_UNKNOWN, CHAIN_FORMAT_RAW, CHAIN_FORMAT_QCOW2, CHAIN_FORMAT_UNKNOWN};
-  ChainFormat backing_formats[] = {claimed[mode & 3], CHAIN_FORMAT_UNKNOWN};
+  /* Mode 0-2: the input is the top and the caller claims no backing
+   * format, raw or qcow2.  Mode 3: the input is a qcow2 backing file under
+   * over.qcow2, so its map is merged beneath another layer. */
+  guint mode = size > 0 ? data[size - 1] & 3 : 0;
+  ChainFormat claimed[] = {CHAIN_FORMAT_UNKNOWN, CHAIN_FORMAT_RAW, CHAIN_FORMAT_QCOW2, CHAIN_FORMAT_QCOW2};
+  ChainFormat backing_formats[] = {claimed[mode], CHAIN_FORMAT_UNKNOWN};
   const char *dirs[] = {dir, NULL};
   ChainPolicy policy = {.image_dirs = dirs, .max_depth = 4};
-  g_autoptr(Chain) chain =
-      chain_open(top_path, CHAIN_FORMAT_QCOW2, backing_formats, &policy, &error);
+  g_autoptr(Chain) chain = chain_open(mode == 3 ? over_path : top_path, CHAIN_FORMAT_QCOW2,
+                                      backing_formats, &policy, &error);
   if (chain == NULL) {
     g_assert_nonnull(error);
     g_assert_true(error->domain == CHAIN_ERROR);

@@ -48,10 +48,14 @@ at=$(od -An -tx1 -v -w1 -N 4096 "$tmp/noformat.qcow2" | tr -d ' ' | tr '\n' ' ' 
   awk '{ for (i = 1; i + 3 <= NF; i++)
            if ($i $(i+1) $(i+2) $(i+3) == "e2792aca") { print i - 1; exit } }')
 printf '\125\125\125\125' | dd of="$tmp/noformat.qcow2" bs=1 seek="${at:?}" conv=notrunc status=none
+# A persistent dirty bitmap: the bitmaps extension and its directory.
+img -o cluster_size=4096 "$tmp/bitmap.qcow2" 256k
+io -c 'write -P 15 0 4k' "$tmp/bitmap.qcow2"
+qemu-img bitmap --add -f qcow2 "$tmp/bitmap.qcow2" dirty
 # Raw bytes: the qcow2 reader must refuse them cleanly.
 head -c 4096 /dev/zero | tr '\0' 'r' >"$tmp/raw.img"
 
-for f in v3 v2 c512 extl2 zlib zstd over-raw over-qcow2 noformat; do
+for f in v3 v2 c512 extl2 zlib zstd over-raw over-qcow2 noformat bitmap; do
   mv "$tmp/$f.qcow2" "seed-$f"
 done
 mv "$tmp/raw.img" seed-raw
