@@ -61,6 +61,7 @@ ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} \
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
   "$work/fuzz-chain" -max_total_time="$seconds" -max_len=131072 -rss_limit_mb=1024 \
   -timeout=10 -print_final_stats=1 -artifact_prefix="$work/artifacts/" \
+  -dict="$src/tests/fuzz/qcow2.dict" \
   ${FUZZ_ARGS:-} "$work/corpus" "$work/seeds" || status=$?
 
 if [ "$status" != 0 ]; then
