@@ -101,6 +101,12 @@ void backend_job_event(Backend *backend, const char *uuid, const char *target, i
 gboolean backend_job_active_commit(Backend *backend, virDomainPtr dom, const char *uuid,
                                    const char *target, GError **error);
 
+/* freeze.c */
+/* The domain by uuid when given (it survives a rename), else by name.
+ * ENOENT when libvirt has no such domain, EIO for other failures. */
+virDomainPtr backend_lookup_domain(virConnectPtr conn, const char *name, const char *uuid,
+                                   GError **error);
+
 /* state.c */
 /* Durable files in the state directory (freeze records, journals):
  * written whole or not at all, and the change survives a power loss. */

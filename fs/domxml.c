@@ -84,24 +84,23 @@ domxml_snapshot_free(DomXmlSnapshot *snapshot)
 /* ------------------------------------------------------------------ */
 /* Tree helpers                                                        */
 
-static gboolean
-node_is(const xmlNode *node, const char *name)
+gboolean
+domxml_node_is(const xmlNode *node, const char *name)
 {
-  return node->type == XML_ELEMENT_NODE && strcmp((const char *)node->name, name) == 0;
+  return node && node->type == XML_ELEMENT_NODE && strcmp((const char *)node->name, name) == 0;
 }
 
-static xmlNode *
-child_element(const xmlNode *parent, const char *name)
+xmlNode *
+domxml_child(const xmlNode *parent, const char *name)
 {
   for (xmlNode *n = parent ? parent->children : NULL; n; n = n->next)
-    if (node_is(n, name))
+    if (domxml_node_is(n, name))
       return n;
   return NULL;
 }
 
-/* A g_malloc'd copy of attribute name, or NULL. */
-static char *
-attr(const xmlNode *node, const char *name)
+char *
+domxml_attr(const xmlNode *node, const char *name)
 {
   if (!node)
     return NULL;
@@ -117,7 +116,7 @@ attr(const xmlNode *node, const char *name)
 static char *
 child_text(const xmlNode *parent, const char *name)
 {
-  xmlNode *child = child_element(parent, name);
+  xmlNode *child = domxml_child(parent, name);
   if (!child)
     return NULL;
   xmlChar *value = xmlNodeGetContent(child);
@@ -150,7 +149,7 @@ parse_doc(const char *xml, const char *root_name, GError **error)
     return NULL;
   }
   xmlNode *root = xmlDocGetRootElement(doc);
-  if (!root || !node_is(root, root_name)) {
+  if (!root || !domxml_node_is(root, root_name)) {
     g_set_error(error, BACKEND_ERROR, EINVAL, "XML root is <%s>, expected <%s>",
                 root ? (const char *)root->name : "(none)", root_name);
     return NULL;
@@ -162,9 +161,9 @@ parse_doc(const char *xml, const char *root_name, GError **error)
 static char *
 source_path(const xmlNode *source)
 {
-  char *path = attr(source, "file");
+  char *path = domxml_attr(source, "file");
   if (!path)
-    path = attr(source, "dev");
+    path = domxml_attr(source, "dev");
   return path;
 }
 
@@ -176,18 +175,18 @@ source_path(const xmlNode *source)
 static void
 parse_backing(const xmlNode *node, DomXmlDisk *disk)
 {
-  xmlNode *store = child_element(node, "backingStore");
+  xmlNode *store = domxml_child(node, "backingStore");
   if (!store)
     return;
   disk->backing = g_ptr_array_new_with_free_func((GDestroyNotify)domxml_layer_free);
-  for (; store; store = child_element(store, "backingStore")) {
-    xmlNode *source = child_element(store, "source");
+  for (; store; store = domxml_child(store, "backingStore")) {
+    xmlNode *source = domxml_child(store, "source");
     if (!source && !store->children) {
       disk->backing_complete = TRUE;
       return;
     }
-    g_autofree char *type = attr(store, "type");
-    g_autofree char *format = attr(child_element(store, "format"), "type");
+    g_autofree char *type = domxml_attr(store, "type");
+    g_autofree char *format = domxml_attr(domxml_child(store, "format"), "type");
     g_autofree char *path = source_path(source);
     if (!path || (type && strcmp(type, "file") != 0 && strcmp(type, "block") != 0))
       return; /* network or otherwise unreadable: the chain stays incomplete */
@@ -216,11 +215,11 @@ add_skipped(DomXmlDomain *domain, const char *target, const char *format, ...)
 static void
 parse_disk(const xmlNode *node, DomXmlDomain *domain)
 {
-  g_autofree char *type = attr(node, "type");
-  g_autofree char *device = attr(node, "device");
-  xmlNode *source = child_element(node, "source");
-  g_autofree char *target = attr(child_element(node, "target"), "dev");
-  g_autofree char *format_name = attr(child_element(node, "driver"), "type");
+  g_autofree char *type = domxml_attr(node, "type");
+  g_autofree char *device = domxml_attr(node, "device");
+  xmlNode *source = domxml_child(node, "source");
+  g_autofree char *target = domxml_attr(domxml_child(node, "target"), "dev");
+  g_autofree char *format_name = domxml_attr(domxml_child(node, "driver"), "type");
 
   if (!target) {
     add_skipped(domain, NULL, "disk has no target");
@@ -234,7 +233,7 @@ parse_disk(const xmlNode *node, DomXmlDomain *domain)
     add_skipped(domain, target, "disk type '%s' is not a local image", type);
     return;
   }
-  if (child_element(node, "encryption") || child_element(source, "encryption")) {
+  if (domxml_child(node, "encryption") || domxml_child(source, "encryption")) {
     add_skipped(domain, target, "disk is encrypted");
     return;
   }
@@ -271,15 +270,15 @@ domxml_parse_domain(const char *xml, GError **error)
   domain->skipped = g_ptr_array_new_with_free_func((GDestroyNotify)domxml_skipped_free);
   domain->name = child_text(root, "name");
   domain->uuid = child_text(root, "uuid");
-  g_autofree char *id = attr(root, "id");
+  g_autofree char *id = domxml_attr(root, "id");
   domain->has_id = id && strcmp(id, "-1") != 0;
   if (!domain->name || !*domain->name) {
     g_set_error(error, BACKEND_ERROR, EINVAL, "domain XML has no <name>");
     return NULL;
   }
-  for (xmlNode *n = child_element(root, "devices") ? child_element(root, "devices")->children : NULL;
+  for (xmlNode *n = domxml_child(root, "devices") ? domxml_child(root, "devices")->children : NULL;
        n; n = n->next)
-    if (node_is(n, "disk"))
+    if (domxml_node_is(n, "disk"))
       parse_disk(n, domain);
   return g_steal_pointer(&domain);
 }
@@ -311,12 +310,12 @@ domxml_domain_forget_backing(DomXmlDomain *domain)
 static DomXmlSnapshotDisk *
 parse_snapshot_disk(const xmlNode *node)
 {
-  g_autofree char *mode = attr(node, "snapshot");
-  xmlNode *source = child_element(node, "source");
+  g_autofree char *mode = domxml_attr(node, "snapshot");
+  xmlNode *source = domxml_child(node, "source");
   DomXmlSnapshotDisk *disk = g_new0(DomXmlSnapshotDisk, 1);
-  disk->name = attr(node, "name");
+  disk->name = domxml_attr(node, "name");
   disk->source = source_path(source);
-  g_autofree char *format = attr(child_element(node, "driver"), "type");
+  g_autofree char *format = domxml_attr(domxml_child(node, "driver"), "type");
   disk->format = format ? chain_format_from_name(format) : CHAIN_FORMAT_QCOW2;
   if (!mode)
     disk->mode = disk->source ? DOMXML_SNAPSHOT_DISK_EXTERNAL : DOMXML_SNAPSHOT_DISK_NO;
@@ -340,7 +339,7 @@ domxml_parse_snapshot(const char *xml, GError **error)
   g_autoptr(DomXmlSnapshot) snapshot = g_new0(DomXmlSnapshot, 1);
   snapshot->disks = g_ptr_array_new_with_free_func((GDestroyNotify)domxml_snapshot_disk_free);
   snapshot->name = child_text(root, "name");
-  snapshot->parent = child_text(child_element(root, "parent"), "name");
+  snapshot->parent = child_text(domxml_child(root, "parent"), "name");
   snapshot->state = child_text(root, "state");
   if (!snapshot->name || !*snapshot->name) {
     g_set_error(error, BACKEND_ERROR, EINVAL, "snapshot XML has no <name>");
@@ -357,9 +356,9 @@ domxml_parse_snapshot(const char *xml, GError **error)
     }
     snapshot->creation_time = value;
   }
-  xmlNode *disks = child_element(root, "disks");
+  xmlNode *disks = domxml_child(root, "disks");
   for (xmlNode *n = disks ? disks->children : NULL; n; n = n->next)
-    if (node_is(n, "disk"))
+    if (domxml_node_is(n, "disk"))
       g_ptr_array_add(snapshot->disks, parse_snapshot_disk(n));
   return g_steal_pointer(&snapshot);
 }
@@ -370,7 +369,7 @@ domxml_parse_pool_target(const char *xml, GError **error)
   g_autoptr(xmlDoc) doc = parse_doc(xml, "pool", error);
   if (!doc)
     return NULL;
-  char *path = child_text(child_element(xmlDocGetRootElement(doc), "target"), "path");
+  char *path = child_text(domxml_child(xmlDocGetRootElement(doc), "target"), "path");
   if (path && !*path)
     g_clear_pointer(&path, g_free);
   return path;
@@ -414,12 +413,12 @@ domxml_set_disk_source(const char *xml, const char *target, const char *path,
   g_autoptr(xmlDoc) doc = parse_doc(xml, "domain", error);
   if (!doc)
     return NULL;
-  xmlNode *devices = child_element(xmlDocGetRootElement(doc), "devices");
+  xmlNode *devices = domxml_child(xmlDocGetRootElement(doc), "devices");
   xmlNode *disk = NULL;
   for (xmlNode *n = devices ? devices->children : NULL; n && !disk; n = n->next) {
-    if (!node_is(n, "disk"))
+    if (!domxml_node_is(n, "disk"))
       continue;
-    g_autofree char *dev = attr(child_element(n, "target"), "dev");
+    g_autofree char *dev = domxml_attr(domxml_child(n, "target"), "dev");
     if (dev && strcmp(dev, target) == 0)
       disk = n;
   }
@@ -427,22 +426,22 @@ domxml_set_disk_source(const char *xml, const char *target, const char *path,
     g_set_error(error, BACKEND_ERROR, ENOENT, "domain XML has no disk %s", target);
     return NULL;
   }
-  g_autofree char *type = attr(disk, "type");
+  g_autofree char *type = domxml_attr(disk, "type");
   gboolean block = type && strcmp(type, "block") == 0;
-  xmlNode *source = child_element(disk, "source");
+  xmlNode *source = domxml_child(disk, "source");
   if (!source)
     source = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
   xmlUnsetProp(source, (const xmlChar *)(block ? "file" : "dev"));
   xmlSetProp(source, (const xmlChar *)(block ? "dev" : "file"), (const xmlChar *)path);
   xmlUnsetProp(source, (const xmlChar *)"index");
-  xmlNode *driver = child_element(disk, "driver");
+  xmlNode *driver = domxml_child(disk, "driver");
   if (!driver) {
     driver = xmlNewChild(disk, NULL, (const xmlChar *)"driver", NULL);
     xmlSetProp(driver, (const xmlChar *)"name", (const xmlChar *)"qemu");
   }
   xmlSetProp(driver, (const xmlChar *)"type", (const xmlChar *)chain_format_name(format));
   xmlNode *store;
-  while ((store = child_element(disk, "backingStore"))) {
+  while ((store = domxml_child(disk, "backingStore"))) {
     xmlUnlinkNode(store);
     xmlFreeNode(store);
   }

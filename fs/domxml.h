@@ -8,6 +8,7 @@
 #pragma once
 
 #include <glib.h>
+#include <libxml/tree.h>
 
 #include "chain.h"
 
@@ -104,5 +105,12 @@ char *domxml_overlay_snapshot_xml(const char *description, const DomXmlOverlay *
  * with any <backingStore> of that disk removed (libvirt re-detects it). */
 char *domxml_set_disk_source(const char *xml, const char *target, const char *path,
                              ChainFormat format, GError **error);
+
+/* Tree helpers, also for the XML the executor rewrites.  NULL-safe:
+ * a NULL node is no element, has no children and no attributes. */
+gboolean domxml_node_is(const xmlNode *node, const char *name);
+xmlNode *domxml_child(const xmlNode *parent, const char *name);
+/* A g_malloc'd copy of attribute name, or NULL. */
+char *domxml_attr(const xmlNode *node, const char *name);
 
 G_END_DECLS

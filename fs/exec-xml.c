@@ -45,39 +45,11 @@ exec_xml_create_snapshot(const char *name, const char *const *targets,
 /* ------------------------------------------------------------------ */
 /* Tree helpers                                                        */
 
-static gboolean
-is_element(const xmlNode *node, const char *name)
-{
-  return node && node->type == XML_ELEMENT_NODE && strcmp((const char *)node->name, name) == 0;
-}
-
-static xmlNode *
-child(const xmlNode *parent, const char *name)
-{
-  for (xmlNode *n = parent ? parent->children : NULL; n; n = n->next)
-    if (is_element(n, name))
-      return n;
-  return NULL;
-}
-
-static char *
-get_attr(const xmlNode *node, const char *name)
-{
-  if (!node)
-    return NULL;
-  xmlChar *value = xmlGetProp(node, (const xmlChar *)name);
-  if (!value)
-    return NULL;
-  char *copy = g_strdup((const char *)value);
-  xmlFree(value);
-  return copy;
-}
-
 static void
 remove_children(xmlNode *parent, const char *name)
 {
   xmlNode *n;
-  while ((n = child(parent, name))) {
+  while ((n = domxml_child(parent, name))) {
     xmlUnlinkNode(n);
     xmlFreeNode(n);
   }
@@ -87,7 +59,7 @@ remove_children(xmlNode *parent, const char *name)
 static xmlNode *
 set_text_child(xmlNode *parent, const char *name, const char *text)
 {
-  xmlNode *node = child(parent, name);
+  xmlNode *node = domxml_child(parent, name);
   if (!node)
     node = xmlNewChild(parent, NULL, (const xmlChar *)name, NULL);
   xmlNodeSetContent(node, NULL);
@@ -114,7 +86,7 @@ static xmlDoc *
 parse(const char *xml, const char *root, GError **error)
 {
   xmlDoc *doc = xmlReadMemory(xml, (int)strlen(xml), NULL, NULL, XML_PARSE_NONET | XML_PARSE_NOBLANKS);
-  if (!doc || !is_element(xmlDocGetRootElement(doc), root)) {
+  if (!doc || !domxml_node_is(xmlDocGetRootElement(doc), root)) {
     if (doc)
       xmlFreeDoc(doc);
     g_set_error(error, BACKEND_ERROR, EINVAL, "not a <%s> document", root);
@@ -127,11 +99,11 @@ parse(const char *xml, const char *root, GError **error)
 static xmlNode *
 domain_disk(xmlNode *domain, const char *target)
 {
-  for (xmlNode *n = child(domain, "devices") ? child(domain, "devices")->children : NULL; n;
+  for (xmlNode *n = domxml_child(domain, "devices") ? domxml_child(domain, "devices")->children : NULL; n;
        n = n->next) {
-    if (!is_element(n, "disk"))
+    if (!domxml_node_is(n, "disk"))
       continue;
-    g_autofree char *dev = get_attr(child(n, "target"), "dev");
+    g_autofree char *dev = domxml_attr(domxml_child(n, "target"), "dev");
     if (g_strcmp0(dev, target) == 0)
       return n;
   }
@@ -141,10 +113,10 @@ domain_disk(xmlNode *domain, const char *target)
 static void
 set_source_file(xmlNode *disk, const char *path)
 {
-  xmlNode *source = child(disk, "source");
+  xmlNode *source = domxml_child(disk, "source");
   if (!source)
     source = xmlNewChild(disk, NULL, (const xmlChar *)"source", NULL);
-  g_autofree char *type = get_attr(disk, "type");
+  g_autofree char *type = domxml_attr(disk, "type");
   gboolean block = g_strcmp0(type, "block") == 0;
   xmlUnsetProp(source, (const xmlChar *)"index");
   xmlSetProp(source, (const xmlChar *)(block ? "dev" : "file"), (const xmlChar *)path);
@@ -188,16 +160,16 @@ exec_xml_redefine_snapshot(const char *template_xml, const char *domain_xml,
   g_autofree char *ctime = g_strdup_printf("%" G_GINT64_FORMAT, definition->creation_time);
   set_text_child(root, "creationTime", ctime);
 
-  xmlNode *disks = child(root, "disks");
+  xmlNode *disks = domxml_child(root, "disks");
   if (!disks)
     disks = xmlNewChild(root, NULL, (const xmlChar *)"disks", NULL);
-  xmlNode *domain = child(root, "domain");
+  xmlNode *domain = domxml_child(root, "domain");
   for (guint i = 0; i < definition->disks->len; i++) {
     const PlanSnapshotDisk *sd = definition->disks->pdata[i];
     xmlNode *disk = NULL;
     for (xmlNode *n = disks->children; n && !disk; n = n->next) {
-      g_autofree char *name = get_attr(n, "name");
-      if (is_element(n, "disk") && g_strcmp0(name, sd->target) == 0)
+      g_autofree char *name = domxml_attr(n, "name");
+      if (domxml_node_is(n, "disk") && g_strcmp0(name, sd->target) == 0)
         disk = n;
     }
     if (!disk) {
@@ -207,7 +179,7 @@ exec_xml_redefine_snapshot(const char *template_xml, const char *domain_xml,
     xmlSetProp(disk, (const xmlChar *)"snapshot", (const xmlChar *)"external");
     if (!xmlHasProp(disk, (const xmlChar *)"type"))
       xmlSetProp(disk, (const xmlChar *)"type", (const xmlChar *)"file");
-    if (!child(disk, "driver")) {
+    if (!domxml_child(disk, "driver")) {
       xmlNode *driver = xmlNewChild(disk, NULL, (const xmlChar *)"driver", NULL);
       xmlSetProp(driver, (const xmlChar *)"type", (const xmlChar *)"qcow2");
     }
@@ -235,11 +207,11 @@ exec_xml_shared_targets(const char *domain_xml)
   g_autoptr(xmlDoc) doc = parse(domain_xml, "domain", &error);
   if (!doc)
     return targets;
-  xmlNode *devices = child(xmlDocGetRootElement(doc), "devices");
+  xmlNode *devices = domxml_child(xmlDocGetRootElement(doc), "devices");
   for (xmlNode *n = devices ? devices->children : NULL; n; n = n->next) {
-    if (!is_element(n, "disk") || !(child(n, "readonly") || child(n, "shareable")))
+    if (!domxml_node_is(n, "disk") || !(domxml_child(n, "readonly") || domxml_child(n, "shareable")))
       continue;
-    char *dev = get_attr(child(n, "target"), "dev");
+    char *dev = domxml_attr(domxml_child(n, "target"), "dev");
     if (dev)
       g_hash_table_add(targets, dev);
   }

@@ -57,8 +57,8 @@ disks_copy(GPtrArray *disks)
   return copy;
 }
 
-static virDomainPtr
-lookup_domain(virConnectPtr conn, const char *name, const char *uuid, GError **error)
+virDomainPtr
+backend_lookup_domain(virConnectPtr conn, const char *name, const char *uuid, GError **error)
 {
   virDomainPtr dom = uuid ? virDomainLookupByUUIDString(conn, uuid) : NULL;
   if (!dom)
@@ -144,7 +144,7 @@ freeze_create(Backend *backend, const char *name, GError **error)
   g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, error);
   if (!conn)
     return NULL;
-  g_autoptr(BackendVirDomain) dom = lookup_domain(conn, name, NULL, error);
+  g_autoptr(BackendVirDomain) dom = backend_lookup_domain(conn, name, NULL, error);
   if (!dom)
     return NULL;
   char uuid[VIR_UUID_STRING_BUFLEN];
@@ -391,7 +391,7 @@ thaw_record(Backend *backend, BackendFreezeRecord *record, GError **error)
   g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, error);
   if (!conn)
     return FALSE;
-  g_autoptr(BackendVirDomain) dom = lookup_domain(conn, record->domain, record->uuid, error);
+  g_autoptr(BackendVirDomain) dom = backend_lookup_domain(conn, record->domain, record->uuid, error);
   if (!dom)
     return FALSE;
   gboolean ok = TRUE;

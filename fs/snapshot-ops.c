@@ -289,20 +289,6 @@ refresh_model(Backend *backend)
     g_message("model refresh after a snapshot operation: %s", error->message);
 }
 
-static virDomainPtr
-lookup(virConnectPtr conn, const char *name, const char *uuid, GError **error)
-{
-  virDomainPtr dom = uuid ? virDomainLookupByUUIDString(conn, uuid) : NULL;
-  if (!dom)
-    dom = virDomainLookupByName(conn, name);
-  if (!dom) {
-    const virError *err = virGetLastError();
-    g_set_error(error, BACKEND_ERROR, err && err->code == VIR_ERR_NO_DOMAIN ? ENOENT : EIO,
-                "domain %s: %s", name, virGetLastErrorMessage());
-  }
-  return dom;
-}
-
 static gboolean
 check_not_frozen(Backend *backend, const char *domain, const char *what, GError **error)
 {
@@ -414,7 +400,7 @@ run_plan(Backend *backend, const char *domain, const PlanOp *op, GError **error)
   g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, error);
   if (!conn)
     return FALSE;
-  g_autoptr(BackendVirDomain) dom = lookup(conn, domain, NULL, error);
+  g_autoptr(BackendVirDomain) dom = backend_lookup_domain(conn, domain, NULL, error);
   if (!dom)
     return FALSE;
   if (op->kind != PLAN_OP_RENAME && !check_not_frozen(backend, domain, op_verb(op->kind), error))
@@ -604,7 +590,7 @@ backend_snapshot_create(Backend *backend, const char *domain, const char *name, 
   g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, error);
   if (!conn)
     return FALSE;
-  g_autoptr(BackendVirDomain) dom = lookup(conn, domain, NULL, error);
+  g_autoptr(BackendVirDomain) dom = backend_lookup_domain(conn, domain, NULL, error);
   if (!dom)
     return FALSE;
   if (!check_not_frozen(backend, domain, "create a snapshot", error))
@@ -725,7 +711,7 @@ backend_exec_recover(Backend *backend)
     g_autoptr(DomainTurn) turn = turn_take(backend, journal->domain);
     g_autoptr(GError) local = NULL;
     g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, &local);
-    g_autoptr(BackendVirDomain) dom = conn ? lookup(conn, journal->domain, journal->uuid, &local)
+    g_autoptr(BackendVirDomain) dom = conn ? backend_lookup_domain(conn, journal->domain, journal->uuid, &local)
                                            : NULL;
     if (!dom || !journal_finish(backend, dom, journal, &local))
       g_warning("domain %s: the plan in %s could not be finished (the next operation on the "
