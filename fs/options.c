@@ -25,6 +25,7 @@ enum {
   KEY_VERSION,
   KEY_FOREGROUND,
   KEY_DEBUG,
+  KEY_DEBUG_OPT,
   KEY_IMAGE_DIR,
   KEY_ALLOW_OTHER,
   KEY_KEEP,
@@ -48,7 +49,9 @@ static const struct fuse_opt option_table[] = {
   FUSE_OPT_KEY("-s", KEY_KEEP),
   /* Seen here and also passed on: libfuse prints its own request trace. */
   FUSE_OPT_KEY("-d", KEY_DEBUG),
-  FUSE_OPT_KEY("debug", KEY_DEBUG),
+  /* The same trace without the foreground, so that an fstab line can
+   * carry it (mount would wait forever for a foreground daemon). */
+  FUSE_OPT_KEY("debug", KEY_DEBUG_OPT),
   FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
   /* mount.fuse3 and fstab pass these; they mean nothing to a daemon that
    * is not a block device filesystem. */
@@ -59,6 +62,10 @@ static const struct fuse_opt option_table[] = {
   FUSE_OPT_KEY("nouser", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY("users", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY("nofail", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD),
+  /* x-systemd.automount, x-systemd.requires=..., comment=...: for mount
+   * and systemd only (see options_proc). */
+  FUSE_OPT_KEY("comment=", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_END
 };
 
@@ -106,6 +113,9 @@ options_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
     opts->debug = TRUE;
     opts->foreground = TRUE;
     return 1;
+  case KEY_DEBUG_OPT:
+    opts->debug = TRUE;
+    return 1;
   case KEY_ALLOW_OTHER:
     opts->allow_other = TRUE;
     return 1;
@@ -125,6 +135,13 @@ options_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
     }
     opts->n_nonopt++;
     return 0;
+  case FUSE_OPT_KEY_OPT:
+    /* fstab options for mount(8) and systemd's fstab generator, which
+     * mount.fuse3 drops too; discarded here for a daemon run by hand or
+     * by another mount helper with an fstab line's options. */
+    if (g_str_has_prefix(arg, "x-"))
+      return 0;
+    return 1;
   default:
     return 1;
   }
