@@ -263,7 +263,9 @@ options_print_help(const char *argv0)
          "    -h, --help             print this help and exit\n"
          "    -V, --version          print the version and exit\n"
          "    -f                     stay in the foreground (log to stderr)\n"
-         "    -d, -o debug           debug: foreground, one log line per request\n"
+         "    -d                     debug: the same as -f -o debug\n"
+         "    -o debug               log one line per request and libfuse's trace\n"
+         "                           (default: off; without -f it goes to syslog)\n"
          "    -s                     single-threaded FUSE loop (debugging)\n"
          "    -o uri=URI             libvirt URI (default: the mount source, else %s)\n"
          "    -o state_dir=DIR       journal and freeze records (default: %s)\n"
@@ -277,10 +279,11 @@ options_print_help(const char *argv0)
          "    -o no_splice           copy data through user space instead of splice(2)\n"
          "                           (default: splice when the kernel can)\n"
          "    -o allow_other         let other users read (default: only the mount owner);\n"
-         "                           default_permissions is always on, so files (0444)\n"
-         "                           and directories (0555) are checked by the kernel\n"
+         "                           default_permissions is always on, so the kernel\n"
+         "                           checks the modes (files 0444)\n"
          "\n"
-         "Any other -o option is passed to libfuse (ro, max_read=N, ...).\n",
+         "Any other -o option is passed to libfuse (ro, max_read=N, ...).  Options for\n"
+         "mount(8) and systemd (noauto, nofail, _netdev, x-systemd.*, ...) are ignored.\n",
          argv0, VIRTSNAPFS_DEFAULT_URI, VIRTSNAPFS_DEFAULT_STATE_DIR,
          VIRTSNAPFS_DEFAULT_THREADS, VIRTSNAPFS_DEFAULT_TIMEOUT);
 }
