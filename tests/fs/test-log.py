@@ -71,14 +71,20 @@ def test(env):
     check.ok(debug == [], "no debug lines without -o debug (%d)" % len(debug))
 
     d = m.Daemon(env, "debug")
-    start = len(d.log_text().splitlines())
     os.listdir(dom)
     with open(os.path.join(dom, "s1", "vda.raw"), "rb") as f:
         f.read(4096)
-    trace = [DEBUG.search(l).group(2) for l in d.log_text().splitlines()[start:]
-             if DEBUG.search(l)]
-    for op in ("LOOKUP logd/s1", "GETATTR", "OPENDIR", "OPEN logd/s1/vda.raw", "READ"):
-        check.ok(any(t.startswith(op) for t in trace), "-o debug traces %s" % op)
+
+    def trace():
+        return [DEBUG.search(l).group(2) for l in d.log_text().splitlines() if DEBUG.search(l)]
+
+    # The kernel sends RELEASE after close() has returned.
+    m.wait_for(lambda: any(t.startswith("RELEASE logd/s1/vda.raw") for t in trace()),
+               what="RELEASE in the trace")
+    for op in ("INIT ", "GETATTR / ", "OPENDIR logd ", "LOOKUP logd/s1 ",
+               "OPEN logd/s1/vda.raw => size", "READ logd/s1/vda.raw off=0 ",
+               "RELEASE logd/s1/vda.raw", "unique: "):
+        check.ok(any(t.startswith(op) for t in trace()), "-o debug traces %r" % op)
 
     one_message(d, lambda: os.mkdir(os.path.join(dom, "m1")),
                 r"^domain logd: created snapshot m1 in \d+\.\d s \(offline, 1 disks")
