@@ -221,6 +221,33 @@ backend_drop_connection(Backend *backend)
   g_cond_signal(&backend->wake);
 }
 
+gboolean
+backend_disk_capacity(Backend *backend, const char *domain, const char *target,
+                      const char *path, guint64 *capacity, GError **error)
+{
+  g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, NULL);
+  if (!conn) {
+    g_set_error(error, BACKEND_ERROR, ENOTCONN, "not connected to %s", backend->uri);
+    return FALSE;
+  }
+  if (target) {
+    g_autoptr(BackendVirDomain) dom = virDomainLookupByName(conn, domain);
+    virDomainBlockInfo info;
+    if (dom && virDomainGetBlockInfo(dom, target, &info, 0) == 0) {
+      *capacity = info.capacity;
+      return TRUE;
+    }
+  }
+  g_autoptr(BackendVirStorageVol) vol = virStorageVolLookupByPath(conn, path);
+  virStorageVolInfo info;
+  if (vol && virStorageVolGetInfo(vol, &info) == 0) {
+    *capacity = info.capacity;
+    return TRUE;
+  }
+  backend_set_virt_error(error, "size of %s", path);
+  return FALSE;
+}
+
 /* ------------------------------------------------------------------ */
 /* Model                                                               */
 

@@ -118,6 +118,14 @@ gboolean backend_refresh(Backend *backend, GError **error);
  * connection is down and no model was ever read). */
 BackendModel *backend_get_model(Backend *backend);
 
+/* The capacity (guest size) of a disk as libvirt reports it, for disks
+ * whose images this machine cannot read (a remote host without shared
+ * storage): the block info of target when given (a disk of the present),
+ * else the storage volume at path.  ENOTCONN while disconnected, EIO when
+ * libvirt cannot tell.  Blocks on libvirt. */
+gboolean backend_disk_capacity(Backend *backend, const char *domain, const char *target,
+                               const char *path, guint64 *capacity, GError **error);
+
 /* @now (DESIGN.md 4.2).  The first freeze of a domain takes a temporary
  * external overlay of all its disks (no metadata, quiesced when the guest
  * agent answers) and returns the frozen images as BackendDisks; further
