@@ -389,6 +389,7 @@ worker_run(gpointer data)
   guint backoff = 1;
   gint64 next_connect = 0;
   gboolean logged_failure = FALSE;
+  gboolean logged_connect_failure = FALSE;
 
   for (;;) {
     gboolean connected;
@@ -411,12 +412,20 @@ worker_run(gpointer data)
         continue;
       g_autoptr(GError) error = NULL;
       if (!connect_up(backend, &error)) {
-        g_message("%s (next try in %u s)", error->message, backoff);
+        /* One line per outage, not one per try: a host that stays down
+         * for hours must not fill the log. */
+        if (!logged_connect_failure)
+          g_message("%s (retrying every %u s at most; further failures are not logged)",
+                    error->message, BACKOFF_MAX_S);
+        else
+          g_debug("%s (next try in %u s)", error->message, backoff);
+        logged_connect_failure = TRUE;
         next_connect = g_get_monotonic_time() + backoff * G_USEC_PER_SEC;
         backoff = MIN(backoff * 2, BACKOFF_MAX_S);
         continue;
       }
       g_message("reconnected to %s", backend->uri);
+      logged_connect_failure = FALSE;
       {
         g_autoptr(GMutexLocker) build = g_mutex_locker_new(&backend->build_lock);
         backend->no_pools = FALSE;

@@ -199,6 +199,61 @@ test_rename(void)
   model_free(model);
 }
 
+/* Several hosts: the same domain on two hosts is two entries; a host's
+ * model prunes and renames only its own nodes; a host's directory keeps
+ * its number whatever the models say. */
+static void
+test_hosts(void)
+{
+  g_autoptr(Tree) tree = tree_new();
+  const char *names[] = { "s1", NULL };
+  BackendModel *with = model_new(names);
+  BackendModel *without = model_new(NULL);
+
+  g_autoptr(TreeNode) ha = tree_lookup(tree, TREE_HOST, "a", NULL, NULL, NULL);
+  g_autoptr(TreeNode) hb = tree_lookup(tree, TREE_HOST, "b", NULL, NULL, NULL);
+  g_assert_cmpuint(ha->ino, !=, hb->ino);
+  g_assert_cmpstr(ha->display, ==, "a");
+  g_assert_null(ha->domain);
+
+  g_autoptr(TreeNode) da = tree_lookup(tree, TREE_DOMAIN, "a", "demo", NULL, NULL);
+  g_autoptr(TreeNode) db = tree_lookup(tree, TREE_DOMAIN, "b", "demo", NULL, NULL);
+  g_assert_cmpuint(da->ino, !=, db->ino);
+  g_assert_cmpstr(da->display, ==, "a/demo");
+  g_assert_cmpstr(db->host, ==, "b");
+  /* Neither is the one-host entry of the same domain. */
+  g_assert_cmpuint(tree_find(tree, TREE_DOMAIN, NULL, "demo", NULL, NULL), ==, 0);
+
+  fuse_ino_t fa = tree_intern(tree, TREE_DISK, "a", "demo", "s1", "vda");
+  fuse_ino_t fb = tree_intern(tree, TREE_DISK, "b", "demo", "s1", "vda");
+  g_assert_cmpuint(fa, !=, fb);
+  g_assert_cmpuint(tree_intern(tree, TREE_DISK, "a", "demo", "s1", "vda"), ==, fa);
+  g_autoptr(TreeNode) nfa = tree_get(tree, fa);
+  g_assert_cmpstr(nfa->display, ==, "a/demo/s1/vda.raw");
+
+  /* Host a lost s1: its file goes, host b's stays. */
+  tree_prune(tree, "a", without);
+  g_assert_cmpuint(tree_find(tree, TREE_DISK, "a", "demo", "s1", "vda"), ==, 0);
+  g_assert_cmpuint(tree_find(tree, TREE_DISK, "b", "demo", "s1", "vda"), ==, fb);
+  /* Hosts never leave the table, even forgotten against an empty model. */
+  tree_forget(tree, ha->ino, 1, without);
+  g_assert_cmpuint(tree_find(tree, TREE_HOST, "a", NULL, NULL, NULL), ==, ha->ino);
+  g_autoptr(TreeNode) hagain = tree_lookup(tree, TREE_HOST, "a", NULL, NULL, NULL);
+  g_assert_cmpuint(hagain->ino, ==, ha->ino);
+
+  /* A rename on host b leaves host a's point of the same name alone. */
+  fuse_ino_t pa = tree_intern(tree, TREE_POINT, "a", "demo", "s1", NULL);
+  fuse_ino_t pb = tree_intern(tree, TREE_POINT, "b", "demo", "s1", NULL);
+  tree_rename_point(tree, "b", "demo", "s1", "s2");
+  g_assert_cmpuint(tree_find(tree, TREE_POINT, "a", "demo", "s1", NULL), ==, pa);
+  g_assert_cmpuint(tree_find(tree, TREE_POINT, "b", "demo", "s2", NULL), ==, pb);
+  g_assert_cmpuint(tree_find(tree, TREE_DISK, "b", "demo", "s2", "vda"), ==, fb);
+  g_assert_cmpuint(tree_find(tree, TREE_POINT, "b", "demo", "s1", NULL), ==, 0);
+
+  model_free(with);
+  model_free(without);
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -207,5 +262,6 @@ main(int argc, char *argv[])
   g_test_add_func("/tree/gone", test_gone);
   g_test_add_func("/tree/model-lookups", test_model_lookups);
   g_test_add_func("/tree/rename", test_rename);
+  g_test_add_func("/tree/hosts", test_hosts);
   return g_test_run();
 }
