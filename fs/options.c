@@ -357,10 +357,11 @@ options_validate(VirtsnapfsOptions *opts, GError **error)
 void
 options_print_help(const char *argv0)
 {
-  printf("usage: %s [URI] MOUNTPOINT [options]\n"
+  printf("usage: %s [URI] MOUNTPOINT [options] [-o uri=[NAME=]URI]...\n"
          "\n"
          "Shows the disk snapshots of libvirt/QEMU domains as a read-only tree:\n"
-         "MOUNTPOINT/<domain>/{@now,<snapshot>}/<target>.raw\n"
+         "MOUNTPOINT/<domain>/{@now,<snapshot>}/<target>.raw, or with several\n"
+         "-o uri= MOUNTPOINT/<host>/<domain>/{@now,<snapshot>}/<target>.raw\n"
          "\n"
          "virtsnapfs options:\n"
          "    -h, --help             print this help and exit\n"
