@@ -19,8 +19,8 @@
  * immutable picture, so one request sees one consistent model.  The root
  * of a mount of several hosts lists the hosts (fs->hosts, fixed) and has
  * no model; each host's directory lists its domains as the root of a
- * one-host mount does.  The tree (tree.c)
- * only maps inode numbers to (domain, point, file); it has its own lock.
+ * one-host mount does.  The tree (tree.c) only maps inode numbers to
+ * ([host,] domain, point, file); it has its own lock.
  * Open files own everything their reads need (ops-read.c): the read path
  * takes no global lock.
  */

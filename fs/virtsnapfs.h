@@ -283,8 +283,9 @@ extern const struct fuse_lowlevel_ops ops_table;
 /* Fills st for node from model; FALSE with ENOENT/EIO in *err. */
 gboolean ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model,
                   struct stat *st, int *err);
-/* Answers a lookup of name in pnode from model: fuse_reply_entry (the
- * node's lookup count goes up) or fuse_reply_err.  lookup and mkdir. */
+/* Answers a lookup of name in pnode from model (pnode's host's; NULL for
+ * the root of several hosts): fuse_reply_entry (the node's lookup count
+ * goes up) or fuse_reply_err.  lookup and mkdir. */
 void ops_reply_entry(fuse_req_t req, Virtsnapfs *fs, BackendModel *model,
                      const TreeNode *pnode, const char *name);
 
