@@ -96,10 +96,16 @@ typedef struct {
   const char *const *image_dirs; /* extra allowed directories, may be NULL */
   gboolean revert_discard;       /* -o revert=discard: a revert keeps no
                                   * pre-revert snapshot of the present */
+  gboolean connect_later;        /* when libvirt does not answer at start,
+                                  * start anyway with an empty model and
+                                  * keep trying (a host of several); the
+                                  * freeze repair and journal recovery then
+                                  * run on the first connection, before
+                                  * anything else may use it */
 } BackendOptions;
 
 /* Connects, reads the first model, repairs freezes a crash left behind,
- * and starts watching for changes. */
+ * and starts watching for changes (see BackendOptions.connect_later). */
 Backend *backend_new(const BackendOptions *options, GError **error);
 /* Thaws open freezes, stops the event thread, closes the connection. */
 void backend_free(Backend *backend);

@@ -8,7 +8,10 @@
  * hosts existed; with several, each keeps its state in STATE_DIR/<name>/.
  *
  * A host whose connection drops keeps its directory with its last known
- * model; the backend reconnects with its backoff (backend.c).
+ * model; the backend reconnects with its backoff (backend.c).  On a mount
+ * of several hosts one that does not answer at start is mounted anyway,
+ * as an empty directory that fills once it answers; a mount of one host
+ * fails instead, as it always did.
  *
  * Thread model: fs->hosts is built before the mount and freed after the
  * FUSE loop ended, so FUSE workers read it without a lock; a host's
@@ -81,6 +84,8 @@ hosts_connect(Virtsnapfs *fs, GError **error)
       .state_dir = state_dir,
       .image_dirs = opts->image_dirs_strv,
       .revert_discard = opts->revert_mode == VIRTSNAPFS_REVERT_DISCARD,
+      /* One host down must not keep the others from being mounted. */
+      .connect_later = fs->multi_host,
     };
     if (fs->multi_host)
       g_message("host %s: uri=%s state_dir=%s%s", spec->name, spec->uri, state_dir,

@@ -15,7 +15,9 @@ mounted:
   - the private libvirtd stopped: "emb" keeps working, "lv" keeps its last
     known listing (its snapshots still read), mkdir there is EIO, the log
     gets one line per outage, not one per retry;
-    restarted: "lv" works again.
+    restarted: "lv" works again;
+  - mounted while the private libvirtd is down: mounted anyway, "lv" is
+    empty, and fills once its libvirtd answers.
 """
 
 import errno
@@ -254,6 +256,28 @@ def test(env, emb, lv):
     d.stop()
     state = sorted(os.listdir(env.state))
     check.ok(state == ["emb", "lv"], "per-host state directories: %s" % state)
+
+    # Mounting while lv does not answer: mounted anyway, lv empty until
+    # its libvirtd is back.
+    if lv.proc is not None:
+        lv.proc.terminate()
+        lv.proc.wait(timeout=60)
+        d = m.Daemon(env, "uri=emb=" + emb_uri, "uri=lv=" + lv_uri, "image_dir=" + emb.images,
+                     uri="virtsnapfs")
+        check.ok(sorted(os.listdir(mnt)) == ["emb", "lv"], "mounted with lv down")
+        check.ok(os.listdir(os.path.join(mnt, "lv")) == [], "lv is empty while it never answered")
+        compare_all(env, emb_dir, emb_oracles, "emb, mounted with lv down")
+        lv.proc = start_libvirtd(env)
+        m.wait_for(lambda: LV_DOM in os.listdir(os.path.join(mnt, "lv")), timeout=90,
+                   what="lv to fill once its libvirtd answers")
+        check.ok(True, "lv lists its domains once it answers")
+        compare_all(env, lv_dir, lv_oracles, "lv, late")
+        change_while_reading(env, "lv (late)", lv_dir, "late-l",
+                             os.path.join(emb_dir, "s1", "vda.raw"), emb_oracles["s1"],
+                             lv_oracles["@now"])
+        d.stop()
+        check.ok(d.log_text().count("starting without it") == 1,
+                 "the failed start is logged once")
     print("%d checks passed" % check.n)
 
 
