@@ -31,6 +31,13 @@ struct _Backend {
   GCond wake;                   /* signalled with dirty or stopping */
   gboolean dirty;               /* an event asked for a rebuild */
   gboolean stopping;
+  gboolean ready;               /* freezes repaired and journals recovered:
+                                 * the connection may be handed out */
+  GThread *repairing;           /* the worker while it runs those repairs
+                                 * (connect_later), the one thread that
+                                 * gets the connection before ready */
+  gboolean start_failed;        /* connect_later: the first connect failed
+                                 * (and was logged) */
 
   GMutex build_lock;            /* serialises model builds */
   char *fingerprint;            /* of the libvirt state the model was built from */

@@ -26,10 +26,12 @@ typedef struct _virConnect BackendVirConnect;
 typedef struct _virDomain BackendVirDomain;
 typedef struct _virDomainSnapshot BackendVirDomainSnapshot;
 typedef struct _virStoragePool BackendVirStoragePool;
+typedef struct _virStorageVol BackendVirStorageVol;
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendVirConnect, backend_virt_connect_close)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendVirDomain, virDomainFree)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendVirDomainSnapshot, virDomainSnapshotFree)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendVirStoragePool, virStoragePoolFree)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendVirStorageVol, virStorageVolFree)
 
 /* The current connection: a new reference (virConnectClose it, or hold it in
  * g_autoptr(BackendVirConnect)), or NULL with an EIO error while the

@@ -12,7 +12,10 @@
  *    new model, swaps it in under Backend.lock and calls the listener.
  *    When the connection dropped (close callback, or a read that finds it
  *    dead) the worker reconnects with exponential backoff (1 s to 30 s);
- *    the last model keeps being served meanwhile.
+ *    the last model keeps being served meanwhile.  With connect_later a
+ *    backend may start without a connection: the worker then makes the
+ *    first one, runs the freeze repair and journal recovery on it, and
+ *    only then hands the connection to anyone else (Backend.ready).
  *  - callers of backend_get_model() only take Backend.lock for a reference.
  */
 #include <errno.h>
@@ -204,7 +207,8 @@ virConnectPtr
 backend_get_connection(Backend *backend, GError **error)
 {
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
-  if (!backend->conn || backend->conn_broken) {
+  if (!backend->conn || backend->conn_broken ||
+      (!backend->ready && backend->repairing != g_thread_self())) {
     g_set_error(error, BACKEND_ERROR, EIO, "not connected to %s", backend->uri);
     return NULL;
   }
@@ -219,6 +223,33 @@ backend_drop_connection(Backend *backend)
   g_message("dropping the connection to %s", backend->uri);
   backend->conn_broken = TRUE;
   g_cond_signal(&backend->wake);
+}
+
+gboolean
+backend_disk_capacity(Backend *backend, const char *domain, const char *target,
+                      const char *path, guint64 *capacity, GError **error)
+{
+  g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, NULL);
+  if (!conn) {
+    g_set_error(error, BACKEND_ERROR, ENOTCONN, "not connected to %s", backend->uri);
+    return FALSE;
+  }
+  if (target) {
+    g_autoptr(BackendVirDomain) dom = virDomainLookupByName(conn, domain);
+    virDomainBlockInfo info;
+    if (dom && virDomainGetBlockInfo(dom, target, &info, 0) == 0) {
+      *capacity = info.capacity;
+      return TRUE;
+    }
+  }
+  g_autoptr(BackendVirStorageVol) vol = virStorageVolLookupByPath(conn, path);
+  virStorageVolInfo info;
+  if (vol && virStorageVolGetInfo(vol, &info) == 0) {
+    *capacity = info.capacity;
+    return TRUE;
+  }
+  backend_set_virt_error(error, "size of %s", path);
+  return FALSE;
 }
 
 /* ------------------------------------------------------------------ */
@@ -355,6 +386,29 @@ backend_domain_lock(Backend *backend, const char *domain)
 /* ------------------------------------------------------------------ */
 /* Worker                                                              */
 
+static gboolean
+backend_is_ready(Backend *backend)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
+  return backend->ready;
+}
+
+/* The start-up repairs of a backend that started without a connection,
+ * on its first one; until they are done nobody else gets it. */
+static void
+repair_late(Backend *backend)
+{
+  {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
+    backend->repairing = g_thread_self();
+  }
+  backend_freeze_repair(backend);
+  backend_exec_recover(backend);
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
+  backend->repairing = NULL;
+  backend->ready = TRUE;
+}
+
 static gpointer
 worker_run(gpointer data)
 {
@@ -362,6 +416,7 @@ worker_run(gpointer data)
   guint backoff = 1;
   gint64 next_connect = 0;
   gboolean logged_failure = FALSE;
+  gboolean logged_connect_failure = backend->start_failed;
 
   for (;;) {
     gboolean connected;
@@ -384,12 +439,22 @@ worker_run(gpointer data)
         continue;
       g_autoptr(GError) error = NULL;
       if (!connect_up(backend, &error)) {
-        g_message("%s (next try in %u s)", error->message, backoff);
+        /* One line per outage, not one per try: a host that stays down
+         * for hours must not fill the log. */
+        if (!logged_connect_failure)
+          g_message("%s (retrying every %u s at most; further failures are not logged)",
+                    error->message, BACKOFF_MAX_S);
+        else
+          g_debug("%s (next try in %u s)", error->message, backoff);
+        logged_connect_failure = TRUE;
         next_connect = g_get_monotonic_time() + backoff * G_USEC_PER_SEC;
         backoff = MIN(backoff * 2, BACKOFF_MAX_S);
         continue;
       }
       g_message("reconnected to %s", backend->uri);
+      logged_connect_failure = FALSE;
+      if (!backend_is_ready(backend))
+        repair_late(backend);
       {
         g_autoptr(GMutexLocker) build = g_mutex_locker_new(&backend->build_lock);
         backend->no_pools = FALSE;
@@ -499,13 +564,22 @@ backend_new(const BackendOptions *options, GError **error)
     backend_destroy(backend, FALSE);
     return NULL;
   }
-  if (!connect_up(backend, error)) {
-    backend_destroy(backend, FALSE);
-    return NULL;
-  }
-  backend_freeze_repair(backend);
-  backend_exec_recover(backend);
-  if (!refresh(backend, TRUE, error)) {
+  backend->ready = TRUE;
+  g_autoptr(GError) unreachable = NULL;
+  if (connect_up(backend, &unreachable)) {
+    backend_freeze_repair(backend);
+    backend_exec_recover(backend);
+    if (!refresh(backend, TRUE, error)) {
+      backend_destroy(backend, FALSE);
+      return NULL;
+    }
+  } else if (options->connect_later) {
+    g_message("%s; starting without it, retrying every %u s at most (further failures are "
+              "not logged)", unreachable->message, BACKOFF_MAX_S);
+    backend->ready = FALSE;
+    backend->start_failed = TRUE;
+  } else {
+    g_propagate_error(error, g_steal_pointer(&unreachable));
     backend_destroy(backend, FALSE);
     return NULL;
   }

@@ -96,10 +96,16 @@ typedef struct {
   const char *const *image_dirs; /* extra allowed directories, may be NULL */
   gboolean revert_discard;       /* -o revert=discard: a revert keeps no
                                   * pre-revert snapshot of the present */
+  gboolean connect_later;        /* when libvirt does not answer at start,
+                                  * start anyway with an empty model and
+                                  * keep trying (a host of several); the
+                                  * freeze repair and journal recovery then
+                                  * run on the first connection, before
+                                  * anything else may use it */
 } BackendOptions;
 
 /* Connects, reads the first model, repairs freezes a crash left behind,
- * and starts watching for changes. */
+ * and starts watching for changes (see BackendOptions.connect_later). */
 Backend *backend_new(const BackendOptions *options, GError **error);
 /* Thaws open freezes, stops the event thread, closes the connection. */
 void backend_free(Backend *backend);
@@ -117,6 +123,14 @@ gboolean backend_refresh(Backend *backend, GError **error);
 /* The current model: a new reference, never NULL (empty while the
  * connection is down and no model was ever read). */
 BackendModel *backend_get_model(Backend *backend);
+
+/* The capacity (guest size) of a disk as libvirt reports it, for disks
+ * whose images this machine cannot read (a remote host without shared
+ * storage): the block info of target when given (a disk of the present),
+ * else the storage volume at path.  ENOTCONN while disconnected, EIO when
+ * libvirt cannot tell.  Blocks on libvirt. */
+gboolean backend_disk_capacity(Backend *backend, const char *domain, const char *target,
+                               const char *path, guint64 *capacity, GError **error);
 
 /* @now (DESIGN.md 4.2).  The first freeze of a domain takes a temporary
  * external overlay of all its disks (no metadata, quiesced when the guest

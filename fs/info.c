@@ -11,7 +11,12 @@
  * anyway (cp only compares it with the size to decide to look for holes).
  *
  * Errors (unreadable chain, policy refusal) are logged once per image
- * path and reported as the chain's errno.
+ * path and reported as the chain's errno.  A cache of a remote host
+ * (hosts.c) tells "not visible here" apart: an image or a layer that does
+ * not exist on this machine (ENOENT, ENOTDIR) is normal for a host
+ * without shared storage, so it is reported as EREMOTE and logged once as
+ * a message, not a warning.  A local host's missing image stays an error
+ * (EIO to the reader): there it means a broken domain, not a remote one.
  *
  * Thread model: any FUSE worker; one mutex protects the table and is not
  * held while a chain is opened (two threads may compute the same entry;
@@ -34,15 +39,19 @@ typedef struct {
 } InfoEntry;
 
 struct _InfoCache {
+  char *label;          /* host name for log lines, or NULL */
+  gboolean remote;
   GMutex lock;
   GHashTable *entries;  /* image path -> InfoEntry * */
   GHashTable *failed;   /* image paths whose error was logged */
 };
 
 InfoCache *
-info_cache_new(void)
+info_cache_new(const char *label, gboolean remote)
 {
   InfoCache *cache = g_new0(InfoCache, 1);
+  cache->label = g_strdup(label);
+  cache->remote = remote;
   g_mutex_init(&cache->lock);
   cache->entries = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   cache->failed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
@@ -57,6 +66,7 @@ info_cache_free(InfoCache *cache)
   g_hash_table_unref(cache->entries);
   g_hash_table_unref(cache->failed);
   g_mutex_clear(&cache->lock);
+  g_free(cache->label);
   g_free(cache);
 }
 
@@ -134,10 +144,24 @@ info_cache_get(InfoCache *cache, const BackendDisk *disk, const char *const *ima
   g_autoptr(GError) local = NULL;
   if (info_lookup(cache, disk, image_dirs, live, info, &local))
     return TRUE;
+  gboolean not_visible = cache->remote && local->domain == CHAIN_ERROR &&
+                         (local->code == ENOENT || local->code == ENOTDIR);
+  if (not_visible) {
+    g_autofree char *reason = g_strdup_printf("not visible on this machine: %s", local->message);
+    g_clear_error(&local);
+    g_set_error_literal(&local, CHAIN_ERROR, EREMOTE, reason);
+  }
   {
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&cache->lock);
-    if (g_hash_table_add(cache->failed, g_strdup(disk->image_path)))
-      g_warning("disk %s: %s", disk->target, local->message);
+    const char *sep = cache->label ? ": " : "";
+    const char *label = cache->label ? cache->label : "";
+    if (g_hash_table_add(cache->failed, g_strdup(disk->image_path))) {
+      if (not_visible)
+        g_message("%s%sdisk %s: %s; it is listed, and opening it fails with EREMOTE", label,
+                  sep, disk->target, local->message);
+      else
+        g_warning("%s%sdisk %s: %s", label, sep, disk->target, local->message);
+    }
   }
   g_propagate_error(error, g_steal_pointer(&local));
   return FALSE;

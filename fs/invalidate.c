@@ -11,6 +11,10 @@
  * New entries need nothing: the daemon never caches negative lookups and
  * readdir is not cached.
  *
+ * Each host of the mount has its own backend and listener: a change is
+ * diffed within its host (the host component of the tree, and a domain's
+ * parent is the host's directory on a mount of several).
+ *
  * Thread model: invalidate_on_change() runs on the backend's thread and
  * only queues the pair of models to the main loop; the notifications are
  * sent from the main thread, never from a FUSE worker (a notification
@@ -23,6 +27,7 @@
 
 typedef struct {
   Virtsnapfs *fs;
+  const char *host;     /* tree component of the host (VirtsnapfsHost.tree_host) */
   BackendModel *old_model;
   BackendModel *new_model;
 } Change;
@@ -64,17 +69,19 @@ disk_equal(const BackendDisk *a, const BackendDisk *b)
 /* Invalidates the files of one point (snapshot or @now) whose disks or
  * XML changed, and the entries of disks that went away. */
 static void
-diff_point(Virtsnapfs *fs, const char *domain, const char *point, GPtrArray *old_disks,
+diff_point(Change *c, const char *domain, const char *point, GPtrArray *old_disks,
            GPtrArray *new_disks, const char *old_xml, const char *new_xml)
 {
+  Virtsnapfs *fs = c->fs;
   Tree *tree = fs->tree;
-  fuse_ino_t pino = tree_find(tree, TREE_POINT, domain, point, NULL);
+  const char *host = c->host;
+  fuse_ino_t pino = tree_find(tree, TREE_POINT, host, domain, point, NULL);
   gboolean listing_changed = FALSE;
 
   for (guint i = 0; old_disks && i < old_disks->len; i++) {
     BackendDisk *od = old_disks->pdata[i];
     BackendDisk *nd = tree_find_disk(new_disks, od->target);
-    fuse_ino_t ino = tree_find(tree, TREE_DISK, domain, point, od->target);
+    fuse_ino_t ino = tree_find(tree, TREE_DISK, host, domain, point, od->target);
     if (nd == NULL) {
       g_autofree char *name = g_strconcat(od->target, VIRTSNAPFS_RAW_SUFFIX, NULL);
       inval_entry(fs, pino, name);
@@ -90,16 +97,19 @@ diff_point(Virtsnapfs *fs, const char *domain, const char *point, GPtrArray *old
       listing_changed = TRUE;
   }
   if (point != NULL && g_strcmp0(old_xml, new_xml) != 0)
-    inval_inode(fs, tree_find(tree, TREE_XML, domain, point, NULL), VIRTSNAPFS_SNAPSHOT_XML);
+    inval_inode(fs, tree_find(tree, TREE_XML, host, domain, point, NULL),
+                VIRTSNAPFS_SNAPSHOT_XML);
   if (listing_changed)
     inval_inode(fs, pino, point ? point : VIRTSNAPFS_NOW);
 }
 
 static void
-diff_domain(Virtsnapfs *fs, BackendDomain *od, BackendDomain *nd)
+diff_domain(Change *c, BackendDomain *od, BackendDomain *nd)
 {
+  Virtsnapfs *fs = c->fs;
   Tree *tree = fs->tree;
-  fuse_ino_t dino = tree_find(tree, TREE_DOMAIN, od->name, NULL, NULL);
+  const char *host = c->host;
+  fuse_ino_t dino = tree_find(tree, TREE_DOMAIN, host, od->name, NULL, NULL);
   gboolean listing_changed = FALSE;
 
   for (guint i = 0; i < od->snapshots->len; i++) {
@@ -110,19 +120,20 @@ diff_domain(Virtsnapfs *fs, BackendDomain *od, BackendDomain *nd)
        * comes back as another point in time with the same inodes. */
       g_autofree char *entry = names_escape(os->name);
       inval_entry(fs, dino, entry);
-      diff_point(fs, od->name, os->name, os->disks, NULL, os->xml, NULL);
-      inval_inode(fs, tree_find(tree, TREE_POINT, od->name, os->name, NULL), os->name);
+      diff_point(c, od->name, os->name, os->disks, NULL, os->xml, NULL);
+      inval_inode(fs, tree_find(tree, TREE_POINT, host, od->name, os->name, NULL), os->name);
       listing_changed = TRUE;
     } else if (ns->creation_time != os->creation_time) {
       /* Same name, another point in time. */
       for (guint j = 0; j < os->disks->len; j++) {
         BackendDisk *d = os->disks->pdata[j];
-        inval_inode(fs, tree_find(tree, TREE_DISK, od->name, os->name, d->target), d->target);
+        inval_inode(fs, tree_find(tree, TREE_DISK, host, od->name, os->name, d->target),
+                    d->target);
       }
-      diff_point(fs, od->name, os->name, os->disks, ns->disks, os->xml, ns->xml);
-      inval_inode(fs, tree_find(tree, TREE_POINT, od->name, os->name, NULL), os->name);
+      diff_point(c, od->name, os->name, os->disks, ns->disks, os->xml, ns->xml);
+      inval_inode(fs, tree_find(tree, TREE_POINT, host, od->name, os->name, NULL), os->name);
     } else {
-      diff_point(fs, od->name, os->name, os->disks, ns->disks, os->xml, ns->xml);
+      diff_point(c, od->name, os->name, os->disks, ns->disks, os->xml, ns->xml);
     }
   }
   if (nd) {
@@ -131,9 +142,9 @@ diff_domain(Virtsnapfs *fs, BackendDomain *od, BackendDomain *nd)
       if (backend_domain_find_snapshot(od, ns->name) == NULL)
         listing_changed = TRUE;
     }
-    diff_point(fs, od->name, NULL, od->disks, nd->disks, NULL, NULL);
+    diff_point(c, od->name, NULL, od->disks, nd->disks, NULL, NULL);
     if (od->running != nd->running)
-      inval_inode(fs, tree_find(tree, TREE_POINT, od->name, NULL, NULL), VIRTSNAPFS_NOW);
+      inval_inode(fs, tree_find(tree, TREE_POINT, host, od->name, NULL, NULL), VIRTSNAPFS_NOW);
   }
   if (listing_changed)
     inval_inode(fs, dino, od->name);
@@ -145,16 +156,19 @@ apply_change(gpointer data)
   Change *c = data;
   Virtsnapfs *fs = c->fs;
   gboolean root_changed = FALSE;
+  /* Where the domains are listed: the root, or the host's directory. */
+  fuse_ino_t top = c->host ? tree_find(fs->tree, TREE_HOST, c->host, NULL, NULL, NULL)
+                           : FUSE_ROOT_ID;
 
-  g_debug("model %" G_GUINT64_FORMAT " -> %" G_GUINT64_FORMAT, c->old_model->generation,
-          c->new_model->generation);
+  g_debug("%s%smodel %" G_GUINT64_FORMAT " -> %" G_GUINT64_FORMAT, c->host ? c->host : "",
+          c->host ? ": " : "", c->old_model->generation, c->new_model->generation);
   for (guint i = 0; i < c->old_model->domains->len; i++) {
     BackendDomain *od = c->old_model->domains->pdata[i];
     BackendDomain *nd = backend_model_find_domain(c->new_model, od->name);
-    diff_domain(fs, od, nd);
+    diff_domain(c, od, nd);
     if (nd == NULL) {
       g_autofree char *entry = names_escape(od->name);
-      inval_entry(fs, FUSE_ROOT_ID, entry);
+      inval_entry(fs, top, entry);
       root_changed = TRUE;
     }
   }
@@ -164,16 +178,18 @@ apply_change(gpointer data)
       root_changed = TRUE;
   }
   if (root_changed)
-    inval_inode(fs, FUSE_ROOT_ID, "/");
-  tree_prune(fs->tree, c->new_model);
+    inval_inode(fs, top, c->host ? c->host : "/");
+  tree_prune(fs->tree, c->host, c->new_model);
   return G_SOURCE_REMOVE;
 }
 
 void
 invalidate_on_change(BackendModel *old_model, BackendModel *new_model, gpointer user_data)
 {
+  VirtsnapfsHost *host = user_data;
   Change *c = g_new0(Change, 1);
-  c->fs = user_data;
+  c->fs = host->fs;
+  c->host = host->tree_host;
   c->old_model = old_model ? backend_model_ref(old_model) : NULL;
   c->new_model = backend_model_ref(new_model);
   if (c->old_model == NULL) {

@@ -3,7 +3,7 @@
  * Start-up, in order: parse and validate every option; create the FUSE
  * session (which checks libfuse's own options); go to the background
  * (before any thread exists: fork keeps only the calling thread); connect
- * the backend (which starts libvirt's event thread and repairs freezes a
+ * the backend of every host (hosts.c; each starts libvirt's event thread and repairs freezes a
  * crash left behind); mount; start the FUSE loop thread; then run the
  * GMainLoop on the main thread.  In the background the parent process
  * waits on a pipe until the child has mounted, so `virtsnapfs URI MNT`
@@ -232,7 +232,7 @@ run(Virtsnapfs *fs, FuseArgs *args)
   /* The kernel checks the modes (dirs 0555, files 0444) for everyone. */
   fuse_opt_add_arg(args, "-odefault_permissions");
   fuse_opt_add_arg(args, "-osubtype=virtsnapfs");
-  g_autofree char *fsname = g_strdup_printf("-ofsname=%s", opts->uri);
+  g_autofree char *fsname = g_strdup_printf("-ofsname=%s", opts->uri ? opts->uri : "virtsnapfs");
   g_autofree char *fsname_escaped = NULL;
   {
     /* fuse_opt splits on commas; a backslash escapes them. */
@@ -256,27 +256,18 @@ run(Virtsnapfs *fs, FuseArgs *args)
 
   g_autofree char *image_dirs = g_strjoinv(":", (char **)opts->image_dirs_strv);
   g_message("virtsnapfs %s: uri=%s mountpoint=%s state_dir=%s image_dirs=%s",
-            VIRTSNAPFS_VERSION, opts->uri, opts->mountpoint, opts->state_dir,
-            image_dirs[0] ? image_dirs : "(pools and disk directories)");
+            VIRTSNAPFS_VERSION, opts->uri ? opts->uri : "(several hosts)", opts->mountpoint,
+            opts->state_dir, image_dirs[0] ? image_dirs : "(pools and disk directories)");
 
-  BackendOptions bopts = {
-    .uri = opts->uri,
-    .state_dir = opts->state_dir,
-    .image_dirs = opts->image_dirs_strv,
-    .revert_discard = opts->revert_mode == VIRTSNAPFS_REVERT_DISCARD,
-  };
-  g_autoptr(Backend) backend = backend_new(&bopts, &error);
-  if (backend == NULL) {
+  if (!hosts_connect(fs, &error)) {
     g_printerr("virtsnapfs: %s\n", error->message);
     daemon_ready(notify_fd, 1);
     return 1;
   }
-  fs->backend = backend;
-  backend_set_listener(backend, invalidate_on_change, fs);
 
   if (fuse_session_mount(se, opts->mountpoint) != 0) {
     g_printerr("virtsnapfs: cannot mount on %s\n", opts->mountpoint);
-    backend_set_listener(backend, NULL, NULL);
+    hosts_disconnect(fs);
     daemon_ready(notify_fd, 1);
     return 1;
   }
@@ -305,7 +296,7 @@ run(Virtsnapfs *fs, FuseArgs *args)
     d.mount_dev = st.st_dev;
     widen_readahead(st.st_dev);
   }
-  g_message("mounted %s on %s", opts->uri, opts->mountpoint);
+  g_message("mounted %s on %s", opts->uri ? opts->uri : "several hosts", opts->mountpoint);
   daemon_ready(notify_fd, 0);
 
   g_main_loop_run(loop);
@@ -319,11 +310,12 @@ run(Virtsnapfs *fs, FuseArgs *args)
   g_thread_join(d.fuse_thread);
   if (d.abort_source)
     g_source_remove(d.abort_source);
-  backend_set_listener(backend, NULL, NULL);
+  /* No more invalidations: the main loop that sends them has ended. */
+  for (guint i = 0; i < fs->hosts->len; i++)
+    backend_set_listener(((VirtsnapfsHost *)fs->hosts->pdata[i])->backend, NULL, NULL);
   ops_release_all(fs);
   fuse_session_unmount(se);
-  fs->backend = NULL;
-  g_clear_pointer(&backend, backend_free); /* thaws what is still frozen */
+  hosts_disconnect(fs); /* thaws what is still frozen */
   fs->se = NULL;
   g_message("unmounted %s", opts->mountpoint);
   return d.fuse_status < 0 ? 1 : 0;
@@ -365,7 +357,6 @@ main(int argc, char *argv[])
   fs.uid = getuid();
   fs.gid = getgid();
   fs.tree = tree_new();
-  fs.info = info_cache_new();
   g_mutex_init(&fs.files_lock);
   fs.files = g_hash_table_new(NULL, NULL);
 
@@ -373,7 +364,6 @@ main(int argc, char *argv[])
 
   g_hash_table_unref(fs.files);
   g_mutex_clear(&fs.files_lock);
-  info_cache_free(fs.info);
   tree_free(fs.tree);
   options_clear(&opts);
   return status;

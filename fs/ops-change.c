@@ -9,6 +9,10 @@
  *   rename D/NAME D/NEW   backend_snapshot_rename
  *   rename D/NAME D/@now, or D/NAME D/@now/NAME (what mv sends when the
  *                         target is a directory): backend_snapshot_revert
+ * On a mount of several hosts D is HOST/DOMAIN and each call goes to
+ * that host's backend; a rename across hosts is EXDEV as one across
+ * domains, and the root and host directories refuse mkdir and rmdir
+ * (EPERM) as the root of a one-host mount does.
  * Only the mount owner or root may call them (EACCES otherwise).  Each
  * call logs one message-level line when it ends: a refusal here with its
  * reason, a success in the backend with what was done (for a delete the
@@ -109,13 +113,14 @@ ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
     fuse_reply_err(req, EINVAL);
     return;
   }
+  VirtsnapfsHost *host = hosts_of_node(fs, pnode);
   g_debug("mkdir %s/%s: creating snapshot", dir_display(pnode), name);
-  if (!backend_snapshot_create(fs->backend, pnode->domain, sname, &error)) {
+  if (!backend_snapshot_create(host->backend, pnode->domain, sname, &error)) {
     reply_failure(req, "mkdir", dir_display(pnode), name, error);
     return;
   }
   /* The published model shows the new snapshot: answer as lookup does. */
-  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
+  g_autoptr(BackendModel) model = backend_get_model(host->backend);
   ops_reply_entry(req, fs, model, pnode, name);
 }
 
@@ -131,7 +136,8 @@ ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
     return;
   }
   if (pnode->kind != TREE_DOMAIN) {
-    /* The root (domains are libvirt's to remove) or inside a point. */
+    /* The root or a host (domains are libvirt's to remove) or inside a
+     * point. */
     g_message("rmdir %s/%s: only snapshot directories can be removed (EPERM)",
               dir_display(pnode), name);
     fuse_reply_err(req, EPERM);
@@ -150,7 +156,8 @@ ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
     return;
   }
   g_debug("rmdir %s/%s: deleting snapshot", dir_display(pnode), name);
-  if (!backend_snapshot_delete(fs->backend, pnode->domain, sname, &error)) {
+  if (!backend_snapshot_delete(hosts_of_node(fs, pnode)->backend, pnode->domain, sname,
+                               &error)) {
     reply_failure(req, "rmdir", dir_display(pnode), name, error);
     return;
   }
@@ -161,13 +168,13 @@ void
 ops_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
   g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
 
   if (pnode == NULL) {
     fuse_reply_err(req, ESTALE);
     return;
   }
+  g_autoptr(BackendModel) model = hosts_node_model(fs, pnode);
   /* Part of `rm -r D/NAME`: accepted, nothing happens; rmdir deletes.
    * The files stay listed until then, which rm does not mind. */
   if (pnode->kind == TREE_POINT && pnode->point != NULL) {
@@ -222,7 +229,8 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     fuse_reply_err(req, EPERM);
     return;
   }
-  if (npnode->domain == NULL || !g_str_equal(npnode->domain, pnode->domain)) {
+  if (npnode->domain == NULL || !g_str_equal(npnode->domain, pnode->domain) ||
+      g_strcmp0(npnode->host, pnode->host) != 0) {
     g_message("rename %s/%s to %s/%s: snapshots stay in their domain (EXDEV)",
               dir_display(pnode), name, dir_display(npnode), newname);
     fuse_reply_err(req, EXDEV);
@@ -245,6 +253,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     fuse_reply_err(req, ENOENT);
     return;
   }
+  Backend *backend = hosts_of_node(fs, pnode)->backend;
 
   /* rename(D/NAME, D/@now), or rename(D/NAME, D/@now/NAME): revert. */
   gboolean to_now = npnode->kind == TREE_DOMAIN && g_str_equal(newname, VIRTSNAPFS_NOW);
@@ -253,7 +262,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
   if (to_now || into_now) {
     g_debug("rename %s/%s to %s/%s: reverting to snapshot %s", dir_display(pnode), name,
               dir_display(npnode), newname, sname);
-    if (!backend_snapshot_revert(fs->backend, pnode->domain, sname, FALSE, &error)) {
+    if (!backend_snapshot_revert(backend, pnode->domain, sname, FALSE, &error)) {
       reply_failure(req, "revert", dir_display(pnode), name, error);
       return;
     }
@@ -276,12 +285,12 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     return;
   }
   g_debug("rename %s/%s to %s", dir_display(pnode), name, newname);
-  if (!backend_snapshot_rename(fs->backend, pnode->domain, sname, new_sname, &error)) {
+  if (!backend_snapshot_rename(backend, pnode->domain, sname, new_sname, &error)) {
     reply_failure(req, "rename", dir_display(pnode), name, error);
     return;
   }
   /* Before the reply: the kernel's dentries follow the inode numbers. */
-  tree_rename_point(fs->tree, pnode->domain, sname, new_sname);
+  tree_rename_point(fs->tree, pnode->host, pnode->domain, sname, new_sname);
   fuse_reply_err(req, 0);
 }
 

@@ -6,6 +6,9 @@
  * backend_freeze() per open handle, paired with backend_thaw() at
  * release: the backend shares one temporary overlay between them) and
  * then opens the frozen image's chain.  snapshot.xml copies the XML.
+ * A disk whose images are not visible on this machine (a remote host
+ * without shared storage, info.c) fails with EREMOTE before anything is
+ * frozen.
  *
  * read() answers from chain_map(): data runs become FUSE_BUF_IS_FD |
  * FUSE_BUF_FD_SEEK buffers (layer descriptor + host offset), so with
@@ -29,6 +32,8 @@
 
 struct _VirtsnapfsFile {
   TreeKind kind;
+  VirtsnapfsHost *host; /* whose backend pinned and froze (lives as long
+                         * as the mount) */
   char *display;        /* "demo/s1/vda.raw", for log lines */
   Chain *chain;         /* TREE_DISK */
   guint64 size;
@@ -57,7 +62,7 @@ file_unpin(Virtsnapfs *fs, VirtsnapfsFile *file)
 {
   g_autofree char *domain = g_steal_pointer(&file->pinned_domain);
   if (domain)
-    backend_unpin_chain(fs->backend, domain, file->chain);
+    backend_unpin_chain(file->host->backend, domain, file->chain);
 }
 
 /* Releases file: unpins its chain while the chain still exists, then
@@ -68,9 +73,10 @@ file_close(Virtsnapfs *fs, VirtsnapfsFile *file)
 {
   file_unpin(fs, file);
   g_autofree char *domain = g_steal_pointer(&file->frozen_domain);
+  Backend *backend = file->host ? file->host->backend : NULL;
   file_free(file);
   if (domain)
-    backend_thaw(fs->backend, domain);
+    backend_thaw(backend, domain);
 }
 
 static VirtsnapfsFile *
@@ -95,11 +101,31 @@ open_disk_chain(const BackendDisk *disk, BackendModel *model, GError **error)
   return chain_open(disk->image_path, disk->format, disk->backing_formats, &policy, error);
 }
 
+/* TRUE when disk's images are not visible here (remote host, info.c has
+ * logged it once): open() answers EREMOTE. */
+static gboolean
+disk_not_visible(VirtsnapfsHost *host, const TreeNode *node, BackendModel *model)
+{
+  if (!host->remote)
+    return FALSE;
+  BackendDisk *disk = tree_find_disk(tree_node_disks(node, model), node->target);
+  BackendDomain *dom = tree_node_domain(node, model);
+  if (disk == NULL || dom == NULL)
+    return FALSE;
+  ImageInfo info;
+  g_autoptr(GError) error = NULL;
+  gboolean live = node->point == NULL && dom->running;
+  return !info_cache_get(host->info, disk, (const char *const *)model->image_dirs, live, &info,
+                         &error) &&
+         g_error_matches(error, CHAIN_ERROR, EREMOTE);
+}
+
 static gboolean
 open_now(Virtsnapfs *fs, VirtsnapfsFile *file, const TreeNode *node, BackendModel *model,
          GError **error)
 {
-  g_autoptr(GPtrArray) frozen = backend_freeze(fs->backend, node->domain, error);
+  Backend *backend = file->host->backend;
+  g_autoptr(GPtrArray) frozen = backend_freeze(backend, node->domain, error);
   if (frozen == NULL)
     return FALSE;
   /* From here on the freeze is ours: thaw it if anything below fails. */
@@ -107,12 +133,12 @@ open_now(Virtsnapfs *fs, VirtsnapfsFile *file, const TreeNode *node, BackendMode
   if (disk == NULL) {
     g_set_error(error, CHAIN_ERROR, ENOENT, "disk %s is not in the frozen domain",
                 node->target);
-    backend_thaw(fs->backend, node->domain);
+    backend_thaw(backend, node->domain);
     return FALSE;
   }
   file->chain = open_disk_chain(disk, model, error);
   if (file->chain == NULL) {
-    backend_thaw(fs->backend, node->domain);
+    backend_thaw(backend, node->domain);
     return FALSE;
   }
   file->frozen_domain = g_strdup(node->domain);
@@ -124,7 +150,6 @@ void
 ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
   g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
   g_autoptr(GError) error = NULL;
 
@@ -136,6 +161,8 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, EISDIR);
     return;
   }
+  VirtsnapfsHost *host = hosts_of_node(fs, node);
+  g_autoptr(BackendModel) model = backend_get_model(host->backend);
   /* Data files have no write bits; root is refused here too. */
   if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
     g_debug("OPEN %s flags=0%o => EACCES", node->display, fi->flags);
@@ -143,8 +170,15 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     return;
   }
 
+  if (node->kind == TREE_DISK && disk_not_visible(host, node, model)) {
+    g_debug("OPEN %s => EREMOTE (not visible on this machine)", node->display);
+    fuse_reply_err(req, EREMOTE);
+    return;
+  }
+
   g_autoptr(VirtsnapfsFile) file = g_new0(VirtsnapfsFile, 1);
   file->kind = node->kind;
+  file->host = host;
   file->display = g_strdup(node->display);
 
   if (node->kind == TREE_XML) {
@@ -194,7 +228,7 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
    * this point, or a merge into its layers, fails with EBUSY until it is
    * released. */
   if (file->chain) {
-    backend_pin_chain(fs->backend, node->domain, file->chain);
+    backend_pin_chain(host->backend, node->domain, file->chain);
     file->pinned_domain = g_strdup(node->domain);
   }
 

@@ -14,10 +14,13 @@
  * - The backend runs libvirt's event loop in a thread of its own and calls
  *   invalidate_on_change() from it; it hands the work to the main loop.
  *
- * State: each operation takes a reference to the current BackendModel
- * (backend_get_model(), never blocks) and answers from that immutable
- * picture, so one request sees one consistent model.  The tree (tree.c)
- * only maps inode numbers to (domain, point, file); it has its own lock.
+ * State: each operation takes a reference to the current BackendModel of
+ * its node's host (hosts_node_model(), never blocks) and answers from that
+ * immutable picture, so one request sees one consistent model.  The root
+ * of a mount of several hosts lists the hosts (fs->hosts, fixed) and has
+ * no model; each host's directory lists its domains as the root of a
+ * one-host mount does.  The tree (tree.c) only maps inode numbers to
+ * ([host,] domain, point, file); it has its own lock.
  * Open files own everything their reads need (ops-read.c): the read path
  * takes no global lock.
  */
@@ -111,8 +114,12 @@ ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct stat 
 
   switch (node->kind) {
   case TREE_ROOT:
+  case TREE_HOST:
     st->st_mode = S_IFDIR | 0555;
-    st->st_nlink = 2 + model->domains->len;
+    if (node->kind == TREE_ROOT && fs->multi_host)
+      st->st_nlink = 2 + fs->hosts->len;
+    else
+      st->st_nlink = 2 + model->domains->len;
     set_time(st, fs->mount_time.tv_sec, fs->mount_time.tv_nsec);
     return TRUE;
 
@@ -164,16 +171,28 @@ ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct stat 
     if (disk == NULL)
       return FALSE;
     BackendDomain *dom = tree_node_domain(node, model);
+    VirtsnapfsHost *host = hosts_of_node(fs, node);
     gboolean live = node->point == NULL && dom->running;
     ImageInfo info;
     g_autoptr(GError) error = NULL;
     st->st_mode = S_IFREG | 0444;
     st->st_nlink = 1;
-    if (!info_cache_get(fs->info, disk, (const char *const *)model->image_dirs, live,
+    if (!info_cache_get(host->info, disk, (const char *const *)model->image_dirs, live,
                         &info, &error)) {
-      /* Logged once by info.c; the entry stays visible and reads fail. */
-      *err = EIO;
-      return FALSE;
+      /* Logged once by info.c.  A disk that is not visible here (remote
+       * host) is listed with the size libvirt knows and fails to open;
+       * other failures leave the entry visible in readdir only. */
+      if (!g_error_matches(error, CHAIN_ERROR, EREMOTE)) {
+        *err = EIO;
+        return FALSE;
+      }
+      st->st_size = (off_t)hosts_unavailable_size(host, node->domain, node->point == NULL, disk);
+      st->st_blocks = 0;
+      if (node->point == NULL)
+        set_time(st, fs->mount_time.tv_sec, fs->mount_time.tv_nsec);
+      else
+        set_time(st, tree_node_snapshot(node, model)->creation_time, 0);
+      return TRUE;
     }
     st->st_size = (off_t)info.virtual_size;
     st->st_blocks = (blkcnt_t)((info.allocated + 511) / 512);
@@ -195,12 +214,25 @@ ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct stat 
 /* Resolves name under parent to a node's components; FALSE if there is
  * no such entry (or the parent is not a directory: *err). */
 static gboolean
-resolve_child(const TreeNode *parent, const char *name, BackendModel *model,
-              TreeKind *kind, char **domain, char **point, char **target, int *err)
+resolve_child(Virtsnapfs *fs, const TreeNode *parent, const char *name, BackendModel *model,
+              TreeKind *kind, char **host, char **domain, char **point, char **target,
+              int *err)
 {
   *err = ENOENT;
+  *host = g_strdup(parent->host);
   switch (parent->kind) {
-  case TREE_ROOT: {
+  case TREE_ROOT:
+    if (fs->multi_host) {
+      if (hosts_find(fs, name) == NULL)
+        return FALSE;
+      *kind = TREE_HOST;
+      g_free(*host);
+      *host = g_strdup(name);
+      return TRUE;
+    }
+    /* One host: the root lists its domains. */
+    G_GNUC_FALLTHROUGH;
+  case TREE_HOST: {
     g_autofree char *dname = names_unescape(name);
     if (dname == NULL || backend_model_find_domain(model, dname) == NULL)
       return FALSE;
@@ -257,17 +289,21 @@ void
 ops_reply_entry(fuse_req_t req, Virtsnapfs *fs, BackendModel *model, const TreeNode *pnode,
                 const char *name)
 {
-  g_autofree char *domain = NULL, *point = NULL, *target = NULL;
+  g_autofree char *host = NULL, *domain = NULL, *point = NULL, *target = NULL;
   TreeKind kind;
   int err;
 
-  if (!resolve_child(pnode, name, model, &kind, &domain, &point, &target, &err)) {
+  if (!resolve_child(fs, pnode, name, model, &kind, &host, &domain, &point, &target, &err)) {
     g_debug("LOOKUP %s/%s => %s", pnode->display, name, g_strerror(err));
     fuse_reply_err(req, err);
     return;
   }
 
-  g_autoptr(TreeNode) node = tree_lookup(fs->tree, kind, domain, point, target);
+  g_autoptr(TreeNode) node = tree_lookup(fs->tree, kind, host, domain, point, target);
+  /* A host's directory under the root of several: its own model. */
+  g_autoptr(BackendModel) child_model = model ? backend_model_ref(model)
+                                              : hosts_node_model(fs, node);
+  model = child_model;
   struct fuse_entry_param e = { 0 };
   if (!ops_stat(fs, node, model, &e.attr, &err)) {
     tree_forget(fs->tree, node->ino, 1, model);
@@ -287,22 +323,33 @@ static void
 ops_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
   Virtsnapfs *fs = req_fs(req);
-  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
   g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
 
   if (pnode == NULL) {
     fuse_reply_err(req, ESTALE);
     return;
   }
+  g_autoptr(BackendModel) model = hosts_node_model(fs, pnode);
   ops_reply_entry(req, fs, model, pnode, name);
+}
+
+/* Forgets nlookup of ino, judged against the model of its host. */
+static void
+forget_one(Virtsnapfs *fs, fuse_ino_t ino, guint64 nlookup)
+{
+  g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
+  if (node == NULL)
+    return;
+  g_autoptr(BackendModel) model = hosts_node_model(fs, node);
+  if (model == NULL)
+    return; /* the root */
+  tree_forget(fs->tree, ino, nlookup, model);
 }
 
 static void
 ops_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-  Virtsnapfs *fs = req_fs(req);
-  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
-  tree_forget(fs->tree, ino, nlookup, model);
+  forget_one(req_fs(req), ino, nlookup);
   fuse_reply_none(req);
 }
 
@@ -310,9 +357,8 @@ static void
 ops_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
   Virtsnapfs *fs = req_fs(req);
-  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
   for (size_t i = 0; i < count; i++)
-    tree_forget(fs->tree, forgets[i].ino, forgets[i].nlookup, model);
+    forget_one(fs, forgets[i].ino, forgets[i].nlookup);
   fuse_reply_none(req);
 }
 
@@ -320,7 +366,6 @@ static void
 ops_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   Virtsnapfs *fs = req_fs(req);
-  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
   g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
   struct stat st;
   int err;
@@ -329,6 +374,7 @@ ops_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, ESTALE);
     return;
   }
+  g_autoptr(BackendModel) model = hosts_node_model(fs, node);
   if (!ops_stat(fs, node, model, &st, &err)) {
     g_debug("GETATTR %s => %s", node->display, g_strerror(err));
     fuse_reply_err(req, err);
@@ -361,11 +407,32 @@ dir_add(GArray *entries, const char *name, fuse_ino_t ino, mode_t mode)
   g_array_append_val(entries, e);
 }
 
+/* The domains of a host's model: the root of a one-host mount, or a
+ * host's directory. */
+static void
+dir_add_domains(GArray *entries, Tree *tree, const TreeNode *node, BackendModel *model)
+{
+  for (guint i = 0; i < model->domains->len; i++) {
+    BackendDomain *dom = model->domains->pdata[i];
+    g_autofree char *entry = names_escape(dom->name);
+    dir_add(entries, entry, tree_intern(tree, TREE_DOMAIN, node->host, dom->name, NULL, NULL),
+            S_IFDIR);
+  }
+}
+
+/* The inode of a domain directory's parent. */
+static fuse_ino_t
+domain_parent_ino(Virtsnapfs *fs, const TreeNode *node)
+{
+  if (node->host == NULL)
+    return FUSE_ROOT_ID;
+  return tree_intern(fs->tree, TREE_HOST, node->host, NULL, NULL, NULL);
+}
+
 static void
 ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   Virtsnapfs *fs = req_fs(req);
-  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
   g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
   Tree *tree = fs->tree;
 
@@ -373,11 +440,12 @@ ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, ESTALE);
     return;
   }
+  g_autoptr(BackendModel) model = hosts_node_model(fs, node);
   if (node->kind == TREE_DISK || node->kind == TREE_XML) {
     fuse_reply_err(req, ENOTDIR);
     return;
   }
-  if (!tree_node_exists(node, model)) {
+  if (model != NULL && !tree_node_exists(node, model)) {
     fuse_reply_err(req, ENOENT);
     return;
   }
@@ -389,38 +457,48 @@ ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   switch (node->kind) {
   case TREE_ROOT:
     dir_add(entries, "..", ino, S_IFDIR);
-    for (guint i = 0; i < model->domains->len; i++) {
-      BackendDomain *dom = model->domains->pdata[i];
-      g_autofree char *entry = names_escape(dom->name);
-      dir_add(entries, entry, tree_intern(tree, TREE_DOMAIN, dom->name, NULL, NULL), S_IFDIR);
+    if (!fs->multi_host) {
+      dir_add_domains(entries, tree, node, model);
+      break;
     }
+    for (guint i = 0; i < fs->hosts->len; i++) {
+      VirtsnapfsHost *host = fs->hosts->pdata[i];
+      dir_add(entries, host->name, tree_intern(tree, TREE_HOST, host->name, NULL, NULL, NULL),
+              S_IFDIR);
+    }
+    break;
+  case TREE_HOST:
+    dir_add(entries, "..", FUSE_ROOT_ID, S_IFDIR);
+    dir_add_domains(entries, tree, node, model);
     break;
   case TREE_DOMAIN: {
     BackendDomain *dom = tree_node_domain(node, model);
-    dir_add(entries, "..", FUSE_ROOT_ID, S_IFDIR);
+    dir_add(entries, "..", domain_parent_ino(fs, node), S_IFDIR);
     /* Points in time oldest first, then the present. */
     for (guint i = 0; i < dom->snapshots->len; i++) {
       BackendSnapshot *snap = dom->snapshots->pdata[i];
       g_autofree char *entry = names_escape(snap->name);
-      dir_add(entries, entry, tree_intern(tree, TREE_POINT, dom->name, snap->name, NULL),
-              S_IFDIR);
+      dir_add(entries, entry,
+              tree_intern(tree, TREE_POINT, node->host, dom->name, snap->name, NULL), S_IFDIR);
     }
-    dir_add(entries, VIRTSNAPFS_NOW, tree_intern(tree, TREE_POINT, dom->name, NULL, NULL),
-            S_IFDIR);
+    dir_add(entries, VIRTSNAPFS_NOW,
+            tree_intern(tree, TREE_POINT, node->host, dom->name, NULL, NULL), S_IFDIR);
     break;
   }
   case TREE_POINT: {
     GPtrArray *disks = tree_node_disks(node, model);
-    dir_add(entries, "..", tree_intern(tree, TREE_DOMAIN, node->domain, NULL, NULL), S_IFDIR);
+    dir_add(entries, "..", tree_intern(tree, TREE_DOMAIN, node->host, node->domain, NULL, NULL),
+            S_IFDIR);
     for (guint i = 0; disks && i < disks->len; i++) {
       BackendDisk *disk = disks->pdata[i];
       g_autofree char *entry = g_strconcat(disk->target, VIRTSNAPFS_RAW_SUFFIX, NULL);
       dir_add(entries, entry,
-              tree_intern(tree, TREE_DISK, node->domain, node->point, disk->target), S_IFREG);
+              tree_intern(tree, TREE_DISK, node->host, node->domain, node->point, disk->target),
+              S_IFREG);
     }
     if (node->point != NULL)
       dir_add(entries, VIRTSNAPFS_SNAPSHOT_XML,
-              tree_intern(tree, TREE_XML, node->domain, node->point, NULL), S_IFREG);
+              tree_intern(tree, TREE_XML, node->host, node->domain, node->point, NULL), S_IFREG);
     break;
   }
   case TREE_DISK:

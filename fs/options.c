@@ -1,7 +1,11 @@
 /* options.c: the command line and -o options, parsed into one struct.
  *
- *   virtsnapfs [URI] MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]]
+ *   virtsnapfs [URI] MOUNTPOINT [-f] [-d] [-o OPT[,OPT...]] [-o uri=[NAME=]URI]...
  *
+ * One URI (the mount source, or one -o uri=) mounts one libvirt host with
+ * its domains at the top level.  Several -o uri= mount several hosts, one
+ * directory each, named NAME or after the URI's server (hosts_name_*
+ * below).
  * fuse_opt_parse() fills VirtsnapfsOptions from an offsetof table, so every
  * option works as `-o name=value` on the command line and in fstab (through
  * mount.fuse3, which passes the mount source as the first argument).  The
@@ -27,6 +31,7 @@ enum {
   KEY_DEBUG,
   KEY_DEBUG_OPT,
   KEY_IMAGE_DIR,
+  KEY_URI,
   KEY_ALLOW_OTHER,
   KEY_KEEP,
 };
@@ -34,13 +39,13 @@ enum {
 #define OPT(t, p, v) { t, offsetof(VirtsnapfsOptions, p), v }
 
 static const struct fuse_opt option_table[] = {
-  OPT("uri=%s", uri, 0),
   OPT("state_dir=%s", state_dir, 0),
   OPT("revert=%s", revert, 0),
   OPT("threads=%u", max_threads, 0),
   OPT("timeout=%lf", timeout, 0),
   OPT("no_splice", no_splice, 1),
   FUSE_OPT_KEY("image_dir=", KEY_IMAGE_DIR),
+  FUSE_OPT_KEY("uri=", KEY_URI),
   FUSE_OPT_KEY("-h", KEY_HELP),
   FUSE_OPT_KEY("--help", KEY_HELP),
   FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -74,6 +79,7 @@ options_init(VirtsnapfsOptions *opts)
 {
   memset(opts, 0, sizeof *opts);
   opts->image_dirs = g_ptr_array_new_with_free_func(g_free);
+  opts->uri_opts = g_ptr_array_new_with_free_func(g_free);
   opts->timeout = VIRTSNAPFS_DEFAULT_TIMEOUT;
 }
 
@@ -81,12 +87,14 @@ void
 options_clear(VirtsnapfsOptions *opts)
 {
   /* fuse_opt_parse allocates "%s" values with malloc. */
-  free(opts->uri);
+  g_free(opts->uri);
   free(opts->state_dir);
   free(opts->revert);
   g_free(opts->source);
   g_free(opts->mountpoint);
   g_clear_pointer(&opts->image_dirs, g_ptr_array_unref);
+  g_clear_pointer(&opts->uri_opts, g_ptr_array_unref);
+  g_clear_pointer(&opts->hosts, g_ptr_array_unref);
   g_clear_pointer(&opts->image_dirs_strv, g_free);
   memset(opts, 0, sizeof *opts);
 }
@@ -121,6 +129,9 @@ options_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
     return 1;
   case KEY_IMAGE_DIR:
     g_ptr_array_add(opts->image_dirs, g_strdup(arg + strlen("image_dir=")));
+    return 0;
+  case KEY_URI:
+    g_ptr_array_add(opts->uri_opts, g_strdup(arg + strlen("uri=")));
     return 0;
   case FUSE_OPT_KEY_NONOPT:
     if (opts->n_nonopt == 0)
@@ -182,18 +193,127 @@ check_dir(const char *what, const char *path, gboolean must_exist, GError **erro
   return TRUE;
 }
 
+/* ------------------------------------------------------------------ */
+/* Hosts: -o uri=[NAME=]URI, repeatable.                                */
+
+static void
+host_spec_free(gpointer data)
+{
+  VirtsnapfsHostSpec *spec = data;
+  g_free(spec->name);
+  g_free(spec->uri);
+  g_free(spec);
+}
+
+/* A host directory's name: an entry name the tree can show and that
+ * names_unescape() would not take for something else. */
+static gboolean
+check_host_name(const char *name, const char *option, GError **error)
+{
+  if (name[0] == '\0' || name[0] == '.' || name[0] == '@' || strchr(name, '/') ||
+      strchr(name, '%') || strlen(name) > 255) {
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                "uri=%s: host name '%s' must be non-empty, at most 255 bytes, without a "
+                "leading '.' or '@' and without '/' or '%%' (give one as uri=NAME=URI)",
+                option, name);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* The name a URI gives its host directory: the server's host name, or
+ * localhost when the URI names none (qemu:///system, qemu:///embed...). */
+static char *
+name_from_uri(const char *uri)
+{
+  g_autoptr(GUri) parsed = g_uri_parse(uri, G_URI_FLAGS_NON_DNS, NULL);
+  const char *host = parsed ? g_uri_get_host(parsed) : NULL;
+  return g_strdup(host && host[0] ? host : "localhost");
+}
+
+/* Splits "NAME=URI": NAME is what comes before the first '=' when that
+ * contains no ':' and no '/' (a URI's scheme has a ':' before any '='). */
+static VirtsnapfsHostSpec *
+parse_uri_option(const char *value, GError **error)
+{
+  g_autoptr(GPtrArray) holder = g_ptr_array_new_with_free_func(host_spec_free);
+  VirtsnapfsHostSpec *spec = g_new0(VirtsnapfsHostSpec, 1);
+  g_ptr_array_add(holder, spec);
+  const char *eq = strchr(value, '=');
+  if (eq && !memchr(value, ':', (gsize)(eq - value)) && !memchr(value, '/', (gsize)(eq - value))) {
+    spec->name = g_strndup(value, (gsize)(eq - value));
+    spec->uri = g_strdup(eq + 1);
+    if (!check_host_name(spec->name, value, error))
+      return NULL;
+  } else {
+    spec->uri = g_strdup(value);
+  }
+  if (spec->uri[0] == '\0' || strchr(spec->uri, ':') == NULL) {
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                "'%s' is not a libvirt URI (like qemu:///system)", spec->uri);
+    return NULL;
+  }
+  return g_ptr_array_steal_index(holder, 0);
+}
+
+/* Fills opts->hosts from -o uri= (or the mount source, or the default):
+ * explicit names are taken first and must differ; the others get their
+ * server's name, then -2, -3... in option order for duplicates. */
+static gboolean
+validate_hosts(VirtsnapfsOptions *opts, GError **error)
+{
+  g_clear_pointer(&opts->hosts, g_ptr_array_unref);
+  opts->hosts = g_ptr_array_new_with_free_func(host_spec_free);
+  /* -o uri= wins over the mount source, so that an fstab line may carry
+   * a placeholder source ("virtsnapfs", "none") and the URIs as options. */
+  if (opts->uri_opts->len == 0)
+    g_ptr_array_add(opts->uri_opts,
+                    g_strdup(opts->source ? opts->source : VIRTSNAPFS_DEFAULT_URI));
+
+  g_autoptr(GHashTable) names = g_hash_table_new(g_str_hash, g_str_equal);
+  g_autoptr(GHashTable) uris = g_hash_table_new(g_str_hash, g_str_equal);
+  for (guint i = 0; i < opts->uri_opts->len; i++) {
+    VirtsnapfsHostSpec *spec = parse_uri_option(opts->uri_opts->pdata[i], error);
+    if (spec == NULL)
+      return FALSE;
+    g_ptr_array_add(opts->hosts, spec);
+    if (!g_hash_table_add(uris, spec->uri)) {
+      g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                  "uri=%s is given twice", spec->uri);
+      return FALSE;
+    }
+    if (spec->name && !g_hash_table_add(names, spec->name)) {
+      g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                  "host name '%s' is given to two URIs", spec->name);
+      return FALSE;
+    }
+  }
+  for (guint i = 0; i < opts->hosts->len; i++) {
+    VirtsnapfsHostSpec *spec = opts->hosts->pdata[i];
+    if (spec->name)
+      continue;
+    g_autofree char *base = name_from_uri(spec->uri);
+    char *name = g_strdup(base);
+    for (guint n = 2; g_hash_table_contains(names, name); n++) {
+      g_free(name);
+      name = g_strdup_printf("%s-%u", base, n);
+    }
+    spec->name = name;
+    if (opts->hosts->len > 1 && !check_host_name(spec->name, spec->uri, error))
+      return FALSE;
+    g_hash_table_add(names, spec->name);
+  }
+  g_clear_pointer(&opts->uri, g_free);
+  if (opts->hosts->len == 1)
+    opts->uri = g_strdup(((VirtsnapfsHostSpec *)opts->hosts->pdata[0])->uri);
+  return TRUE;
+}
+
 gboolean
 options_validate(VirtsnapfsOptions *opts, GError **error)
 {
-  /* -o uri= wins over the mount source, so that an fstab line may carry
-   * a placeholder source ("virtsnapfs", "none") and the URI as an option. */
-  if (opts->uri == NULL)
-    opts->uri = strdup(opts->source ? opts->source : VIRTSNAPFS_DEFAULT_URI);
-  if (opts->uri[0] == '\0' || strchr(opts->uri, ':') == NULL) {
-    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                "'%s' is not a libvirt URI (like qemu:///system)", opts->uri);
+  if (!validate_hosts(opts, error))
     return FALSE;
-  }
   if (opts->mountpoint == NULL) {
     g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                 "no mount point given (see --help)");
@@ -254,10 +374,11 @@ options_validate(VirtsnapfsOptions *opts, GError **error)
 void
 options_print_help(const char *argv0)
 {
-  printf("usage: %s [URI] MOUNTPOINT [options]\n"
+  printf("usage: %s [URI] MOUNTPOINT [options] [-o uri=[NAME=]URI]...\n"
          "\n"
          "Shows the disk snapshots of libvirt/QEMU domains as a read-only tree:\n"
-         "MOUNTPOINT/<domain>/{@now,<snapshot>}/<target>.raw\n"
+         "MOUNTPOINT/<domain>/{@now,<snapshot>}/<target>.raw, or with several\n"
+         "-o uri= MOUNTPOINT/<host>/<domain>/{@now,<snapshot>}/<target>.raw\n"
          "\n"
          "virtsnapfs options:\n"
          "    -h, --help             print this help and exit\n"
@@ -267,7 +388,14 @@ options_print_help(const char *argv0)
          "    -o debug               log one line per request and libfuse's trace\n"
          "                           (default: off; without -f it goes to syslog)\n"
          "    -s                     single-threaded FUSE loop (debugging)\n"
-         "    -o uri=URI             libvirt URI (default: the mount source, else %s)\n"
+         "    -o uri=[NAME=]URI      libvirt URI (default: the mount source, else %s);\n"
+         "                           repeat it to mount several hosts, one directory\n"
+         "                           each: MOUNTPOINT/<NAME>/<domain>/...  NAME defaults\n"
+         "                           to the URI's server (localhost without one), with\n"
+         "                           -2, -3... for duplicates; state goes to\n"
+         "                           STATE_DIR/<NAME>/.  Disks whose images are not\n"
+         "                           visible here (remote hosts without shared storage)\n"
+         "                           are listed but fail to open with EREMOTE\n"
          "    -o state_dir=DIR       journal and freeze records (default: %s)\n"
          "    -o image_dir=DIR       another directory images may live in\n"
          "                           (repeatable; default: storage pool targets and\n"

@@ -1,7 +1,11 @@
 /* tree.c: inode numbers for the entries of the tree.
  *
  * An entry is identified by its components: (domain), (domain, point),
- * (domain, point, file), where point is a snapshot name or @now.  The
+ * (domain, point, file), where point is a snapshot name or @now.  On a
+ * mount of several libvirt hosts every component list starts with the
+ * host (TREE_HOST is the level between the root and the domains); on a
+ * mount of one host that component is NULL and the tree is as it always
+ * was.  The
  * first lookup of an entry gives it the next inode number; the number
  * stays with the entry for the lifetime of the mount, also across FUSE
  * forgets, as long as the entry exists in the model.  A node leaves the
@@ -38,6 +42,7 @@ static void
 entry_clear(gpointer data)
 {
   TreeNode *node = data;
+  g_free(node->host);
   g_free(node->domain);
   g_free(node->point);
   g_free(node->target);
@@ -58,14 +63,17 @@ tree_node_unref(TreeNode *node)
 }
 
 static char *
-make_key(TreeKind kind, const char *domain, const char *point, const char *target)
+make_key_in_host(TreeKind kind, const char *host, const char *domain, const char *point,
+                 const char *target)
 {
-  /* Components are escaped, so '/' separates them unambiguously; domain
-   * names cannot contain '/', snapshot names can. */
+  /* Components are escaped, so '/' separates them unambiguously; host and
+   * domain names cannot contain '/', snapshot names can. */
   g_autofree char *p = point ? names_escape(point) : g_strdup(VIRTSNAPFS_NOW);
   switch (kind) {
   case TREE_ROOT:
     return g_strdup("/");
+  case TREE_HOST:
+    return g_strdup_printf("h:%s", host);
   case TREE_DOMAIN:
     return g_strdup_printf("d:%s", domain);
   case TREE_POINT:
@@ -79,11 +87,22 @@ make_key(TreeKind kind, const char *domain, const char *point, const char *targe
 }
 
 static char *
-make_display(TreeKind kind, const char *domain, const char *point, const char *target)
+make_key(TreeKind kind, const char *host, const char *domain, const char *point,
+         const char *target)
+{
+  g_autofree char *key = make_key_in_host(kind, host, domain, point, target);
+  if (host == NULL || kind == TREE_HOST || kind == TREE_ROOT)
+    return g_steal_pointer(&key);
+  return g_strdup_printf("%s/%s", host, key);
+}
+
+static char *
+make_display_in_host(TreeKind kind, const char *domain, const char *point, const char *target)
 {
   const char *p = point ? point : VIRTSNAPFS_NOW;
   switch (kind) {
   case TREE_ROOT:
+  case TREE_HOST:
     return g_strdup("/");
   case TREE_DOMAIN:
     return g_strdup(domain);
@@ -97,18 +116,32 @@ make_display(TreeKind kind, const char *domain, const char *point, const char *t
   g_assert_not_reached();
 }
 
+/* "host/demo/s1/vda.raw" on a mount of several hosts. */
+static char *
+make_display(TreeKind kind, const char *host, const char *domain, const char *point,
+             const char *target)
+{
+  if (kind == TREE_HOST)
+    return g_strdup(host);
+  g_autofree char *display = make_display_in_host(kind, domain, point, target);
+  if (host == NULL || kind == TREE_ROOT)
+    return g_steal_pointer(&display);
+  return g_strdup_printf("%s/%s", host, display);
+}
+
 static Entry *
-entry_new(fuse_ino_t ino, TreeKind kind, const char *domain, const char *point,
-          const char *target)
+entry_new(fuse_ino_t ino, TreeKind kind, const char *host, const char *domain,
+          const char *point, const char *target)
 {
   Entry *e = g_atomic_rc_box_new0(Entry);
   e->node.ino = ino;
   e->node.kind = kind;
+  e->node.host = g_strdup(host);
   e->node.domain = g_strdup(domain);
   e->node.point = g_strdup(point);
   e->node.target = g_strdup(target);
-  e->node.key = make_key(kind, domain, point, target);
-  e->node.display = make_display(kind, domain, point, target);
+  e->node.key = make_key(kind, host, domain, point, target);
+  e->node.display = make_display(kind, host, domain, point, target);
   return e;
 }
 
@@ -120,7 +153,7 @@ tree_new(void)
   tree->by_ino = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
                                        (GDestroyNotify)tree_node_unref);
   tree->by_key = g_hash_table_new(g_str_hash, g_str_equal);
-  Entry *root = entry_new(FUSE_ROOT_ID, TREE_ROOT, NULL, NULL, NULL);
+  Entry *root = entry_new(FUSE_ROOT_ID, TREE_ROOT, NULL, NULL, NULL, NULL);
   root->nlookup = 1; /* the kernel holds the root without a lookup */
   g_hash_table_insert(tree->by_ino, &root->node.ino, root);
   g_hash_table_insert(tree->by_key, root->node.key, root);
@@ -149,14 +182,14 @@ tree_get(Tree *tree, fuse_ino_t ino)
 }
 
 TreeNode *
-tree_lookup(Tree *tree, TreeKind kind, const char *domain, const char *point,
+tree_lookup(Tree *tree, TreeKind kind, const char *host, const char *domain, const char *point,
             const char *target)
 {
-  g_autofree char *key = make_key(kind, domain, point, target);
+  g_autofree char *key = make_key(kind, host, domain, point, target);
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&tree->lock);
   Entry *e = g_hash_table_lookup(tree->by_key, key);
   if (e == NULL) {
-    e = entry_new(tree->next_ino++, kind, domain, point, target);
+    e = entry_new(tree->next_ino++, kind, host, domain, point, target);
     g_hash_table_insert(tree->by_ino, &e->node.ino, e);
     g_hash_table_insert(tree->by_key, e->node.key, e);
   }
@@ -165,24 +198,24 @@ tree_lookup(Tree *tree, TreeKind kind, const char *domain, const char *point,
 }
 
 fuse_ino_t
-tree_find(Tree *tree, TreeKind kind, const char *domain, const char *point,
+tree_find(Tree *tree, TreeKind kind, const char *host, const char *domain, const char *point,
           const char *target)
 {
-  g_autofree char *key = make_key(kind, domain, point, target);
+  g_autofree char *key = make_key(kind, host, domain, point, target);
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&tree->lock);
   Entry *e = g_hash_table_lookup(tree->by_key, key);
   return e ? e->node.ino : 0;
 }
 
 fuse_ino_t
-tree_intern(Tree *tree, TreeKind kind, const char *domain, const char *point,
+tree_intern(Tree *tree, TreeKind kind, const char *host, const char *domain, const char *point,
             const char *target)
 {
-  g_autofree char *key = make_key(kind, domain, point, target);
+  g_autofree char *key = make_key(kind, host, domain, point, target);
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&tree->lock);
   Entry *e = g_hash_table_lookup(tree->by_key, key);
   if (e == NULL) {
-    e = entry_new(tree->next_ino++, kind, domain, point, target);
+    e = entry_new(tree->next_ino++, kind, host, domain, point, target);
     g_hash_table_insert(tree->by_ino, &e->node.ino, e);
     g_hash_table_insert(tree->by_key, e->node.key, e);
   }
@@ -211,7 +244,7 @@ tree_forget(Tree *tree, fuse_ino_t ino, guint64 nlookup, BackendModel *model)
 }
 
 void
-tree_prune(Tree *tree, BackendModel *model)
+tree_prune(Tree *tree, const char *host, BackendModel *model)
 {
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&tree->lock);
   GHashTableIter iter;
@@ -221,7 +254,8 @@ tree_prune(Tree *tree, BackendModel *model)
   g_hash_table_iter_init(&iter, tree->by_ino);
   while (g_hash_table_iter_next(&iter, NULL, &value)) {
     Entry *e = value;
-    if (e->nlookup == 0 && !tree_node_exists(&e->node, model))
+    if (e->nlookup == 0 && g_strcmp0(e->node.host, host) == 0 &&
+        !tree_node_exists(&e->node, model))
       g_ptr_array_add(gone, e);
   }
   for (guint i = 0; i < gone->len; i++)
@@ -229,7 +263,8 @@ tree_prune(Tree *tree, BackendModel *model)
 }
 
 void
-tree_rename_point(Tree *tree, const char *domain, const char *old_name, const char *new_name)
+tree_rename_point(Tree *tree, const char *host, const char *domain, const char *old_name,
+                  const char *new_name)
 {
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&tree->lock);
   g_autoptr(GPtrArray) moved = g_ptr_array_new();
@@ -239,13 +274,15 @@ tree_rename_point(Tree *tree, const char *domain, const char *old_name, const ch
   g_hash_table_iter_init(&iter, tree->by_ino);
   while (g_hash_table_iter_next(&iter, NULL, &value)) {
     Entry *e = value;
-    if (e->node.point != NULL && g_strcmp0(e->node.domain, domain) == 0 &&
+    if (e->node.point != NULL && g_strcmp0(e->node.host, host) == 0 &&
+        g_strcmp0(e->node.domain, domain) == 0 &&
         g_str_equal(e->node.point, old_name))
       g_ptr_array_add(moved, e);
   }
   for (guint i = 0; i < moved->len; i++) {
     Entry *old = moved->pdata[i];
-    Entry *e = entry_new(old->node.ino, old->node.kind, domain, new_name, old->node.target);
+    Entry *e = entry_new(old->node.ino, old->node.kind, host, domain, new_name,
+                         old->node.target);
     /* A node of the new name cannot exist yet (the kernel holds the
      * directory locked during rename); if one does, keep it. */
     if (g_hash_table_contains(tree->by_key, e->node.key)) {
@@ -316,6 +353,7 @@ tree_node_exists(const TreeNode *node, BackendModel *model)
 {
   switch (node->kind) {
   case TREE_ROOT:
+  case TREE_HOST: /* the hosts are fixed for the mount */
     return TRUE;
   case TREE_DOMAIN:
     return tree_node_domain(node, model) != NULL;

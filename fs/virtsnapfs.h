@@ -49,9 +49,14 @@ typedef enum {
   VIRTSNAPFS_REVERT_DISCARD,
 } VirtsnapfsRevertMode;
 
+/* One libvirt host of the mount (options_validate). */
+typedef struct {
+  char *name;   /* its directory on a mount of several hosts */
+  char *uri;
+} VirtsnapfsHostSpec;
+
 typedef struct {
   /* Filled by fuse_opt_parse from the offsetof table (malloc'd). */
-  char *uri;
   char *state_dir;
   char *revert;
   unsigned max_threads;
@@ -61,10 +66,13 @@ typedef struct {
   char *source;              /* first positional of two: the mount source */
   char *mountpoint;
   GPtrArray *image_dirs;     /* of char *, -o image_dir= in order */
+  GPtrArray *uri_opts;       /* of char *, -o uri=[NAME=]URI in order */
   int n_nonopt;
   gboolean show_help, show_version;
   gboolean foreground, debug, single_thread, allow_other;
   /* Derived by options_validate(). */
+  char *uri;                 /* the URI of a mount of one host; NULL for several */
+  GPtrArray *hosts;          /* of VirtsnapfsHostSpec, in option order */
   VirtsnapfsRevertMode revert_mode;
   const char **image_dirs_strv; /* NULL-terminated view of image_dirs */
 } VirtsnapfsOptions;
@@ -113,10 +121,13 @@ void errors_reply_gerror(fuse_req_t req, const GError *error);
 void errors_reply_errno(fuse_req_t req, int err);
 
 /* ------------------------------------------------------------------ */
-/* tree.c: inode numbers for (domain, point, file), stable per mount.  */
+/* tree.c: inode numbers for ([host,] domain, point, file), stable per
+ * mount.  Every function that takes components takes the host first: NULL
+ * on a mount of one host (no host level), its name otherwise. */
 
 typedef enum {
   TREE_ROOT,
+  TREE_HOST,      /* a libvirt host, on a mount of several */
   TREE_DOMAIN,
   TREE_POINT,     /* a snapshot directory, or @now when point == NULL */
   TREE_DISK,      /* <target>.raw */
@@ -126,7 +137,8 @@ typedef enum {
 typedef struct {
   fuse_ino_t ino;
   TreeKind kind;
-  char *domain;   /* NULL for the root */
+  char *host;     /* NULL for the root, and everywhere on a one-host mount */
+  char *domain;   /* NULL for the root and hosts */
   char *point;    /* snapshot name (unescaped); NULL for @now and above */
   char *target;   /* disk target, TREE_DISK only */
   char *key;      /* unique: kind and components */
@@ -148,27 +160,27 @@ TreeNode *tree_get(Tree *tree, fuse_ino_t ino);
 /* The node for the components, created with a fresh inode number if it
  * does not exist; its lookup count goes up by one (a FUSE entry reply
  * follows).  Returns a new reference. */
-TreeNode *tree_lookup(Tree *tree, TreeKind kind, const char *domain,
+TreeNode *tree_lookup(Tree *tree, TreeKind kind, const char *host, const char *domain,
                       const char *point, const char *target);
 /* The inode of the components if known, else 0 (no lookup count). */
-fuse_ino_t tree_find(Tree *tree, TreeKind kind, const char *domain,
+fuse_ino_t tree_find(Tree *tree, TreeKind kind, const char *host, const char *domain,
                      const char *point, const char *target);
 /* The inode of the components, created if needed, without a lookup
  * count (for readdir's d_ino; pruned when it leaves the model). */
-fuse_ino_t tree_intern(Tree *tree, TreeKind kind, const char *domain,
+fuse_ino_t tree_intern(Tree *tree, TreeKind kind, const char *host, const char *domain,
                        const char *point, const char *target);
 /* FUSE forget: drops nlookup; a node that reaches zero and is no longer
- * in the model leaves the table (nodes still in the model keep their
+ * in the model (its host's) leaves the table (nodes still in the model keep their
  * number for the next lookup). */
 void tree_forget(Tree *tree, fuse_ino_t ino, guint64 nlookup, BackendModel *model);
-/* Drops forgotten nodes that left the model. */
-void tree_prune(Tree *tree, BackendModel *model);
+/* Drops forgotten nodes of host that left its model. */
+void tree_prune(Tree *tree, const char *host, BackendModel *model);
 guint tree_size(Tree *tree);
 /* After a snapshot rename: the nodes of (domain, old) and of its files
  * take the name new_name and keep their inode numbers, as a rename on a
  * real filesystem keeps them (the kernel moved its dentries already). */
-void tree_rename_point(Tree *tree, const char *domain, const char *old_name,
-                       const char *new_name);
+void tree_rename_point(Tree *tree, const char *host, const char *domain,
+                       const char *old_name, const char *new_name);
 
 /* Model lookups for a node; borrowed from model. */
 gboolean tree_node_exists(const TreeNode *node, BackendModel *model);
@@ -192,12 +204,17 @@ typedef struct {
 
 typedef struct _InfoCache InfoCache;
 
-InfoCache *info_cache_new(void);
+/* label names the host in log lines (NULL: none).  remote: images are
+ * read where libvirt's host sees them, and may not be visible here. */
+InfoCache *info_cache_new(const char *label, gboolean remote);
 void info_cache_free(InfoCache *cache);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(InfoCache, info_cache_free)
 /* Facts about disk's chain.  live: the image may be written to (the
  * present of a running domain), so cached facts expire after 5 seconds.
- * Errors are logged once per image and reported as EIO. */
+ * Errors are logged once per image and carry the chain's errno; on a
+ * remote cache an image (or a layer) that does not exist here is "not
+ * visible": code EREMOTE, the reason as message, logged once as a message
+ * rather than a warning. */
 gboolean info_cache_get(InfoCache *cache, const BackendDisk *disk,
                         const char *const *image_dirs, gboolean live,
                         ImageInfo *info, GError **error);
@@ -205,12 +222,14 @@ gboolean info_cache_get(InfoCache *cache, const BackendDisk *disk,
 /* ------------------------------------------------------------------ */
 /* daemon state shared by every FUSE operation (main.c owns it).      */
 
+typedef struct _VirtsnapfsHost VirtsnapfsHost;
+
 typedef struct {
   VirtsnapfsOptions *opts;
-  Backend *backend;
+  GPtrArray *hosts;        /* of VirtsnapfsHost *, fixed for the mount */
+  gboolean multi_host;     /* a TREE_HOST level under the root */
   struct fuse_session *se;
   Tree *tree;
-  InfoCache *info;
   uid_t uid;               /* owner of every entry: the mount owner */
   gid_t gid;
   struct timespec mount_time;
@@ -220,14 +239,53 @@ typedef struct {
 } Virtsnapfs;
 
 /* ------------------------------------------------------------------ */
+/* hosts.c: the libvirt hosts of the mount, one backend each.         */
+
+struct _VirtsnapfsHost {
+  Virtsnapfs *fs;
+  char *name;              /* the host's directory (multi-host mounts) */
+  char *tree_host;         /* its nodes' host component: NULL on a
+                            * mount of one host, else name */
+  char *uri;
+  gboolean remote;         /* through a transport or to a server: its
+                            * images may not be visible here */
+  Backend *backend;
+  InfoCache *info;
+  GMutex lock;             /* protects capacity */
+  GHashTable *capacity;    /* image path -> guint64 *: sizes of disks
+                            * that are not visible here */
+};
+
+/* Connects every host of fs->opts (STATE_DIR/<host>/ when several) and
+ * registers invalidate_on_change() for each.  Blocks. */
+gboolean hosts_connect(Virtsnapfs *fs, GError **error);
+/* Closes every backend (thaws what is still frozen). */
+void hosts_disconnect(Virtsnapfs *fs);
+/* The host of a node; NULL for the root of a multi-host mount. */
+VirtsnapfsHost *hosts_of_node(Virtsnapfs *fs, const TreeNode *node);
+VirtsnapfsHost *hosts_find(Virtsnapfs *fs, const char *name);
+/* The current model of node's host (new reference), or NULL for the root
+ * of a multi-host mount. */
+BackendModel *hosts_node_model(Virtsnapfs *fs, const TreeNode *node);
+/* TRUE when URI reaches libvirt through a transport (qemu+ssh://) or
+ * names a server: then its images may live where this machine cannot see
+ * them.  Pure. */
+gboolean hosts_uri_is_remote(const char *uri);
+/* The size of a disk that is not visible here, as libvirt tells it (0
+ * when it cannot), asked once per image.  Blocks on libvirt. */
+guint64 hosts_unavailable_size(VirtsnapfsHost *host, const char *domain, gboolean present,
+                               const BackendDisk *disk);
+
+/* ------------------------------------------------------------------ */
 /* ops.c: the FUSE low-level operations table; metadata operations.   */
 
 extern const struct fuse_lowlevel_ops ops_table;
 /* Fills st for node from model; FALSE with ENOENT/EIO in *err. */
 gboolean ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model,
                   struct stat *st, int *err);
-/* Answers a lookup of name in pnode from model: fuse_reply_entry (the
- * node's lookup count goes up) or fuse_reply_err.  lookup and mkdir. */
+/* Answers a lookup of name in pnode from model (pnode's host's; NULL for
+ * the root of several hosts): fuse_reply_entry (the node's lookup count
+ * goes up) or fuse_reply_err.  lookup and mkdir. */
 void ops_reply_entry(fuse_req_t req, Virtsnapfs *fs, BackendModel *model,
                      const TreeNode *pnode, const char *name);
 
@@ -278,7 +336,8 @@ void xattr_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
 /* ------------------------------------------------------------------ */
 /* invalidate.c: tell the kernel what changed between two models.     */
 
-/* Called by the backend thread; hands the work to the main loop. */
+/* Called by the backend thread of host (user_data, a VirtsnapfsHost);
+ * hands the work to the main loop. */
 void invalidate_on_change(BackendModel *old_model, BackendModel *new_model,
                           gpointer user_data);
 

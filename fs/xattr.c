@@ -7,6 +7,10 @@
  *   user.virtsnapfs.chain_depth   layers in that chain
  *   user.virtsnapfs.allocated     bytes that read from allocated data
  *   user.virtsnapfs.format        format of the top image
+ *   user.virtsnapfs.unavailable   only on a disk that is not visible on
+ *                                 this machine (a remote host without
+ *                                 shared storage): why; open() of such a
+ *                                 disk fails with EREMOTE
  * On a domain directory:
  *   user.virtsnapfs.job           the running operation and its progress
  *                                 (backend_job_status), or "idle"
@@ -28,6 +32,7 @@ static const char *const disk_names[] = {
   XATTR_PREFIX "allocated",
   XATTR_PREFIX "format",
 };
+#define XATTR_UNAVAILABLE XATTR_PREFIX "unavailable"
 static const char *const domain_names[] = {
   XATTR_PREFIX "job",
 };
@@ -49,7 +54,7 @@ xattr_value(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const cha
       return NULL;
     }
     if (g_str_equal(key, "job")) {
-      char *status = backend_job_status(fs->backend, node->domain);
+      char *status = backend_job_status(hosts_of_node(fs, node)->backend, node->domain);
       return status ? status : g_strdup("idle");
     }
     return NULL;
@@ -69,20 +74,35 @@ xattr_value(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const cha
   gboolean live = node->point == NULL && dom->running;
   ImageInfo info;
   g_autoptr(GError) error = NULL;
+  gboolean unavailable = g_str_equal(key, "unavailable");
   gboolean known = g_str_equal(key, "chain_depth") || g_str_equal(key, "allocated") ||
-                   g_str_equal(key, "format");
+                   g_str_equal(key, "format") || unavailable;
   if (!known)
     return NULL;
-  if (!info_cache_get(fs->info, disk, (const char *const *)model->image_dirs, live, &info,
-                      &error)) {
+  if (!info_cache_get(hosts_of_node(fs, node)->info, disk,
+                      (const char *const *)model->image_dirs, live, &info, &error)) {
+    if (g_error_matches(error, CHAIN_ERROR, EREMOTE))
+      return unavailable ? g_strdup(error->message) : NULL;
     *err = EIO;
     return NULL;
   }
+  if (unavailable)
+    return NULL;
   if (g_str_equal(key, "chain_depth"))
     return g_strdup_printf("%u", info.depth);
   if (g_str_equal(key, "allocated"))
     return g_strdup_printf("%" G_GUINT64_FORMAT, info.allocated);
   return g_strdup(chain_format_name(info.format));
+}
+
+/* TRUE when node's disk is not visible here (info.c says EREMOTE). */
+static gboolean
+disk_unavailable(Virtsnapfs *fs, const TreeNode *node)
+{
+  g_autoptr(BackendModel) model = hosts_node_model(fs, node);
+  int err;
+  g_autofree char *reason = xattr_value(fs, node, model, XATTR_UNAVAILABLE, &err);
+  return reason != NULL;
 }
 
 /* Replies with data (or its size when size == 0), ERANGE if too small. */
@@ -101,12 +121,16 @@ void
 xattr_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(BackendModel) model = backend_get_model(fs->backend);
   g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
   int err;
 
   if (node == NULL) {
     fuse_reply_err(req, ESTALE);
+    return;
+  }
+  g_autoptr(BackendModel) model = hosts_node_model(fs, node);
+  if (model == NULL) {
+    fuse_reply_err(req, ENODATA); /* the root of several hosts */
     return;
   }
   g_autofree char *value = xattr_value(fs, node, model, name, &err);
@@ -140,5 +164,7 @@ xattr_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
   g_autoptr(GString) list = g_string_new(NULL);
   for (gsize i = 0; i < n; i++)
     g_string_append_len(list, names[i], (gssize)strlen(names[i]) + 1);
+  if (node->kind == TREE_DISK && disk_unavailable(fs, node))
+    g_string_append_len(list, XATTR_UNAVAILABLE, sizeof XATTR_UNAVAILABLE);
   reply_sized(req, list->str, list->len, size);
 }

@@ -174,6 +174,97 @@ test_fstab_options(void)
   fixture_clear(&f);
 }
 
+static const VirtsnapfsHostSpec *
+host_at(const Fixture *f, guint i)
+{
+  g_assert_cmpuint(i, <, f->opts.hosts->len);
+  return f->opts.hosts->pdata[i];
+}
+
+/* Repeated -o uri=: names from the servers, localhost without one, -2,
+ * -3... for duplicates in option order; explicit names are kept first. */
+static void
+test_hosts(void)
+{
+  Fixture f;
+  g_autoptr(GError) error = NULL;
+  const char *argv[] = { "none", "MNT",
+                         "-o", "uri=qemu+ssh://host1/system",
+                         "-o", "uri=qemu+tls://root@host2:16514/system,uri=qemu+ssh://host1/session",
+                         "-o", "uri=qemu:///embed?root=/x",
+                         "-o", "uri=host1-2=qemu+tcp://host3/system",
+                         "-o", "uri=qemu+unix:///system?socket=/run/p/libvirt-sock",
+                         "-o", "uri=qemu+ssh://host1/x", NULL };
+  g_assert_true(parse(&f, argv, &error));
+  g_assert_true(options_validate(&f.opts, &error));
+  g_assert_no_error(error);
+  g_assert_null(f.opts.uri);
+  g_assert_cmpuint(f.opts.hosts->len, ==, 7);
+  const char *want[][2] = {
+    { "host1", "qemu+ssh://host1/system" },
+    { "host2", "qemu+tls://root@host2:16514/system" },
+    { "host1-3", "qemu+ssh://host1/session" }, /* host1-2 is taken by name */
+    { "localhost", "qemu:///embed?root=/x" },
+    { "host1-2", "qemu+tcp://host3/system" },
+    { "localhost-2", "qemu+unix:///system?socket=/run/p/libvirt-sock" },
+    { "host1-4", "qemu+ssh://host1/x" },
+  };
+  for (guint i = 0; i < G_N_ELEMENTS(want); i++) {
+    g_assert_cmpstr(host_at(&f, i)->name, ==, want[i][0]);
+    g_assert_cmpstr(host_at(&f, i)->uri, ==, want[i][1]);
+  }
+  g_assert_false(args_contain(&f.args, "uri="));
+  fixture_clear(&f);
+
+  /* One -o uri=NAME=URI is a mount of one host: the URI is the URI. */
+  const char *one[] = { "MNT", "-o", "uri=mine=qemu:///embed?root=/y", NULL };
+  g_assert_true(parse(&f, one, &error));
+  g_assert_true(options_validate(&f.opts, &error));
+  g_assert_cmpstr(f.opts.uri, ==, "qemu:///embed?root=/y");
+  g_assert_cmpuint(f.opts.hosts->len, ==, 1);
+  g_assert_cmpstr(host_at(&f, 0)->name, ==, "mine");
+  fixture_clear(&f);
+}
+
+static void
+test_hosts_invalid(void)
+{
+  const char *const values[] = {
+    "uri=qemu:///system,uri=qemu:///system",            /* the same URI twice */
+    "uri=a=qemu:///system,uri=b=qemu:///system",        /* ... also under two names */
+    "uri=a=qemu:///system,uri=a=qemu:///session",       /* one name twice */
+    "uri==qemu:///system,uri=qemu:///session",          /* empty name */
+    "uri=.hidden=qemu:///system,uri=qemu:///session",   /* leading '.' */
+    "uri=@now=qemu:///system,uri=qemu:///session",      /* leading '@' */
+    "uri=a%2Fb=qemu:///system,uri=qemu:///session",     /* '%' */
+    "uri=a=nocolon,uri=qemu:///session",                /* not a URI */
+    "uri=qemu:///system,uri=",                          /* empty URI */
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(values); i++) {
+    Fixture f;
+    g_autoptr(GError) error = NULL;
+    const char *argv[] = { "MNT", "-o", values[i], NULL };
+    gboolean ok = parse(&f, argv, &error) && options_validate(&f.opts, &error);
+    g_assert_false(ok);
+    g_assert_nonnull(error);
+    g_test_message("case %zu: %s", i, error->message);
+    fixture_clear(&f);
+  }
+}
+
+static void
+test_uri_remote(void)
+{
+  g_assert_true(hosts_uri_is_remote("qemu+ssh://host1/system"));
+  g_assert_true(hosts_uri_is_remote("qemu+tcp://host1/system"));
+  g_assert_true(hosts_uri_is_remote("qemu+tls://root@host1:16514/system"));
+  g_assert_true(hosts_uri_is_remote("qemu+unix:///system?socket=/run/x/libvirt-sock"));
+  g_assert_true(hosts_uri_is_remote("qemu://host1/system"));
+  g_assert_false(hosts_uri_is_remote("qemu:///system"));
+  g_assert_false(hosts_uri_is_remote("qemu:///system?socket=/run/x/libvirt-sock"));
+  g_assert_false(hosts_uri_is_remote("qemu:///embed?root=/x"));
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -184,5 +275,8 @@ main(int argc, char *argv[])
   g_test_add_func("/options/help-version", test_help_version);
   g_test_add_func("/options/invalid", test_invalid);
   g_test_add_func("/options/fstab", test_fstab_options);
+  g_test_add_func("/options/hosts", test_hosts);
+  g_test_add_func("/options/hosts-invalid", test_hosts_invalid);
+  g_test_add_func("/options/uri-remote", test_uri_remote);
   return g_test_run();
 }
