@@ -366,6 +366,7 @@ main(int argc, char *argv[])
   fs.gid = getgid();
   fs.tree = tree_new();
   fs.info = info_cache_new();
+  fs.deltas = delta_cache_new();
   g_mutex_init(&fs.files_lock);
   fs.files = g_hash_table_new(NULL, NULL);
 
@@ -373,6 +374,7 @@ main(int argc, char *argv[])
 
   g_hash_table_unref(fs.files);
   g_mutex_clear(&fs.files_lock);
+  delta_cache_free(fs.deltas);
   info_cache_free(fs.info);
   tree_free(fs.tree);
   options_clear(&opts);
