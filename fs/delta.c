@@ -403,9 +403,10 @@ delta_xattr(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const cha
   }
   if (g_str_equal(key, "point_image"))
     return g_strdup(p.disk->image_path);
-  /* Empty for the first point in time. */
+  /* The parent's directory name (escaped as in the tree, so that
+   * ../PARENT/ names it); empty for the first point in time. */
   if (g_str_equal(key, "parent"))
-    return g_strdup(p.parent_disk ? p.parent->name : "");
+    return p.parent_disk ? names_escape(p.parent->name) : g_strdup("");
   if (g_str_equal(key, "parent_image"))
     return g_strdup(p.parent_disk ? p.parent_disk->image_path : "");
   if (g_str_equal(key, "granularity") || g_str_equal(key, "delta_bytes")) {

@@ -8,7 +8,7 @@
  *   user.virtsnapfs.allocated     bytes that read from allocated data
  *   user.virtsnapfs.format        format of the top image
  * On a .delta file (delta.c): point_image, parent (the parent snapshot's
- * name, empty for the first point in time), parent_image, granularity,
+ * directory name, empty for the first point in time), parent_image, granularity,
  * delta_bytes (the exact data size; computed if not known yet).
  * On a domain directory:
  *   user.virtsnapfs.job           the running operation and its progress
