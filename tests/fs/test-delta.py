@@ -256,8 +256,10 @@ def check_all(env, stage, stat_first=False):
     return images, total
 
 
-def backup(env, dest, *args):
-    out = m.run("bash", BACKUP_SH, *args, os.path.join(env.mnt, DOM), dest)
+def backup(env, dest, snap=None, verify=False):
+    args = ["--verify"] if verify else []
+    args += [os.path.join(env.mnt, DOM), dest] + ([snap] if snap else [])
+    out = m.run("bash", BACKUP_SH, *args)
     for line in out.splitlines():
         m.log(line)
     return out
@@ -325,7 +327,7 @@ def test(env):
     check.ok("applied the delta of s2" in out and "applied the delta of s3" in out
              and "full copy" not in out, "backup at s3: the deltas of s2 and s3")
     check_backup(env, dest, "s3", images, "backup at s3")
-    out = backup(env, dest, "--verify")
+    out = backup(env, dest, verify=True)
     check.ok("applied the delta of s4" in out and "full copy" not in out
              and "DIFFERS" not in out, "backup of the newest (s4): its delta, verified")
     check_backup(env, dest, "s4", images, "backup at s4")
