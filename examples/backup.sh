@@ -20,9 +20,12 @@
 #
 # Applying a delta is idempotent, and <disk>.at is replaced (atomically)
 # only after the image is synced, so an interrupted run is simply run
-# again.  Each file is held open while it is read, which pins its point
-# in time: a snapshot cannot be deleted under a running backup (rmdir
-# fails with EBUSY meanwhile).
+# again.  While a delta is applied, <disk>.pending names it: if the next
+# run's way does not start with that very snapshot (it was deleted, or
+# the newest snapshot is on another branch), the half-updated image is
+# copied whole again.  Each file is held open while it is read, which
+# pins its point in time: a snapshot cannot be deleted under a running
+# backup (rmdir fails with EBUSY meanwhile).
 #
 # Needs bash and python3 (standard library only).
 set -euo pipefail
@@ -33,7 +36,7 @@ if [ "${1:-}" = "--verify" ]; then
   shift
 fi
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
-  sed -n '2,26p' "$0" >&2
+  sed -n '3,30p' "$0" >&2
   exit 2
 fi
 
@@ -124,18 +127,38 @@ def read_at(disk):
         return None
 
 
-def write_at(disk, snap):
-    path = os.path.join(dest, disk + ".at")
-    with open(path + ".new", "w") as f:
-        f.write("%s\t%s\n" % (snap, ctime_of(snap)))
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(path + ".new", path)
+def sync_dir():
     dirfd = os.open(dest, os.O_RDONLY)
     try:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def write_at(disk, snap, what="at"):
+    path = os.path.join(dest, disk + "." + what)
+    with open(path + ".new", "w") as f:
+        f.write("%s\t%s\n" % (snap, ctime_of(snap)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(path + ".new", path)
+    sync_dir()
+
+
+def read_pending(disk):
+    try:
+        with open(os.path.join(dest, disk + ".pending")) as f:
+            return tuple(f.read().rstrip("\n").rsplit("\t", 1))
+    except FileNotFoundError:
+        return None
+
+
+def clear_pending(disk):
+    try:
+        os.unlink(os.path.join(dest, disk + ".pending"))
+    except FileNotFoundError:
+        return
+    sync_dir()
 
 
 def steps(disk, snap, at):
@@ -165,6 +188,7 @@ def full_copy(disk, snap):
     n = copy_extents(os.path.join(domain_dir, snap, disk + ".raw"), tmp)
     os.rename(tmp, img)
     write_at(disk, snap)
+    clear_pending(disk)
     say("%s: full copy of %s (%d bytes of data)" % (disk, snap, n))
 
 
@@ -173,16 +197,23 @@ def backup_disk(disk, snap):
     at = read_at(disk)
     if at is None or not os.path.exists(img):
         return full_copy(disk, snap)
-    if at[0] == snap and at[1] == ctime_of(snap):
-        say("%s: already at %s" % (disk, snap))
-        return
     path = steps(disk, snap, at)
     if path is None:
         say("%s: %s is not an ancestor of %s any more: copying whole" % (disk, at[0], snap))
         return full_copy(disk, snap)
+    pending = read_pending(disk)
+    if pending is not None and (not path or (path[0], ctime_of(path[0])) != pending):
+        say("%s: the delta of %s was left half applied and is not the next step: copying whole"
+            % (disk, pending[0]))
+        return full_copy(disk, snap)
+    if not path:
+        say("%s: already at %s" % (disk, snap))
+        return
     for step in path:
+        write_at(disk, step, "pending")
         n = copy_extents(os.path.join(domain_dir, step, disk + ".delta"), img)
         write_at(disk, step)
+        clear_pending(disk)
         say("%s: applied the delta of %s (%d bytes)" % (disk, step, n))
 
 

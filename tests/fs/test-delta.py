@@ -20,7 +20,8 @@ Then through the mount: an open .delta pins its point (rmdir is EBUSY);
 rmdir s2 makes s3's parent s1, and s3's delta follows; a revert to s3 and
 mkdir s5 give a delta against s3.  examples/backup.sh runs along: a full
 copy at s1, deltas up to s3, then s4, a full copy again when the recorded
-snapshot is no ancestor (s5), and a delta for s6; after each run the
+snapshot is no ancestor (s5) or a step was left half applied, and a
+delta for s6; after each run the
 image equals `qemu-img convert -O raw` of the point, byte for byte.
 """
 
@@ -333,6 +334,15 @@ def test(env):
     check_backup(env, dest, "s4", images, "backup at s4")
     out = backup(env, dest)
     check.ok("already at s4" in out, "backup again: nothing to do")
+    # A run cut short while applying a delta that is not the next step
+    # any more: the half-updated image is copied whole.
+    with open(os.path.join(dest, "vda.pending"), "w") as f:
+        f.write("gone\t1\n")
+    out = backup(env, dest)
+    check.ok("vda: the delta of gone was left half applied" in out and "full copy of s4" in out
+             and "sdb: already at s4" in out, "backup after an interrupted step: a full copy")
+    check.ok(not os.path.exists(os.path.join(dest, "vda.pending")), "vda.pending is gone")
+    check_backup(env, dest, "s4", images, "backup after an interrupted step")
 
     # --- pins ------------------------------------------------------------------
     with open(os.path.join(ddir, "s4", "vda.delta"), "rb") as f:
