@@ -9,8 +9,11 @@
  *   rename D/NAME D/NEW   backend_snapshot_rename
  *   rename D/NAME D/@now, or D/NAME D/@now/NAME (what mv sends when the
  *                         target is a directory): backend_snapshot_revert
- * Only the mount owner or root may call them (EACCES otherwise); each
- * call logs one line here, and the backend one with the plan it chose.
+ * Only the mount owner or root may call them (EACCES otherwise).  Each
+ * call logs one message-level line when it ends: a refusal here with its
+ * reason, a success in the backend with what was done (for a delete the
+ * plan it chose, why, and the bytes each direction would move); the
+ * start of a call is a debug line.
  * rmdir of @now is EBUSY: the present cannot be deleted, only left by a
  * revert.  Everything else that writes (files' data, modes, sizes,
  * links, xattrs, new files) is refused for good with EPERM.
@@ -106,7 +109,7 @@ ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
     fuse_reply_err(req, EINVAL);
     return;
   }
-  g_message("mkdir %s/%s: creating snapshot", dir_display(pnode), name);
+  g_debug("mkdir %s/%s: creating snapshot", dir_display(pnode), name);
   if (!backend_snapshot_create(fs->backend, pnode->domain, sname, &error)) {
     reply_failure(req, "mkdir", dir_display(pnode), name, error);
     return;
@@ -146,7 +149,7 @@ ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
     fuse_reply_err(req, ENOENT);
     return;
   }
-  g_message("rmdir %s/%s: deleting snapshot", dir_display(pnode), name);
+  g_debug("rmdir %s/%s: deleting snapshot", dir_display(pnode), name);
   if (!backend_snapshot_delete(fs->backend, pnode->domain, sname, &error)) {
     reply_failure(req, "rmdir", dir_display(pnode), name, error);
     return;
@@ -249,7 +252,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
   gboolean into_now = npnode->kind == TREE_POINT && npnode->point == NULL &&
                       g_str_equal(newname, name);
   if (to_now || into_now) {
-    g_message("rename %s/%s to %s/%s: reverting to snapshot %s", dir_display(pnode), name,
+    g_debug("rename %s/%s to %s/%s: reverting to snapshot %s", dir_display(pnode), name,
               dir_display(npnode), newname, sname);
     if (!backend_snapshot_revert(fs->backend, pnode->domain, sname, FALSE, &error)) {
       reply_failure(req, "revert", dir_display(pnode), name, error);
@@ -273,7 +276,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     fuse_reply_err(req, EINVAL);
     return;
   }
-  g_message("rename %s/%s to %s", dir_display(pnode), name, newname);
+  g_debug("rename %s/%s to %s", dir_display(pnode), name, newname);
   if (!backend_snapshot_rename(fs->backend, pnode->domain, sname, new_sname, &error)) {
     reply_failure(req, "rename", dir_display(pnode), name, error);
     return;

@@ -25,6 +25,7 @@ enum {
   KEY_VERSION,
   KEY_FOREGROUND,
   KEY_DEBUG,
+  KEY_DEBUG_OPT,
   KEY_IMAGE_DIR,
   KEY_ALLOW_OTHER,
   KEY_KEEP,
@@ -48,7 +49,9 @@ static const struct fuse_opt option_table[] = {
   FUSE_OPT_KEY("-s", KEY_KEEP),
   /* Seen here and also passed on: libfuse prints its own request trace. */
   FUSE_OPT_KEY("-d", KEY_DEBUG),
-  FUSE_OPT_KEY("debug", KEY_DEBUG),
+  /* The same trace without the foreground, so that an fstab line can
+   * carry it (mount would wait forever for a foreground daemon). */
+  FUSE_OPT_KEY("debug", KEY_DEBUG_OPT),
   FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
   /* mount.fuse3 and fstab pass these; they mean nothing to a daemon that
    * is not a block device filesystem. */
@@ -59,6 +62,10 @@ static const struct fuse_opt option_table[] = {
   FUSE_OPT_KEY("nouser", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY("users", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_KEY("nofail", FUSE_OPT_KEY_DISCARD),
+  FUSE_OPT_KEY("defaults", FUSE_OPT_KEY_DISCARD),
+  /* x-systemd.automount, x-systemd.requires=..., comment=...: for mount
+   * and systemd only (see options_proc). */
+  FUSE_OPT_KEY("comment=", FUSE_OPT_KEY_DISCARD),
   FUSE_OPT_END
 };
 
@@ -106,6 +113,9 @@ options_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
     opts->debug = TRUE;
     opts->foreground = TRUE;
     return 1;
+  case KEY_DEBUG_OPT:
+    opts->debug = TRUE;
+    return 1;
   case KEY_ALLOW_OTHER:
     opts->allow_other = TRUE;
     return 1;
@@ -125,6 +135,13 @@ options_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
     }
     opts->n_nonopt++;
     return 0;
+  case FUSE_OPT_KEY_OPT:
+    /* fstab options for mount(8) and systemd's fstab generator, which
+     * mount.fuse3 drops too; discarded here for a daemon run by hand or
+     * by another mount helper with an fstab line's options. */
+    if (g_str_has_prefix(arg, "x-"))
+      return 0;
+    return 1;
   default:
     return 1;
   }
@@ -246,7 +263,9 @@ options_print_help(const char *argv0)
          "    -h, --help             print this help and exit\n"
          "    -V, --version          print the version and exit\n"
          "    -f                     stay in the foreground (log to stderr)\n"
-         "    -d, -o debug           debug: foreground, one log line per request\n"
+         "    -d                     debug: the same as -f -o debug\n"
+         "    -o debug               log one line per request and libfuse's trace\n"
+         "                           (default: off; without -f it goes to syslog)\n"
          "    -s                     single-threaded FUSE loop (debugging)\n"
          "    -o uri=URI             libvirt URI (default: the mount source, else %s)\n"
          "    -o state_dir=DIR       journal and freeze records (default: %s)\n"
@@ -260,10 +279,11 @@ options_print_help(const char *argv0)
          "    -o no_splice           copy data through user space instead of splice(2)\n"
          "                           (default: splice when the kernel can)\n"
          "    -o allow_other         let other users read (default: only the mount owner);\n"
-         "                           default_permissions is always on, so files (0444)\n"
-         "                           and directories (0555) are checked by the kernel\n"
+         "                           default_permissions is always on, so the kernel\n"
+         "                           checks the modes (files 0444)\n"
          "\n"
-         "Any other -o option is passed to libfuse (ro, max_read=N, ...).\n",
+         "Any other -o option is passed to libfuse (ro, max_read=N, ...).  Options for\n"
+         "mount(8) and systemd (noauto, nofail, _netdev, x-systemd.*, ...) are ignored.\n",
          argv0, VIRTSNAPFS_DEFAULT_URI, VIRTSNAPFS_DEFAULT_STATE_DIR,
          VIRTSNAPFS_DEFAULT_THREADS, VIRTSNAPFS_DEFAULT_TIMEOUT);
 }

@@ -361,6 +361,22 @@ finish_pending(Backend *backend, virDomainPtr dom, GError **error)
   return TRUE;
 }
 
+/* For the log: "4.0 MiB", plain ASCII (g_format_size() uses a no-break
+ * space). */
+static char *
+format_size(guint64 bytes)
+{
+  static const char *const units[] = { "bytes", "KiB", "MiB", "GiB", "TiB" };
+  double value = (double)bytes;
+  guint u = 0;
+  while (value >= 1024 && u + 1 < G_N_ELEMENTS(units)) {
+    value /= 1024;
+    u++;
+  }
+  return u == 0 ? g_strdup_printf("%" G_GUINT64_FORMAT " bytes", bytes)
+                : g_strdup_printf("%.1f %s", value, units[u]);
+}
+
 static char *
 describe_choices(const Plan *plan)
 {
@@ -369,12 +385,27 @@ describe_choices(const Plan *plan)
   g_autoptr(GString) text = g_string_new(NULL);
   for (guint i = 0; i < plan->choices->len; i++) {
     const PlanChoice *choice = plan->choices->pdata[i];
+    g_autofree char *layer = g_path_get_basename(choice->layer);
+    g_autofree char *child = g_path_get_basename(choice->child);
+    g_autofree char *commit = format_size(choice->commit_bytes);
+    g_autofree char *pull = format_size(choice->pull_bytes);
     if (i > 0)
       g_string_append(text, "; ");
-    g_string_append_printf(text, "disk %s: merge %s with %s: %s (commit %" G_GUINT64_FORMAT
-                           " bytes, pull %" G_GUINT64_FORMAT " bytes)",
-                           choice->disk, choice->layer, choice->child, choice->reason,
-                           choice->commit_bytes, choice->pull_bytes);
+    switch (choice->chosen) {
+    case PLAN_MERGE_COMMIT:
+      g_string_append_printf(text, "disk %s: commit %s into %s, %s (pull would move %s)",
+                             choice->disk, child, layer, commit, pull);
+      break;
+    case PLAN_MERGE_PULL:
+      g_string_append_printf(text, "disk %s: pull %s into %s, %s (commit would move %s)",
+                             choice->disk, layer, child, pull, commit);
+      break;
+    case PLAN_MERGE_NONE:
+      g_string_append_printf(text, "disk %s: %s stays, merged later (commit would move %s, "
+                             "pull %s)", choice->disk, layer, commit, pull);
+      break;
+    }
+    g_string_append_printf(text, ", because %s", choice->reason);
   }
   return g_string_free(g_steal_pointer(&text), FALSE);
 }
@@ -397,6 +428,7 @@ static gboolean
 run_plan(Backend *backend, const char *domain, const PlanOp *op, GError **error)
 {
   g_autoptr(DomainTurn) turn = turn_take(backend, domain);
+  gint64 started = g_get_monotonic_time(); /* once it is this call's turn */
   g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, error);
   if (!conn)
     return FALSE;
@@ -432,12 +464,16 @@ run_plan(Backend *backend, const char *domain, const PlanOp *op, GError **error)
     propagate_as_backend(error, local);
     return FALSE;
   }
+  /* One message-level line per operation, when it has finished (below);
+   * the plan as chosen is a debug line. */
   g_autofree char *choices = describe_choices(plan);
-  g_message("domain %s: %s: %u steps (%s, domain %s); %s", domain, title, plan->steps->len,
-            op->kind == PLAN_OP_DELETE ? "merge" : "metadata",
-            input->state->running ? "running" : "shut off", choices);
+  g_autofree char *summary = g_strdup_printf("%u steps, domain %s; %s", plan->steps->len,
+                                             input->state->running ? "running" : "shut off",
+                                             choices);
+  g_debug("domain %s: %s: planned: %s", domain, title, summary);
   if (plan->steps->len == 0) {
     backend_exec_status_clear(backend, domain);
+    g_message("domain %s: %s: done, nothing to do", domain, title);
     return TRUE;
   }
   /* The planner only knows the graph: a file it wants to create must not
@@ -472,6 +508,8 @@ run_plan(Backend *backend, const char *domain, const PlanOp *op, GError **error)
     return FALSE;
   }
   refresh_model(backend);
+  g_message("domain %s: %s: done in %.1f s: %s", domain, title,
+            (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC, summary);
   return TRUE;
 }
 
@@ -587,6 +625,7 @@ backend_snapshot_create(Backend *backend, const char *domain, const char *name, 
   if (!check_name(name, error))
     return FALSE;
   g_autoptr(DomainTurn) turn = turn_take(backend, domain);
+  gint64 started = g_get_monotonic_time(); /* once it is this call's turn */
   g_autoptr(BackendVirConnect) conn = backend_get_connection(backend, error);
   if (!conn)
     return FALSE;
@@ -680,7 +719,8 @@ backend_snapshot_create(Backend *backend, const char *domain, const char *name, 
     return FALSE;
   }
   virDomainSnapshotFree(snap);
-  g_message("domain %s: created snapshot %s (%s, %u disks, first overlay %s)", domain, name,
+  g_message("domain %s: created snapshot %s in %.1f s (%s, %u disks, first overlay %s)", domain,
+            name, (double)(g_get_monotonic_time() - started) / G_USEC_PER_SEC,
             active == 1 ? (quiesced ? "live, quiesced" : "live, crash-consistent") : "offline",
             targets->len - 1, (const char *)overlays->pdata[0]);
   refresh_model(backend);

@@ -330,12 +330,22 @@ class Daemon:
         try:
             rc = self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            stacks = thread_stacks(self.proc.pid)
             self.proc.kill()
-            raise AssertionError("daemon did not exit after unmount")
+            raise AssertionError("daemon did not exit after unmount; its threads were:\n" + stacks)
         self.logfile.close()
         assert not os.path.ismount(self.env.mnt), "still mounted"
         assert rc == 0, "daemon exit status %d:\n%s" % (rc, self.log_text())
         self.check_log()
+
+
+def thread_stacks(pid):
+    """Every thread's backtrace of a hung process, for the failure message."""
+    if not shutil.which("gdb"):
+        return "(gdb is not installed: no backtraces)"
+    r = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    return r.stdout
 
 
 def wait_mounted(mnt, proc=None, timeout=30):

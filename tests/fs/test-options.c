@@ -150,6 +150,30 @@ test_invalid(void)
   fixture_clear(&f);
 }
 
+static void
+test_fstab_options(void)
+{
+  /* What an fstab line may carry beyond what mount.fuse3 strips, when the
+   * daemon is run with it by hand or by another helper; and -o debug,
+   * which traces without staying in the foreground (mount would wait). */
+  Fixture f;
+  g_autoptr(GError) error = NULL;
+  const char *argv[] = { "qemu:///system", "MNT", "-o",
+                         "defaults,noauto,nofail,_netdev,x-systemd.automount,"
+                         "x-systemd.requires=libvirtd.service,comment=backup,debug", NULL };
+  g_assert_true(parse(&f, argv, &error));
+  g_assert_true(options_validate(&f.opts, &error));
+  g_assert_no_error(error);
+  g_assert_true(f.opts.debug);
+  g_assert_false(f.opts.foreground);
+  for (const char *const *o = (const char *const[]){ "defaults", "noauto", "nofail", "_netdev",
+                                                     "x-systemd", "comment", NULL }; *o; o++)
+    g_assert_false(args_contain(&f.args, *o));
+  /* libfuse prints its own request trace too. */
+  g_assert_true(args_contain(&f.args, "debug"));
+  fixture_clear(&f);
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -159,5 +183,6 @@ main(int argc, char *argv[])
   g_test_add_func("/options/uri-option-wins", test_uri_option_wins);
   g_test_add_func("/options/help-version", test_help_version);
   g_test_add_func("/options/invalid", test_invalid);
+  g_test_add_func("/options/fstab", test_fstab_options);
   return g_test_run();
 }
