@@ -84,3 +84,31 @@ chain_bitmap_count_and_not(const ChainBitmap *a, const ChainBitmap *b)
   }
   return count;
 }
+
+void
+chain_bitmap_or(ChainBitmap *dst, const ChainBitmap *src)
+{
+  g_return_if_fail(dst->granularity == src->granularity);
+
+  guint64 words = MIN((dst->nbits + 63) / 64, (src->nbits + 63) / 64);
+  for (guint64 i = 0; i < words; i++)
+    dst->words[i] |= src->words[i];
+  /* Keep the bits past dst's end clear: counts rely on it. */
+  if (dst->nbits % 64 != 0 && words == (dst->nbits + 63) / 64)
+    dst->words[words - 1] &= (G_GUINT64_CONSTANT(1) << (dst->nbits % 64)) - 1;
+}
+
+guint64
+chain_bitmap_next(const ChainBitmap *bitmap, guint64 from, gboolean set)
+{
+  while (from < bitmap->nbits) {
+    guint64 word = bitmap->words[from / 64];
+    if (!set)
+      word = ~word;
+    word &= G_MAXUINT64 << (from % 64);
+    if (word != 0)
+      return MIN((from & ~G_GUINT64_CONSTANT(63)) + (guint64)__builtin_ctzll(word), bitmap->nbits);
+    from = (from & ~G_GUINT64_CONSTANT(63)) + 64;
+  }
+  return bitmap->nbits;
+}

@@ -118,6 +118,12 @@ gboolean chain_bitmap_get(const ChainBitmap *bitmap, guint64 bit);
 guint64 chain_bitmap_count(const ChainBitmap *bitmap);
 /* Bits set in a and not in b; both must have the same granularity. */
 guint64 chain_bitmap_count_and_not(const ChainBitmap *a, const ChainBitmap *b);
+/* dst |= src, with the same granularity; bits of src past the end of dst
+ * are dropped. */
+void chain_bitmap_or(ChainBitmap *dst, const ChainBitmap *src);
+/* The first bit at or after from that is set (set TRUE) or clear (set
+ * FALSE); nbits when there is none. */
+guint64 chain_bitmap_next(const ChainBitmap *bitmap, guint64 from, gboolean set);
 
 /* Which guest ranges this layer overrides (data, zero or compressed
  * clusters: anything that hides the backing file; for raw, the whole
@@ -188,5 +194,54 @@ gint64 chain_seek(Chain *chain, guint64 offset, int whence);
 /* Bytes of the guest disk that read from allocated data (what st_blocks
  * reports).  Computed once and cached.  Returns -errno on error. */
 gint64 chain_allocated_bytes(Chain *chain);
+
+/* ------------------------------------------------------------------ */
+/* Deltas between two points in time (DESIGN.md 4.1: .delta files).    */
+
+/* A ChainDelta says which guest ranges of a point in time differ from its
+ * parent point in time, as a set of granules of one size: granularity is
+ * 4 KiB (the block size of the filesystems a delta is copied to, so that
+ * `cp --sparse` keeps every hole), doubled for disks over 256 GiB so the
+ * set never takes more than 8 MiB.  A granule is data when any of its
+ * bytes differs; the last granule ends at the virtual size.  Ranges past
+ * the end of a shorter parent compare with zeros (apply a delta by first
+ * truncating the parent's image to the delta's size).  With no parent
+ * (the first point in time) the data is the point's allocated data, as
+ * SEEK_DATA reports it, widened to granules.
+ *
+ * Immutable once made; any thread. */
+typedef struct _ChainDelta ChainDelta;
+
+/* The granularity of deltas of a disk of this virtual size. */
+guint64 chain_delta_granularity(guint64 virtual_size);
+
+/* The exact delta of point against parent (NULL: no parent).  Candidates
+ * come from allocation: the layers of either chain above their longest
+ * common base (layers compared by device, inode and format), plus ranges
+ * a shorter layer or parent cuts off; every candidate granule is then
+ * read from both points and kept only if its bytes differ.  Costs reading
+ * the candidates twice; reads go through the chains' region caches.
+ * Returns a new reference, or NULL with the chain's errno (EIO for a
+ * corrupt image) in error. */
+ChainDelta *chain_delta_compute(Chain *point, Chain *parent, GError **error);
+/* The candidates alone, without reading data: a superset of the exact
+ * delta (and itself a correct delta: its extra granules read as bytes
+ * the parent already has).  Costs what counting allocation costs. */
+ChainDelta *chain_delta_candidates(Chain *point, Chain *parent, GError **error);
+ChainDelta *chain_delta_ref(ChainDelta *delta);
+void chain_delta_unref(ChainDelta *delta);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(ChainDelta, chain_delta_unref)
+
+guint64 chain_delta_virtual_size(const ChainDelta *delta);
+guint64 chain_delta_get_granularity(const ChainDelta *delta);
+/* Bytes of data (the sum of the data extents' lengths). */
+guint64 chain_delta_bytes(const ChainDelta *delta);
+/* Whether offset (below the virtual size) lies in data; *end gets the end
+ * of the run of data or hole that holds it. */
+gboolean chain_delta_run(const ChainDelta *delta, guint64 offset, guint64 *end);
+/* lseek(2) SEEK_DATA / SEEK_HOLE over the delta's extents: the offset,
+ * or -ENXIO at or past the end (and for SEEK_DATA with no data after
+ * offset), or -EINVAL for another whence. */
+gint64 chain_delta_seek(const ChainDelta *delta, guint64 offset, int whence);
 
 G_END_DECLS

@@ -86,6 +86,10 @@ diff_point(Change *c, const char *domain, const char *point, GPtrArray *old_disk
       g_autofree char *name = g_strconcat(od->target, VIRTSNAPFS_RAW_SUFFIX, NULL);
       inval_entry(fs, pino, name);
       inval_inode(fs, ino, name);
+      if (point != NULL) {
+        g_autofree char *delta = g_strconcat(od->target, VIRTSNAPFS_DELTA_SUFFIX, NULL);
+        inval_entry(fs, pino, delta);
+      }
       listing_changed = TRUE;
     } else if (!disk_equal(od, nd)) {
       inval_inode(fs, ino, od->target);

@@ -357,6 +357,7 @@ main(int argc, char *argv[])
   fs.uid = getuid();
   fs.gid = getgid();
   fs.tree = tree_new();
+  fs.deltas = delta_cache_new();
   g_mutex_init(&fs.files_lock);
   fs.files = g_hash_table_new(NULL, NULL);
 
@@ -364,6 +365,7 @@ main(int argc, char *argv[])
 
   g_hash_table_unref(fs.files);
   g_mutex_clear(&fs.files_lock);
+  delta_cache_free(fs.deltas);
   tree_free(fs.tree);
   options_clear(&opts);
   return status;

@@ -180,7 +180,8 @@ ops_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
   if (pnode->kind == TREE_POINT && pnode->point != NULL) {
     g_autofree char *target = NULL;
     gboolean known = g_str_equal(name, VIRTSNAPFS_SNAPSHOT_XML) ||
-                     (names_is_disk_file(name, VIRTSNAPFS_RAW_SUFFIX, &target) &&
+                     ((names_is_disk_file(name, VIRTSNAPFS_RAW_SUFFIX, &target) ||
+                       names_is_disk_file(name, VIRTSNAPFS_DELTA_SUFFIX, &target)) &&
                       tree_find_disk(tree_node_disks(pnode, model), target) != NULL);
     if (!known) {
       fuse_reply_err(req, ENOENT);

@@ -9,6 +9,8 @@
  * A disk whose images are not visible on this machine (a remote host
  * without shared storage, info.c) fails with EREMOTE before anything is
  * frozen.
+ * A snapshot's <target>.delta opens and pins the chain like the .raw and
+ * gets its delta against the parent point from delta.c.
  *
  * read() answers from chain_map(): data runs become FUSE_BUF_IS_FD |
  * FUSE_BUF_FD_SEEK buffers (layer descriptor + host offset), so with
@@ -16,7 +18,8 @@
  * without a copy through the daemon; zero runs point at one static zero
  * buffer; compressed runs are decompressed by chain_read() into a scratch
  * buffer owned by the worker thread.  Nothing is allocated per read once a
- * thread's buffers have grown to the largest request.
+ * thread's buffers have grown to the largest request.  A .delta reads
+ * the same way inside its data extents and as zeros in its holes.
  *
  * Thread model: FUSE workers, many reads of one handle at once.  A handle
  * is immutable after open (the Chain has its own locks); the only shared
@@ -35,7 +38,8 @@ struct _VirtsnapfsFile {
   VirtsnapfsHost *host; /* whose backend pinned and froze (lives as long
                          * as the mount) */
   char *display;        /* "demo/s1/vda.raw", for log lines */
-  Chain *chain;         /* TREE_DISK */
+  Chain *chain;         /* TREE_DISK, TREE_DELTA */
+  ChainDelta *delta;    /* TREE_DELTA */
   guint64 size;
   GBytes *bytes;        /* TREE_XML */
   char *frozen_domain;  /* @now: the domain to thaw at release */
@@ -47,6 +51,7 @@ struct _VirtsnapfsFile {
 static void
 file_free(VirtsnapfsFile *file)
 {
+  g_clear_pointer(&file->delta, chain_delta_unref);
   g_clear_pointer(&file->chain, chain_unref);
   g_clear_pointer(&file->bytes, g_bytes_unref);
   g_free(file->display);
@@ -157,7 +162,7 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, ESTALE);
     return;
   }
-  if (node->kind != TREE_DISK && node->kind != TREE_XML) {
+  if (node->kind != TREE_DISK && node->kind != TREE_XML && node->kind != TREE_DELTA) {
     fuse_reply_err(req, EISDIR);
     return;
   }
@@ -170,7 +175,8 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     return;
   }
 
-  if (node->kind == TREE_DISK && disk_not_visible(host, node, model)) {
+  if ((node->kind == TREE_DISK || node->kind == TREE_DELTA) &&
+      disk_not_visible(host, node, model)) {
     g_debug("OPEN %s => EREMOTE (not visible on this machine)", node->display);
     fuse_reply_err(req, EREMOTE);
     return;
@@ -221,13 +227,32 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     /* A point in time never changes: keep the kernel's cache across
      * opens (invalidate.c drops it if the name is reused). */
     fi->keep_cache = 1;
+    if (node->kind == TREE_DELTA) {
+      /* Pinned before the delta reads it, as long as the handle lives. */
+      backend_pin_chain(host->backend, node->domain, file->chain);
+      file->pinned_domain = g_strdup(node->domain);
+      file->delta = delta_get(fs, node, model, file->chain, &error);
+      if (file->delta == NULL) {
+        file_unpin(fs, file);
+        if (error->code == EBUSY)
+          g_message("open %s: %s", node->display, error->message);
+        else
+          g_warning("open %s: %s", node->display, error->message);
+        errors_reply_gerror(req, error);
+        return;
+      }
+      /* What a delta holds depends on which snapshot is the parent,
+       * which libvirt may change under the same name: no cache across
+       * opens. */
+      fi->keep_cache = 0;
+    }
   }
   fi->direct_io = 0;
   fi->nonseekable = 0;
   /* No plan may write what this handle reads (DESIGN.md 4.3): deleting
    * this point, or a merge into its layers, fails with EBUSY until it is
    * released. */
-  if (file->chain) {
+  if (file->chain && file->pinned_domain == NULL) {
     backend_pin_chain(host->backend, node->domain, file->chain);
     file->pinned_domain = g_strdup(node->domain);
   }
@@ -309,12 +334,32 @@ bufv_push(ReadBuffers *rb)
   return buf;
 }
 
-/* Fills the thread's bufvec for guest [off, off + len) of file's chain.
+/* Appends n bytes of zeros to the thread's bufvec. */
+static void
+push_zeros(ReadBuffers *rb, gsize n)
+{
+  for (gsize done = 0; done < n;) {
+    struct fuse_buf *last = rb->bufv->count ? &rb->bufv->buf[rb->bufv->count - 1] : NULL;
+    if (last && last->mem == zero_buffer && last->size < ZERO_BUFFER_SIZE) {
+      gsize add = MIN(n - done, ZERO_BUFFER_SIZE - last->size);
+      last->size += add;
+      done += add;
+      continue;
+    }
+    struct fuse_buf *b = bufv_push(rb);
+    b->mem = zero_buffer;
+    b->size = MIN(n - done, (gsize)ZERO_BUFFER_SIZE);
+    done += b->size;
+  }
+}
+
+/* Appends guest [off, off + len) of file's chain to the thread's bufvec;
+ * *scratch_used counts the scratch bytes taken by compressed runs.
  * Returns 0 or -errno. */
 static int
-read_build(VirtsnapfsFile *file, ReadBuffers *rb, guint64 off, gsize len)
+read_build_chain(VirtsnapfsFile *file, ReadBuffers *rb, gsize *scratch_used, guint64 off,
+                 gsize len)
 {
-  gsize scratch_used = 0;
   guint64 pos = off, end = off + len;
 
   while (pos < end) {
@@ -344,23 +389,11 @@ read_build(VirtsnapfsFile *file, ReadBuffers *rb, guint64 off, gsize len)
       break;
 
     case CHAIN_EXTENT_ZERO:
-      for (gsize done = 0; done < n;) {
-        last = rb->bufv->count ? &rb->bufv->buf[rb->bufv->count - 1] : NULL;
-        if (last && last->mem == zero_buffer && last->size < ZERO_BUFFER_SIZE) {
-          gsize add = MIN(n - done, ZERO_BUFFER_SIZE - last->size);
-          last->size += add;
-          done += add;
-          continue;
-        }
-        struct fuse_buf *b = bufv_push(rb);
-        b->mem = zero_buffer;
-        b->size = MIN(n - done, (gsize)ZERO_BUFFER_SIZE);
-        done += b->size;
-      }
+      push_zeros(rb, n);
       break;
 
     case CHAIN_EXTENT_COMPRESSED: {
-      char *dst = rb->scratch + scratch_used;
+      char *dst = rb->scratch + *scratch_used;
       gssize got = chain_read(file->chain, dst, n, pos);
       if (got < 0)
         return (int)got;
@@ -374,9 +407,35 @@ read_build(VirtsnapfsFile *file, ReadBuffers *rb, guint64 off, gsize len)
         b->mem = dst;
         b->size = n;
       }
-      scratch_used += n;
+      *scratch_used += n;
       break;
     }
+    }
+    pos += n;
+  }
+  return 0;
+}
+
+/* Fills the thread's bufvec for [off, off + len) of file: the chain's
+ * bytes, or for a .delta the chain's bytes in data extents and zeros in
+ * holes.  Returns 0 or -errno. */
+static int
+read_build(VirtsnapfsFile *file, ReadBuffers *rb, guint64 off, gsize len)
+{
+  gsize scratch_used = 0;
+  if (file->delta == NULL)
+    return read_build_chain(file, rb, &scratch_used, off, len);
+
+  for (guint64 pos = off, end = off + len; pos < end;) {
+    guint64 run_end;
+    gboolean data = chain_delta_run(file->delta, pos, &run_end);
+    gsize n = (gsize)(MIN(run_end, end) - pos);
+    if (!data) {
+      push_zeros(rb, n);
+    } else {
+      int r = read_build_chain(file, rb, &scratch_used, pos, n);
+      if (r < 0)
+        return r;
     }
     pos += n;
   }
@@ -462,6 +521,8 @@ ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_fil
     r = -ENXIO;
   else if (file->kind == TREE_XML)
     r = whence == SEEK_DATA ? off : (gint64)file->size;
+  else if (file->delta != NULL)
+    r = chain_delta_seek(file->delta, (guint64)off, whence);
   else
     r = chain_seek(file->chain, (guint64)off, whence);
 

@@ -204,6 +204,9 @@ ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct stat 
     }
     return TRUE;
   }
+
+  case TREE_DELTA:
+    return delta_stat(fs, node, model, st, err);
   }
   return FALSE;
 }
@@ -267,11 +270,14 @@ resolve_child(Virtsnapfs *fs, const TreeNode *parent, const char *name, BackendM
       return TRUE;
     }
     g_autofree char *tname = NULL;
-    if (!names_is_disk_file(name, VIRTSNAPFS_RAW_SUFFIX, &tname))
+    TreeKind file_kind = TREE_DISK;
+    if (parent->point != NULL && names_is_disk_file(name, VIRTSNAPFS_DELTA_SUFFIX, &tname))
+      file_kind = TREE_DELTA;
+    else if (!names_is_disk_file(name, VIRTSNAPFS_RAW_SUFFIX, &tname))
       return FALSE;
     if (tree_find_disk(tree_node_disks(parent, model), tname) == NULL)
       return FALSE;
-    *kind = TREE_DISK;
+    *kind = file_kind;
     *domain = g_strdup(parent->domain);
     *point = g_strdup(parent->point);
     *target = g_steal_pointer(&tname);
@@ -279,6 +285,7 @@ resolve_child(Virtsnapfs *fs, const TreeNode *parent, const char *name, BackendM
   }
   case TREE_DISK:
   case TREE_XML:
+  case TREE_DELTA:
     *err = ENOTDIR;
     return FALSE;
   }
@@ -441,7 +448,7 @@ ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     return;
   }
   g_autoptr(BackendModel) model = hosts_node_model(fs, node);
-  if (node->kind == TREE_DISK || node->kind == TREE_XML) {
+  if (node->kind == TREE_DISK || node->kind == TREE_XML || node->kind == TREE_DELTA) {
     fuse_reply_err(req, ENOTDIR);
     return;
   }
@@ -496,6 +503,13 @@ ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
               tree_intern(tree, TREE_DISK, node->host, node->domain, node->point, disk->target),
               S_IFREG);
     }
+    /* Deltas against the parent point: snapshots only. */
+    for (guint i = 0; node->point != NULL && disks && i < disks->len; i++) {
+      BackendDisk *disk = disks->pdata[i];
+      g_autofree char *entry = g_strconcat(disk->target, VIRTSNAPFS_DELTA_SUFFIX, NULL);
+      dir_add(entries, entry,
+              tree_intern(tree, TREE_DELTA, node->host, node->domain, node->point, disk->target), S_IFREG);
+    }
     if (node->point != NULL)
       dir_add(entries, VIRTSNAPFS_SNAPSHOT_XML,
               tree_intern(tree, TREE_XML, node->host, node->domain, node->point, NULL), S_IFREG);
@@ -503,6 +517,7 @@ ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   }
   case TREE_DISK:
   case TREE_XML:
+  case TREE_DELTA:
     g_assert_not_reached();
   }
 
@@ -569,7 +584,8 @@ ops_access(fuse_req_t req, fuse_ino_t ino, int mask)
     fuse_reply_err(req, EACCES);
     return;
   }
-  if ((mask & X_OK) && (node->kind == TREE_DISK || node->kind == TREE_XML)) {
+  if ((mask & X_OK) && node->kind != TREE_ROOT && node->kind != TREE_DOMAIN &&
+      node->kind != TREE_POINT) {
     fuse_reply_err(req, EACCES);
     return;
   }

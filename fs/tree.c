@@ -82,6 +82,8 @@ make_key_in_host(TreeKind kind, const char *host, const char *domain, const char
     return g_strdup_printf("f:%s/%s/%s", domain, p, target);
   case TREE_XML:
     return g_strdup_printf("x:%s/%s", domain, p);
+  case TREE_DELTA:
+    return g_strdup_printf("t:%s/%s/%s", domain, p, target);
   }
   g_assert_not_reached();
 }
@@ -112,6 +114,8 @@ make_display_in_host(TreeKind kind, const char *domain, const char *point, const
     return g_strdup_printf("%s/%s/%s" VIRTSNAPFS_RAW_SUFFIX, domain, p, target);
   case TREE_XML:
     return g_strdup_printf("%s/%s/" VIRTSNAPFS_SNAPSHOT_XML, domain, p);
+  case TREE_DELTA:
+    return g_strdup_printf("%s/%s/%s" VIRTSNAPFS_DELTA_SUFFIX, domain, p, target);
   }
   g_assert_not_reached();
 }
@@ -365,6 +369,9 @@ tree_node_exists(const TreeNode *node, BackendModel *model)
     return tree_find_disk(tree_node_disks(node, model), node->target) != NULL;
   case TREE_XML:
     return node->point != NULL && tree_node_snapshot(node, model) != NULL;
+  case TREE_DELTA:
+    return node->point != NULL &&
+           tree_find_disk(tree_node_disks(node, model), node->target) != NULL;
   }
   return FALSE;
 }

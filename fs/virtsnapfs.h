@@ -25,6 +25,7 @@ G_BEGIN_DECLS
 /* The directory of the present, in every domain directory. */
 #define VIRTSNAPFS_NOW "@now"
 #define VIRTSNAPFS_RAW_SUFFIX ".raw"
+#define VIRTSNAPFS_DELTA_SUFFIX ".delta"
 #define VIRTSNAPFS_SNAPSHOT_XML "snapshot.xml"
 /* Largest read request: the readahead window, st_blksize, and (through
  * max_write, from which libfuse derives max_pages) the kernel's request
@@ -132,6 +133,7 @@ typedef enum {
   TREE_POINT,     /* a snapshot directory, or @now when point == NULL */
   TREE_DISK,      /* <target>.raw */
   TREE_XML,       /* snapshot.xml */
+  TREE_DELTA,     /* <target>.delta, in snapshot directories only */
 } TreeKind;
 
 typedef struct {
@@ -140,7 +142,7 @@ typedef struct {
   char *host;     /* NULL for the root, and everywhere on a one-host mount */
   char *domain;   /* NULL for the root and hosts */
   char *point;    /* snapshot name (unescaped); NULL for @now and above */
-  char *target;   /* disk target, TREE_DISK only */
+  char *target;   /* disk target, TREE_DISK and TREE_DELTA only */
   char *key;      /* unique: kind and components */
   char *display;  /* for log lines: "demo/s1/vda.raw" */
 } TreeNode;
@@ -220,6 +222,15 @@ gboolean info_cache_get(InfoCache *cache, const BackendDisk *disk,
                         ImageInfo *info, GError **error);
 
 /* ------------------------------------------------------------------ */
+/* delta.c: <target>.delta files: what changed since the parent point. */
+
+typedef struct _DeltaCache DeltaCache;
+
+DeltaCache *delta_cache_new(void);
+void delta_cache_free(DeltaCache *cache);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(DeltaCache, delta_cache_free)
+
+/* ------------------------------------------------------------------ */
 /* daemon state shared by every FUSE operation (main.c owns it).      */
 
 typedef struct _VirtsnapfsHost VirtsnapfsHost;
@@ -230,6 +241,7 @@ typedef struct {
   gboolean multi_host;     /* a TREE_HOST level under the root */
   struct fuse_session *se;
   Tree *tree;
+  DeltaCache *deltas;
   uid_t uid;               /* owner of every entry: the mount owner */
   gid_t gid;
   struct timespec mount_time;
@@ -288,6 +300,25 @@ gboolean ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model,
  * goes up) or fuse_reply_err.  lookup and mkdir. */
 void ops_reply_entry(fuse_req_t req, Virtsnapfs *fs, BackendModel *model,
                      const TreeNode *pnode, const char *name);
+
+/* delta.c, continued: what needs Virtsnapfs. */
+
+/* The delta of a TREE_DELTA node's point against its parent point, from
+ * the cache or computed (reading both points; the parent's chain is
+ * pinned meanwhile).  chain is the point's open chain, pinned by the
+ * caller.  Returns a new reference, or NULL with an errno-coded error
+ * (EBUSY: the parent is being deleted). */
+ChainDelta *delta_get(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, Chain *chain,
+                      GError **error);
+/* getattr of a TREE_DELTA node: size, and st_blocks from the data size
+ * (exact when known, else an upper bound: see delta.c). */
+gboolean delta_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct stat *st,
+                    int *err);
+/* user.virtsnapfs.* of a .delta: key is the name after the prefix;
+ * NULL with *err (ENODATA: no such attribute). */
+extern const char *const delta_xattr_names[];
+char *delta_xattr(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const char *key,
+                  int *err);
 
 /* ------------------------------------------------------------------ */
 /* ops-read.c: open, read, lseek, release of files.                   */

@@ -11,6 +11,9 @@
  *                                 this machine (a remote host without
  *                                 shared storage): why; open() of such a
  *                                 disk fails with EREMOTE
+ * On a .delta file (delta.c): point_image, parent (the parent snapshot's
+ * directory name, empty for the first point in time), parent_image, granularity,
+ * delta_bytes (the exact data size; computed if not known yet).
  * On a domain directory:
  *   user.virtsnapfs.job           the running operation and its progress
  *                                 (backend_job_status), or "idle"
@@ -59,6 +62,8 @@ xattr_value(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const cha
     }
     return NULL;
   }
+  if (node->kind == TREE_DELTA)
+    return delta_xattr(fs, node, model, key, err);
   if (node->kind != TREE_DISK)
     return NULL;
 
@@ -160,6 +165,9 @@ xattr_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
   } else if (node->kind == TREE_DOMAIN) {
     names = domain_names;
     n = G_N_ELEMENTS(domain_names);
+  } else if (node->kind == TREE_DELTA) {
+    names = (const char *const *)delta_xattr_names;
+    n = g_strv_length((char **)delta_xattr_names);
   }
   g_autoptr(GString) list = g_string_new(NULL);
   for (gsize i = 0; i < n; i++)

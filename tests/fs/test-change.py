@@ -235,7 +235,8 @@ def test(env):
     check.ok(not os.path.exists(os.path.join(off, "s1")), "mv off/s1 off/renamed: s1 gone")
     check.ok(os.path.isdir(os.path.join(off, "renamed")), "renamed is there at once")
     check.ok(sorted(os.listdir(os.path.join(off, "renamed"))) ==
-             ["snapshot.xml", "vda.raw", "vdb.raw"], "renamed lists its files")
+             ["snapshot.xml", "vda.delta", "vda.raw", "vdb.delta", "vdb.raw"],
+             "renamed lists its files")
     before_off = same_sums(env, "off", before_off, "after mv", renamed={"renamed": "s1"})
     check.ok(before_off["renamed"] == s1_sums, "renamed reads as s1 did")
 

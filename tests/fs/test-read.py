@@ -202,7 +202,8 @@ def check_domain(env, dom, names, points):
         pdir = os.path.join(ddir, escape(name))
         check.ok(int(os.stat(pdir).st_mtime) == ctime, "%s/%s: mtime = creation time" % (dom, name))
         files = sorted(os.listdir(pdir))
-        check.ok(files == sorted([t + ".raw" for t in disks] + ["snapshot.xml"]),
+        check.ok(files == sorted([t + ".raw" for t in disks] + [t + ".delta" for t in disks]
+                                 + ["snapshot.xml"]),
                  "%s/%s: files %s" % (dom, name, files))
         with open(os.path.join(pdir, "snapshot.xml")) as f:
             xml = ET.fromstring(f.read())
