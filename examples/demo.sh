@@ -81,6 +81,9 @@ group = "root"
 dynamic_ownership = 0
 security_driver = "none"
 stdio_handler = "file"
+# QEMU in the mount namespace of the host: a private namespace would keep
+# a copy of the FUSE mount where / is not a shared mount (containers).
+namespaces = []
 CONF
 qemu-img create -q -f qcow2 "$DIR/images/vda.qcow2" 256M
 qemu-img create -q -f qcow2 "$DIR/images/sdb.qcow2" 64M

@@ -31,6 +31,7 @@ group = "root"
 dynamic_ownership = 0
 security_driver = "none"
 stdio_handler = "file"
+namespaces = []
 """
 
 DOMAIN_XML = """<domain type='qemu'>
@@ -98,6 +99,7 @@ class Env:
         for d in (self.root + "/etc", self.images, self.mnt, self.state):
             os.makedirs(d, exist_ok=True)
         os.chmod(self.images, 0o755)
+        self.share_mountpoint()
         with open(self.root + "/etc/qemu.conf", "w") as f:
             f.write(QEMU_CONF)
         self.uri = uri or "qemu:///embed?root=" + self.root
@@ -107,6 +109,25 @@ class Env:
         # "none" on every connection: send it to a file.
         self.env = dict(os.environ)
         self.env["LIBVIRT_LOG_OUTPUTS"] = "3:file:%s/libvirt-client.log" % self.dir
+
+    def share_mountpoint(self):
+        """Put the mount point under a shared mount, as / is on a systemd host.
+
+        libvirt starts each QEMU in a mount namespace of its own (unless
+        qemu.conf says namespaces = [], as the embed roots here do; a
+        private libvirtd reads the system's qemu.conf) and that namespace
+        copies every mount there is, the daemon's FUSE mount too.  Where /
+        is private, as in containers, an unmount does not reach the copy,
+        the FUSE connection stays open and the daemon never exits.  Under
+        a shared mount the copy is a slave and goes with ours."""
+        run("mount", "--bind", self.dir, self.dir)
+        run("mount", "--make-shared", self.dir)
+
+    def unshare_mountpoint(self):
+        # os.path.ismount() cannot see a bind mount of a directory onto
+        # itself (same device): undo the one mount made above.
+        subprocess.run(["umount", "-l", self.dir], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
 
     # -- libvirt ---------------------------------------------------------
     READ_ONLY = ("domblklist", "snapshot-list", "snapshot-dumpxml", "dumpxml", "domstate",
@@ -188,6 +209,7 @@ class Env:
             out = self.virsh("undefine", dom, check=False)
             if dom in self.virsh("list", "--all", "--name", check=False).split():
                 log("could not undefine", dom, out)
+        self.unshare_mountpoint()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
