@@ -554,8 +554,12 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged,
       BackendDisk *point = resolve_point(parsed, parsed_snap->name, sdisk, logged, unresolved);
       if (!point)
         continue;
+      /* Only what libvirt names widens the policy: the overlay.  P(S) of a
+       * shut-off domain comes from the overlay's header, which anyone who
+       * can write an image controls (a backing name /etc/shadow would
+       * otherwise allow /etc); a running domain's P(S) is in the live
+       * chain, whose directories are added above. */
       add_dir_of(dirs, sdisk->source);
-      add_dir_of(dirs, point->image_path);
       g_ptr_array_add(snapshot->disks, point);
     }
     g_ptr_array_sort(snapshot->disks, compare_disks);

@@ -179,8 +179,10 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
     file->chain = open_disk_chain(disk, model, &error);
     if (file->chain == NULL) {
+      /* EIO whatever the reason (policy, loop, malformed), as getattr
+       * answers for the same chain (DESIGN.md 4.1). */
       g_warning("open %s: %s", node->display, error->message);
-      errors_reply_gerror(req, error);
+      fuse_reply_err(req, EIO);
       return;
     }
     file->size = chain_virtual_size(file->chain);
