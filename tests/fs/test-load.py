@@ -24,7 +24,7 @@ shows as growth between the first and the last third of the run):
     idle count exactly (a leaked layer, journal or image shows here),
     and /dev/fuse clones and pipes are within 3 per idle FUSE worker
     (libfuse keeps a clone_fd and a splice pipe per worker thread; 4
-    idle workers stay).  The busy count moves by hundreds between
+    idle workers stay, one more may be between requests).  The busy count moves by hundreds between
     samples, so comparing busy maxima would measure the readers, not
     the daemon;
   - RSS: the last third's maximum is at most the first third's maximum
@@ -298,10 +298,15 @@ def test(env, seconds):
             m.log("after:", line)
         check.ok(max(s[1] for s in samples) <= idle_fds + READERS * 5 + 16,
                  "descriptors stay within one chain per reader")
+        # libfuse retires a surplus idle worker (and its /dev/fuse clone
+        # and splice pipe) only when that worker finishes a request: give
+        # the workers requests.
+        for _ in range(500):
+            os.listdir(env.mnt)
         end_files, end_fuse = fd_kinds(pid)
         check.ok(end_files <= idle_files, "file descriptors back to idle (%d -> %d)"
                  % (idle_files, end_files))
-        check.ok(end_fuse <= idle_fuse + 3 * IDLE_THREADS,
+        check.ok(end_fuse <= idle_fuse + 3 * (IDLE_THREADS + 1),
                  "/dev/fuse clones and pipes within what idle workers keep (%d -> %d)"
                  % (idle_fuse, end_fuse))
         if sanitized(m.VIRTSNAPFS):
