@@ -342,8 +342,14 @@ class Daemon:
         try:
             rc = self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            # Where it hangs, for the report (gdb is optional).
+            stacks = ""
+            if shutil.which("gdb"):
+                stacks = subprocess.run(["gdb", "-p", str(self.proc.pid), "-batch", "-ex",
+                                         "thread apply all bt"], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True).stdout
             self.proc.kill()
-            raise AssertionError("daemon did not exit after unmount")
+            raise AssertionError("daemon did not exit after unmount\n" + stacks[-30000:])
         self.logfile.close()
         assert not os.path.ismount(self.env.mnt), "still mounted"
         self.check_sanitizer()
