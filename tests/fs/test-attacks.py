@@ -354,6 +354,8 @@ def test(env):
         check.ok(0 < len(first) <= eio, "%d warnings for %d failing disks" % (len(first), eio))
         read_plan(env, doms, plan, " (again)")
         check.ok(warnings(d) == first, "nothing new logged when the same disks fail again")
+        check.ok(not any("healthy" in l or "rawhdr" in l for l in first),
+                 "no warning about the healthy domain or the raw disk")
 
         # The symlink swap: list, open and read half, swap, read the rest.
         swapdir = os.path.join(env.mnt, "swap")
