@@ -64,7 +64,7 @@ build_chain() { # DIR BEFORE_S1_MIB BETWEEN_MIB
   local d=$1
   URI="qemu:///embed?root=$d/root"
   mkdir -p "$d/root/etc" "$d/img" "$d/mnt" "$d/state"
-  printf 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\nstdio_handler = "file"\n' \
+  printf 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\nstdio_handler = "file"\nnamespaces = []\n' \
     > "$d/root/etc/qemu.conf"
   qemu-img create -q -f qcow2 "$d/img/vda.qcow2" "${DISK}M"
   cat > "$d/bench.xml" <<XML

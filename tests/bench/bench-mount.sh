@@ -35,7 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$DIR/root/etc" "$DIR/img" "$DIR/mnt" "$DIR/state" "$DIR/out"
-printf 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\nstdio_handler = "file"\n' \
+printf 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nsecurity_driver = "none"\nstdio_handler = "file"\nnamespaces = []\n' \
   > "$DIR/root/etc/qemu.conf"
 
 echo "# building a ${SIZE} MiB disk: base with random data in the first half, two overlays"

@@ -26,11 +26,17 @@ import time
 SRCDIR = os.path.dirname(os.path.abspath(__file__))
 VIRTSNAPFS = os.environ.get("VIRTSNAPFS")
 
+# namespaces = []: QEMU otherwise runs in a mount namespace of its own,
+# copied from the host's at its start.  Where / is not a shared mount (as
+# in containers), unmounts do not propagate into it: a copy of any FUSE
+# mount that existed then (another test's) keeps that daemon's connection
+# alive after `fusermount3 -u`, and the daemon never exits.
 QEMU_CONF = """user = "root"
 group = "root"
 dynamic_ownership = 0
 security_driver = "none"
 stdio_handler = "file"
+namespaces = []
 """
 
 DOMAIN_XML = """<domain type='qemu'>
