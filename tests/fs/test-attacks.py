@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """test-attacks: hostile backing names and image headers, through the mount.
 
-Every attack sits in the chain of a point in time of a shut-off domain in
-one embed root.  The domains are defined and snapshotted with clean images
+Every attack sits in the chain of a point in time of a domain (shut off,
+but for "live") in one embed root.  The domains are defined and snapshotted with clean images
 (libvirt would refuse some of the attacks), then the images are edited with
 `qemu-img rebase -u` or by patching header bytes: for a shut-off domain
 the daemon reads the chains from the headers (DESIGN.md 4.1).  Each domain
@@ -34,6 +34,9 @@ Attacks (domain: disk = what is done):
             after the tree was listed and the point opened, the symlink is
             swapped to point outside: the open file keeps reading the
             original bytes, new opens fail
+  live:     a running domain (libvirt's live chain is authoritative for
+            P(s)): vda o1's backing name overwritten in the header with
+            /etc/shadow, vdb with ../outside/secret.raw
   healthy:  two disks, untouched: reads as qemu-img says before and after.
 Expectations: an attacked disk gives EIO (on stat/open or read), its
 reason logged once; where the attack is P(s) itself as named by the
@@ -64,7 +67,7 @@ seen = []  # every buffer read through the mount
 class Domain:
     """A shut-off domain with points s1 and s2 on disks of SIZE bytes."""
 
-    def __init__(self, env, name, targets, base_fmt="qcow2", bases=None):
+    def __init__(self, env, name, targets, base_fmt="qcow2", bases=None, running=False):
         self.name = name
         self.base, self.o1, self.o2, self.fmt, self.p1 = {}, {}, {}, {}, {}
         disks = []
@@ -78,15 +81,19 @@ class Domain:
             self.base[t] = path
             self.fmt[t] = base_fmt
             disks.append((t, "virtio", path, base_fmt))
-        env.define(name, disks)
+        env.define(name, disks, start=running)
         env.snapshot(name, "s1")
         for i, t in enumerate(targets):
             self.o1[t] = env.active_image(name, t)
-            m.qemu_io_write(self.o1[t], "qcow2", 0x20 + i, 2 * MiB, MiB)
+            if running:
+                env.guest_write(name, t, 0x20 + i, 2 * MiB, MiB)
+            else:
+                m.qemu_io_write(self.o1[t], "qcow2", 0x20 + i, 2 * MiB, MiB)
         env.snapshot(name, "s2")
         for i, t in enumerate(targets):
             self.o2[t] = env.active_image(name, t)
-            m.qemu_io_write(self.o2[t], "qcow2", 0x30 + i, 4 * MiB, MiB)
+            if not running:
+                m.qemu_io_write(self.o2[t], "qcow2", 0x30 + i, 4 * MiB, MiB)
 
     def point(self, snap, t):
         if snap == "s1":
@@ -109,6 +116,18 @@ def patch(path, offset, data):
         os.pwrite(fd, data, offset)
     finally:
         os.close(fd)
+
+
+def overwrite_backing_name(path, name):
+    """Rewrites the backing name in the header in place, as a guest or
+    user with write access to the image could; for images a running QEMU
+    holds locked, where qemu-img refuses to write."""
+    head = qcow2_header(path)
+    offset, size = struct.unpack_from(">QI", head, 8)
+    data = name.encode()
+    assert offset and len(data) <= size, path
+    patch(path, offset, data)
+    patch(path, 16, struct.pack(">I", len(data)))
 
 
 def drop_backing_format(path):
@@ -303,6 +322,14 @@ def build(env):
     os.symlink("swap-real.raw", swap)
     doms["swap"] = Domain(env, "swap", ["vda"], base_fmt="raw", bases={"vda": swap})
 
+    # A running domain: P(s) comes from libvirt's live chain, but the
+    # reader still follows the names in the headers, which changed on disk.
+    d = doms["live"] = Domain(env, "live", ["vda", "vdb"], running=True)
+    overwrite_backing_name(d.o1["vda"], "/etc/shadow")
+    overwrite_backing_name(d.o1["vdb"], "../outside/secret.raw")
+    expect(d, "vda")
+    expect(d, "vdb")
+
     doms["healthy"] = Domain(env, "healthy", ["vda", "vdb"])
     return doms, plan, secret
 
@@ -344,7 +371,7 @@ def test(env):
     oracle_swap = read_all(os.path.join(env.images, "swap-real.raw"))
     # Every attacked disk may log its reason; counted below.
     d = m.Daemon(env, expect=[r"disk vd[a-e]: ", r"open (proto|host|header|fmt|loop|deep|"
-                              r"feature|swap)/s[12]/vd[a-e]\.raw: "])
+                              r"feature|swap|live)/s[12]/vd[a-e]\.raw: "])
     try:
         check_healthy(env, doms["healthy"], "before")
         check.ok(sorted(os.listdir(env.mnt)) == sorted(doms), "every domain is listed")
