@@ -27,7 +27,8 @@ shows as growth between the first and the last third of the run):
     a /dev/fuse clone and a splice pipe per worker thread, and workers
     that went idle stay until they serve another request, so /dev/fuse
     clones may stay up to the worker limit (16), and pipe ends may exceed
-    the idle count by at most two per such clone (a leaked pipe shows).
+    the idle count by at most two per such clone, plus one pipe in use
+    for a moment (a pipe leaked per plan or per open shows).
     The busy count moves by hundreds between samples, so comparing busy
     maxima would measure the readers, not the daemon;
   - RSS: the last third's maximum is at most the first third's maximum
@@ -304,19 +305,20 @@ def test(env, seconds):
         check.ok(busy <= idle_fds + READERS * 5 + 3 * MAX_THREADS + 16,
                  "descriptors stay within one chain per reader and three per FUSE worker "
                  "(%d)" % busy)
-        # The least of a few samples: a pipe libvirt opens for a moment
-        # while the backend polls is not the daemon's to keep.
+        # The least of a few samples, and two pipe ends of slack: a pipe
+        # libvirt opens for a moment while the backend polls is not kept
+        # (one was seen in about one run in five).
         kinds = []
         for _ in range(5):
             kinds.append(fd_kinds(pid))
             time.sleep(0.5)
-        end_files, end_fuse, end_pipes = (min(k[i] for k in kinds) for i in range(3))
+        end_files, end_fuse, end_pipes = min(kinds, key=sum)
         check.ok(end_files <= idle_files, "file descriptors back to idle (%d -> %d)"
                  % (idle_files, end_files))
         clones = end_fuse - 1  # the session's own /dev/fuse stays
         check.ok(clones <= MAX_THREADS, "/dev/fuse clones: at most one per FUSE worker (%d)"
                  % clones)
-        check.ok(end_pipes <= idle_pipes + 2 * clones,
+        check.ok(end_pipes <= idle_pipes + 2 * clones + 2,
                  "pipes: at most one splice pipe per FUSE worker (%d -> %d, %d workers)"
                  % (idle_pipes, end_pipes, clones))
         if sanitized(m.VIRTSNAPFS):
