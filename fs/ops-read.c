@@ -92,7 +92,11 @@ static Chain *
 open_disk_chain(const BackendDisk *disk, BackendModel *model, GError **error)
 {
   ChainPolicy policy = { .image_dirs = (const char *const *)model->image_dirs };
-  return chain_open(disk->image_path, disk->format, disk->backing_formats, &policy, error);
+  g_autoptr(Chain) chain = chain_open(disk->image_path, disk->format, disk->backing_formats,
+                                      &policy, error);
+  if (!chain || !backend_disk_check_chain(disk, chain, error))
+    return NULL;
+  return g_steal_pointer(&chain);
 }
 
 static gboolean

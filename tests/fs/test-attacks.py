@@ -36,7 +36,8 @@ Attacks (domain: disk = what is done):
             original bytes, new opens fail
   live:     a running domain (libvirt's live chain is authoritative for
             P(s)): vda o1's backing name overwritten in the header with
-            /etc/shadow, vdb with ../outside/secret.raw
+            /etc/shadow, vdb with ../outside/secret.raw, vdc with another
+            image in the image directory (the chain must be libvirt's)
   healthy:  two disks, untouched: reads as qemu-img says before and after.
 Expectations: an attacked disk gives EIO (on stat/open or read), its
 reason logged once; where the attack is P(s) itself as named by the
@@ -324,11 +325,15 @@ def build(env):
 
     # A running domain: P(s) comes from libvirt's live chain, but the
     # reader still follows the names in the headers, which changed on disk.
-    d = doms["live"] = Domain(env, "live", ["vda", "vdb"], running=True)
+    d = doms["live"] = Domain(env, "live", ["vda", "vdb", "vdc"], running=True)
     overwrite_backing_name(d.o1["vda"], "/etc/shadow")
     overwrite_backing_name(d.o1["vdb"], "../outside/secret.raw")
-    expect(d, "vda")
-    expect(d, "vdb")
+    decoy = os.path.join(img, "live-decoy.qcow2")
+    m.qemu_img_create(decoy, SIZE)
+    m.qemu_io_write(decoy, "qcow2", 0x77, 0, SIZE)
+    overwrite_backing_name(d.o1["vdc"], os.path.basename(decoy))
+    for t in ("vda", "vdb", "vdc"):
+        expect(d, t)
 
     doms["healthy"] = Domain(env, "healthy", ["vda", "vdb"])
     return doms, plan, secret
