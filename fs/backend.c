@@ -324,7 +324,10 @@ refresh(Backend *backend, gboolean force, GError **error)
   g_autoptr(GHashTable) unresolved = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   g_autoptr(BackendModel) built = backend_model_build(raw, (const char *const *)backend->image_dirs,
                                                       backend->logged, unresolved);
-  if (!settled(backend, unresolved))
+  /* The first model is published at once, settled or not: otherwise a
+   * single unresolvable snapshot hides every domain for SETTLE_US after
+   * the mount.  The worker keeps rebuilding while settling. */
+  if (!settled(backend, unresolved) && backend->generation > 0)
     return TRUE;
   g_free(backend->fingerprint);
   backend->fingerprint = g_strdup(backend_raw_fingerprint(raw));

@@ -37,7 +37,16 @@ typedef struct {
                                  * below image_path, UNKNOWN-terminated; may
                                  * be NULL (then chain/ uses the qcow2
                                  * backing-format extension) */
+  char **backing_paths;    /* a running domain's layers below image_path as
+                            * libvirt reports them, top down; NULL when
+                            * libvirt does not say (shut off): then the
+                            * headers alone name the chain */
 } BackendDisk;
+
+/* DESIGN.md 4.1: for a running domain the chain read from the headers must
+ * be the one libvirt reports.  FALSE (EIO) when chain differs from
+ * disk->backing_paths; TRUE when it matches or libvirt said nothing. */
+gboolean backend_disk_check_chain(const BackendDisk *disk, Chain *chain, GError **error);
 
 BackendDisk *backend_disk_copy(const BackendDisk *disk);
 void backend_disk_free(BackendDisk *disk);

@@ -30,6 +30,8 @@ struct _BackendExec {
   GMutex lock;                  /* leaf; protects the tables below */
   GHashTable *hidden;           /* "domain\tsnapshot" -> count */
   GHashTable *pins;             /* "dev:ino" -> count */
+  guint64 unpins;               /* counts unpins, for waiters on unpinned */
+  GCond unpinned;               /* broadcast at every unpin (with lock) */
   GHashTable *status;           /* domain -> BackendExecStatus* */
   int stop_after;               /* test hooks, see backend_exec_set_stop_after() */
   gboolean stop_in_job;

@@ -84,7 +84,7 @@ info_compute(const BackendDisk *disk, const char *const *image_dirs, ImageInfo *
   ChainPolicy policy = { .image_dirs = image_dirs, .max_depth = 0 };
   g_autoptr(Chain) chain = chain_open(disk->image_path, disk->format,
                                       disk->backing_formats, &policy, error);
-  if (chain == NULL)
+  if (chain == NULL || !backend_disk_check_chain(disk, chain, error))
     return FALSE;
   gint64 allocated = chain_allocated_bytes(chain);
   if (allocated < 0) {

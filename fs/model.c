@@ -201,6 +201,7 @@ backend_disk_copy(const BackendDisk *disk)
       n++;
     copy->backing_formats = g_memdup2(disk->backing_formats, (n + 1) * sizeof(ChainFormat));
   }
+  copy->backing_paths = g_strdupv(disk->backing_paths);
   return copy;
 }
 
@@ -212,7 +213,45 @@ backend_disk_free(BackendDisk *disk)
   g_free(disk->target);
   g_free(disk->image_path);
   g_free(disk->backing_formats);
+  g_strfreev(disk->backing_paths);
   g_free(disk);
+}
+
+gboolean
+backend_disk_check_chain(const BackendDisk *disk, Chain *chain, GError **error)
+{
+  if (!disk->backing_paths)
+    return TRUE;
+  guint n = g_strv_length(disk->backing_paths);
+  if (chain_depth(chain) != n + 1) {
+    g_set_error(error, CHAIN_ERROR, EIO, "%s: the headers name %u layers below it, libvirt "
+                "reports %u", disk->image_path, chain_depth(chain) - 1, n);
+    return FALSE;
+  }
+  for (guint i = 0; i < n; i++) {
+    const char *read = chain_layer_path(chain_get_layer(chain, i + 1));
+    if (!backend_path_same(read, disk->backing_paths[i])) {
+      g_set_error(error, CHAIN_ERROR, EIO, "%s: layer %u is %s in the headers, %s for libvirt",
+                  disk->image_path, i + 1, read, disk->backing_paths[i]);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+/* The paths of layers[from..] (libvirt's whole chain: the caller checks
+ * that libvirt ended it with an empty <backingStore/>). */
+static char **
+layer_paths(GPtrArray *layers, guint from)
+{
+  if (!layers)
+    return NULL;
+  GStrvBuilder *builder = g_strv_builder_new();
+  for (guint i = from; i < layers->len; i++)
+    g_strv_builder_add(builder, ((DomXmlLayer *)g_ptr_array_index(layers, i))->path);
+  char **paths = g_strv_builder_end(builder);
+  g_strv_builder_unref(builder);
+  return paths;
 }
 
 static void
@@ -437,6 +476,8 @@ resolve_point(DomXmlDomain *domain, const char *snapshot, DomXmlSnapshotDisk *sd
         point->image_path = g_strdup(below->path);
         point->format = below->format;
         point->backing_formats = backend_layer_formats(disk->backing, (guint)at + 1);
+        if (disk->backing_complete)
+          point->backing_paths = layer_paths(disk->backing, (guint)at + 1);
         return g_steal_pointer(&point);
       }
     }
@@ -528,6 +569,8 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged,
     out->image_path = g_strdup(disk->source);
     out->format = disk->format;
     out->backing_formats = backend_layer_formats(disk->backing, 0);
+    if (disk->backing_complete) /* never when shut off: forgotten above */
+      out->backing_paths = layer_paths(disk->backing, 0);
     g_ptr_array_add(domain->disks, out);
   }
   g_ptr_array_sort(domain->disks, compare_disks);
@@ -554,8 +597,12 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged,
       BackendDisk *point = resolve_point(parsed, parsed_snap->name, sdisk, logged, unresolved);
       if (!point)
         continue;
+      /* Only what libvirt names widens the policy: the overlay.  P(S) of a
+       * shut-off domain comes from the overlay's header, which anyone who
+       * can write an image controls (a backing name /etc/shadow would
+       * otherwise allow /etc); a running domain's P(S) is in the live
+       * chain, whose directories are added above. */
       add_dir_of(dirs, sdisk->source);
-      add_dir_of(dirs, point->image_path);
       g_ptr_array_add(snapshot->disks, point);
     }
     g_ptr_array_sort(snapshot->disks, compare_disks);

@@ -103,7 +103,11 @@ static Chain *
 open_disk_chain(const BackendDisk *disk, BackendModel *model, GError **error)
 {
   ChainPolicy policy = { .image_dirs = (const char *const *)model->image_dirs };
-  return chain_open(disk->image_path, disk->format, disk->backing_formats, &policy, error);
+  g_autoptr(Chain) chain = chain_open(disk->image_path, disk->format, disk->backing_formats,
+                                      &policy, error);
+  if (!chain || !backend_disk_check_chain(disk, chain, error))
+    return NULL;
+  return g_steal_pointer(&chain);
 }
 
 /* TRUE when disk's images are not visible here (remote host, info.c has
@@ -219,8 +223,10 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
     file->chain = open_disk_chain(disk, model, &error);
     if (file->chain == NULL) {
+      /* EIO whatever the reason (policy, loop, malformed), as getattr
+       * answers for the same chain (DESIGN.md 4.1). */
       g_warning("open %s: %s", node->display, error->message);
-      errors_reply_gerror(req, error);
+      fuse_reply_err(req, EIO);
       return;
     }
     file->size = chain_virtual_size(file->chain);

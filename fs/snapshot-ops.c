@@ -30,6 +30,10 @@
 
 #include "exec.h"
 
+/* How long a delete refused for an open file waits for releases that
+ * close(2) left in flight (see backend_snapshot_delete). */
+#define RELEASE_GRACE_US (2 * G_USEC_PER_SEC)
+
 /* A filename component stays below NAME_MAX with this much of the name. */
 #define OVERLAY_NAME_MAX 160
 
@@ -58,6 +62,7 @@ backend_exec_init(Backend *backend, const BackendOptions *options)
   g_mutex_init(&exec->lock);
   exec->hidden = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   exec->pins = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_cond_init(&exec->unpinned);
   exec->status = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                        (GDestroyNotify)status_free);
   exec->stop_after = -1;
@@ -76,6 +81,7 @@ backend_exec_free(Backend *backend)
   g_hash_table_unref(exec->status);
   g_mutex_clear(&exec->queue_lock);
   g_cond_clear(&exec->queue_cond);
+  g_cond_clear(&exec->unpinned);
   g_mutex_clear(&exec->lock);
   g_free(exec);
 }
@@ -220,6 +226,27 @@ backend_unpin_chain(Backend *backend, const char *domain, Chain *chain)
   else
     g_warning("domain %s: unpinning %s, which is not pinned", domain,
               chain_layer_path(chain_get_layer(chain, 0)));
+  backend->exec->unpins++;
+  g_cond_broadcast(&backend->exec->unpinned);
+}
+
+static guint64
+unpin_count(Backend *backend)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->exec->lock);
+  return backend->exec->unpins;
+}
+
+/* Waits until something is unpinned after the count `seen`, or until
+ * deadline (monotonic); TRUE if something was. */
+static gboolean
+wait_unpin(Backend *backend, guint64 seen, gint64 deadline)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->exec->lock);
+  while (backend->exec->unpins == seen)
+    if (!g_cond_wait_until(&backend->exec->unpinned, &backend->exec->lock, deadline))
+      return FALSE;
+  return TRUE;
 }
 
 gboolean
@@ -537,7 +564,23 @@ backend_snapshot_delete(Backend *backend, const char *domain, const char *name, 
   /* DESIGN.md 3: deleting a point in time that is open is EBUSY. */
   PlanOp op = {.kind = PLAN_OP_DELETE, .name = name, .refuse_open = TRUE,
                .now = g_get_real_time() / G_USEC_PER_SEC};
-  return run_plan(backend, domain, &op, error);
+  /* The kernel sends RELEASE after close(2) has returned, as a background
+   * request: `cat S/vda.raw; rmdir S` may find S still pinned.  A refusal
+   * is tried again each time a file is released, for RELEASE_GRACE_US. */
+  gint64 deadline = g_get_monotonic_time() + RELEASE_GRACE_US;
+  for (;;) {
+    guint64 seen = unpin_count(backend);
+    GError *local = NULL;
+    if (run_plan(backend, domain, &op, &local))
+      return TRUE;
+    if (!g_error_matches(local, BACKEND_ERROR, EBUSY) || !wait_unpin(backend, seen, deadline)) {
+      g_propagate_error(error, local);
+      return FALSE;
+    }
+    g_debug("domain %s: delete %s: %s; a file was released since, trying again", domain, name,
+            local->message);
+    g_error_free(local);
+  }
 }
 
 gboolean

@@ -42,6 +42,9 @@ fixture_setup(Fixture *fx)
                                     "dynamic_ownership = 0\n"
                                     "security_driver = \"none\"\n"
                                     "stdio_handler = \"file\"\n"
+                                    /* no mount namespace: it would keep
+                                     * copies of other tests' FUSE mounts
+                                     * alive (tests/fs/mountlib.py) */
                                     "namespaces = []\n",
                                     -1, &error));
   fx->uri = g_strdup_printf("qemu:///embed?root=%s/root", fx->dir);

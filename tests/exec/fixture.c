@@ -78,7 +78,10 @@ fixture_new(void)
   g_assert_cmpint(g_mkdir_with_parents(fixture->images, 0755), ==, 0);
   g_autofree char *conf = g_build_filename(etc, "qemu.conf", NULL);
   const char *text = "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\n"
-                     "security_driver = \"none\"\nstdio_handler = \"file\"\nnamespaces = []\n";
+                     "security_driver = \"none\"\nstdio_handler = \"file\"\n"
+                     /* no mount namespace: it would keep copies of other
+                      * tests' FUSE mounts alive (tests/fs/mountlib.py) */
+                     "namespaces = []\n";
   g_assert_true(g_file_set_contents(conf, text, -1, NULL));
   fixture->uri = g_strdup_printf("qemu:///embed?root=%s", fixture->root);
   fixture->log = g_string_new(NULL);

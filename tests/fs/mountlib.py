@@ -26,6 +26,11 @@ import time
 SRCDIR = os.path.dirname(os.path.abspath(__file__))
 VIRTSNAPFS = os.environ.get("VIRTSNAPFS")
 
+# namespaces = []: QEMU otherwise runs in a mount namespace of its own,
+# copied from the host's at its start.  Where / is not a shared mount (as
+# in containers), unmounts do not propagate into it: a copy of any FUSE
+# mount that existed then (another test's) keeps that daemon's connection
+# alive after `fusermount3 -u`, and the daemon never exits.
 QEMU_CONF = """user = "root"
 group = "root"
 dynamic_ownership = 0
@@ -53,6 +58,10 @@ DISK_XML = """    <disk type='file' device='disk'>
 
 # A daemon log line at warning level or worse, from our writer.
 BAD_LOG = re.compile(r"\b(virtsnapfs|libfuse)\[\d+\]: (WARNING|CRITICAL|ERROR):")
+# A report of AddressSanitizer, LeakSanitizer or UBSan (build-asan): always
+# a failure, whatever the test expects.
+SANITIZER_LOG = re.compile(r"ERROR: (Address|Leak)Sanitizer|: runtime error: |"
+                           r"SUMMARY: (Address|Leak|UndefinedBehavior)Sanitizer")
 
 
 def log(*args):
@@ -331,9 +340,16 @@ class Daemon:
         with open(self.logpath) as f:
             return f.read()
 
+    def check_sanitizer(self):
+        text = self.log_text()
+        san = SANITIZER_LOG.search(text)
+        assert not san, "daemon sanitizer report:\n" + text[max(0, san.start() - 200):][:20000]
+
     def check_log(self):
+        self.check_sanitizer()
+        text = self.log_text()
         bad = []
-        for line in self.log_text().splitlines():
+        for line in text.splitlines():
             if BAD_LOG.search(line) and not any(e.search(line) for e in self.expect):
                 bad.append(line)
         assert not bad, "daemon logged unexpected warnings:\n" + "\n".join(bad)
@@ -346,6 +362,7 @@ class Daemon:
             self.proc.wait()
             run("fusermount3", "-u", "-z", self.env.mnt, check=False)
             self.logfile.close()
+            self.check_sanitizer()
             return
         else:
             self.proc.send_signal(how)
@@ -354,9 +371,10 @@ class Daemon:
         except subprocess.TimeoutExpired:
             stacks = thread_stacks(self.proc.pid)
             self.proc.kill()
-            raise AssertionError("daemon did not exit after unmount; its threads were:\n" + stacks)
+            raise AssertionError("daemon did not exit after unmount; its threads were:\n" + stacks[-30000:])
         self.logfile.close()
         assert not os.path.ismount(self.env.mnt), "still mounted"
+        self.check_sanitizer()
         assert rc == 0, "daemon exit status %d:\n%s" % (rc, self.log_text())
         self.check_log()
 
