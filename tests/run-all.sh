@@ -45,11 +45,12 @@ count build-asan
 #   of a running and a shut-off domain); change: every plan kind and the
 #   errno table; attacks: the policy and error paths on hostile images;
 #   load: the thread-pool and open/release/pin paths under concurrency,
-#   with mkdir/rmdir plans (shortened: VIRTSNAPFS_LOAD_SECONDS).
+#   with mkdir/rmdir plans (shortened: VIRTSNAPFS_LOAD_SECONDS); delta:
+#   the .delta files (fs/delta.c and the chain/ delta code on real chains).
 # Left out: live (behind-the-daemon changes through a private libvirtd;
 #   its daemon code paths are the refresh ones that read and change
 #   already cover) and any slower mount test added later unless listed.
-ASAN_MOUNT_TESTS=${ASAN_MOUNT_TESTS:-"mount-read mount-change mount-attacks mount-load"}
+ASAN_MOUNT_TESTS=${ASAN_MOUNT_TESTS:-"mount-read mount-change mount-attacks mount-load mount-delta"}
 mv build-asan/meson-logs/testlog.json build-asan/meson-logs/testlog-unit.json 2>/dev/null
 # shellcheck disable=SC2086 # the list is word-split on purpose
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 \
