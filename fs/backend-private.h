@@ -20,6 +20,7 @@ struct _Backend {
   char *uri;
   char *state_dir;
   char **image_dirs;            /* BackendOptions.image_dirs, copied */
+  unsigned long bandwidth_mib;  /* BackendOptions.bandwidth_mib */
 
   GMutex lock;                  /* protects the fields down to "stopping" */
   virConnectPtr conn;           /* NULL while disconnected */

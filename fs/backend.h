@@ -96,6 +96,8 @@ typedef struct {
   const char *const *image_dirs; /* extra allowed directories, may be NULL */
   gboolean revert_discard;       /* -o revert=discard: a revert keeps no
                                   * pre-revert snapshot of the present */
+  unsigned long bandwidth_mib;   /* -o bandwidth=: MiB/s for every block
+                                  * job and qemu-img commit; 0 = unlimited */
 } BackendOptions;
 
 /* Connects, reads the first model, repairs freezes a crash left behind,

@@ -21,6 +21,10 @@
  *   set-current     done when it is current
  *   delete-file     done when the file is gone
  *
+ * Data-moving steps run at -o bandwidth= (MiB/s): the block jobs through
+ * libvirt's bandwidth argument, an offline commit through qemu-img commit
+ * -r; qemu-img rebase (an offline pull) has no rate limit.
+ *
  * qemu-img never runs on an image the running QEMU has open: an offline
  * step on a running domain is refused when its image is in the live chain
  * (the planner never asks for that; this is the last line of defence).
@@ -304,9 +308,20 @@ step_commit_offline(Exec *x, const PlanStep *step, GError **error)
                 "is %s", step->disk, step->image, step->backing, backing ? backing : "none");
     return FALSE;
   }
-  const char *argv[] = {"commit", "-q", "-t", "writethrough", "-d", "-f",
-                        chain_format_name(step->format), "-b", step->backing, step->image, NULL};
-  return backend_exec_qemu_img(argv, error);
+  g_autoptr(GPtrArray) argv = g_ptr_array_new();
+  const char *head[] = {"commit", "-q", "-t", "writethrough", "-d", "-f",
+                        chain_format_name(step->format), "-b", step->backing};
+  for (guint i = 0; i < G_N_ELEMENTS(head); i++)
+    g_ptr_array_add(argv, (gpointer)head[i]);
+  /* -r is in bytes per second (-o bandwidth= is MiB/s); no -r: unlimited. */
+  g_autofree char *rate = g_strdup_printf("%lu", x->backend->bandwidth_mib * 1024 * 1024);
+  if (x->backend->bandwidth_mib) {
+    g_ptr_array_add(argv, (gpointer) "-r");
+    g_ptr_array_add(argv, rate);
+  }
+  g_ptr_array_add(argv, step->image);
+  g_ptr_array_add(argv, NULL);
+  return backend_exec_qemu_img((const char *const *)argv->pdata, error);
 }
 
 /* After a restart libvirt may still be processing the end of a job that
@@ -356,10 +371,10 @@ step_commit_job(Exec *x, const PlanStep *step, GError **error)
     return FALSE;
   if (!waited) {
     job_event_forget(x, step->disk);
-    g_debug("virDomainBlockCommit(%s, %s, base=%s, top=%s, SHALLOW)", x->name, step->disk,
-            step->backing, step->image);
-    if (virDomainBlockCommit(x->dom, step->disk, step->backing, step->image, 0,
-                             VIR_DOMAIN_BLOCK_COMMIT_SHALLOW) < 0) {
+    g_debug("virDomainBlockCommit(%s, %s, base=%s, top=%s, bandwidth=%lu MiB/s, SHALLOW)",
+            x->name, step->disk, step->backing, step->image, x->backend->bandwidth_mib);
+    if (virDomainBlockCommit(x->dom, step->disk, step->backing, step->image,
+                             x->backend->bandwidth_mib, VIR_DOMAIN_BLOCK_COMMIT_SHALLOW) < 0) {
       g_autofree char *why = g_strdup(virGetLastErrorMessage());
       if (settled_meanwhile(x, step, commit_done))
         return TRUE;
@@ -458,9 +473,10 @@ step_pull_job(Exec *x, const PlanStep *step, GError **error)
     return FALSE;
   if (!waited) {
     job_event_forget(x, step->disk);
-    g_debug("virDomainBlockRebase(%s, %s, base=%s)", x->name, step->disk,
-            step->backing ? step->backing : "(none)");
-    if (virDomainBlockRebase(x->dom, step->disk, step->backing, 0, 0) < 0) {
+    g_debug("virDomainBlockRebase(%s, %s, base=%s, bandwidth=%lu MiB/s)", x->name, step->disk,
+            step->backing ? step->backing : "(none)", x->backend->bandwidth_mib);
+    if (virDomainBlockRebase(x->dom, step->disk, step->backing, x->backend->bandwidth_mib,
+                             0) < 0) {
       g_autofree char *why = g_strdup(virGetLastErrorMessage());
       if (settled_meanwhile(x, step, pull_done))
         return TRUE;

@@ -264,6 +264,7 @@ run(Virtsnapfs *fs, FuseArgs *args)
     .state_dir = opts->state_dir,
     .image_dirs = opts->image_dirs_strv,
     .revert_discard = opts->revert_mode == VIRTSNAPFS_REVERT_DISCARD,
+    .bandwidth_mib = opts->bandwidth,
   };
   g_autoptr(Backend) backend = backend_new(&bopts, &error);
   if (backend == NULL) {

@@ -22,6 +22,7 @@ G_BEGIN_DECLS
 #define VIRTSNAPFS_DEFAULT_STATE_DIR "/var/lib/virtsnapfs"
 #define VIRTSNAPFS_DEFAULT_THREADS 16
 #define VIRTSNAPFS_DEFAULT_TIMEOUT 1.0
+#define VIRTSNAPFS_MAX_BANDWIDTH (1024ul * 1024)  /* MiB/s: 1 TiB/s */
 /* The directory of the present, in every domain directory. */
 #define VIRTSNAPFS_NOW "@now"
 #define VIRTSNAPFS_RAW_SUFFIX ".raw"
@@ -57,6 +58,7 @@ typedef struct {
   unsigned max_threads;
   double timeout;
   int no_splice;
+  unsigned long bandwidth;   /* MiB/s for block jobs and qemu-img commit, 0 = unlimited */
   /* Filled by the option callback (g_malloc'd). */
   char *source;              /* first positional of two: the mount source */
   char *mountpoint;
