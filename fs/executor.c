@@ -768,9 +768,131 @@ step_delete_file(Exec *x, const PlanStep *step, GError **error)
   return TRUE;
 }
 
+/* An active commit for a domain that no longer runs (QEMU died or was shut
+ * down in the middle of the plan): qemu-img commit, then the definition
+ * names the base.  Done once it does; a commit cut short runs again. */
+static gboolean
+step_active_commit_offline(Exec *x, const PlanStep *step, GError **error)
+{
+  g_autoptr(DomXmlDomain) def = read_xml(x, VIR_DOMAIN_XML_INACTIVE, error);
+  DomXmlDisk *disk = def ? live_disk(def, x, step->disk, error) : NULL;
+  if (!disk)
+    return FALSE;
+  if (same_file(disk->source, step->backing))
+    return TRUE;
+  if (!same_file(disk->source, step->image)) {
+    g_set_error(error, BACKEND_ERROR, EIO, "domain %s disk %s is defined on %s, neither %s nor %s",
+                x->name, step->disk, disk->source, step->image, step->backing);
+    return FALSE;
+  }
+  if (!step_commit_offline(x, step, error))
+    return FALSE;
+  PlanStep set_active = {.kind = PLAN_STEP_SET_ACTIVE, .disk = step->disk,
+                         .image = step->backing, .format = step->backing_format};
+  return step_set_active(x, &set_active, error);
+}
+
+/* The image of target's defined chain whose backing file is image, and
+ * its format; NULL (no error) when image is not in the chain below. */
+static char *
+defined_child(Exec *x, const char *target, const char *image, ChainFormat *format,
+              GError **error)
+{
+  g_autoptr(DomXmlDomain) def = read_xml(x, VIR_DOMAIN_XML_INACTIVE, error);
+  DomXmlDisk *disk = def ? live_disk(def, x, target, error) : NULL;
+  if (!disk)
+    return NULL;
+  g_autofree char *current = g_strdup(disk->source);
+  ChainFormat current_format = disk->format;
+  for (guint depth = 0; depth < CHAIN_MAX_DEPTH && current_format == CHAIN_FORMAT_QCOW2;
+       depth++) {
+    g_autoptr(GError) local = NULL;
+    ChainFormat backing_format = CHAIN_FORMAT_UNKNOWN;
+    g_autofree char *backing = backend_image_backing(current, current_format, &backing_format,
+                                                     &local);
+    if (local) {
+      g_set_error(error, BACKEND_ERROR, EIO, "%s", local->message);
+      return NULL;
+    }
+    if (!backing)
+      break;
+    if (same_file(backing, image)) {
+      *format = current_format;
+      return g_steal_pointer(&current);
+    }
+    g_free(current);
+    current = g_steal_pointer(&backing);
+    current_format = backing_format == CHAIN_FORMAT_UNKNOWN ? CHAIN_FORMAT_QCOW2 : backing_format;
+  }
+  return NULL;
+}
+
+/* An intermediate commit for a domain that no longer runs: libvirt's
+ * block commit also points the image above top at base, so after
+ * qemu-img commit that child is rebased (unsafe: base now holds top's
+ * clusters).  Done once no image of the chain is backed by top. */
+static gboolean
+step_commit_job_offline(Exec *x, const PlanStep *step, GError **error)
+{
+  GError *local = NULL;
+  ChainFormat child_format = CHAIN_FORMAT_UNKNOWN;
+  g_autofree char *child = defined_child(x, step->disk, step->image, &child_format, &local);
+  if (local) {
+    g_propagate_error(error, local);
+    return FALSE;
+  }
+  if (!child)
+    return TRUE;
+  if (!step_commit_offline(x, step, error))
+    return FALSE;
+  PlanStep rebase = {.kind = PLAN_STEP_REBASE_UNSAFE, .disk = step->disk, .image = child,
+                     .format = child_format, .backing = step->backing,
+                     .backing_format = step->backing_format};
+  return step_rebase_unsafe(x, &rebase, error);
+}
+
+/* A block job step of a plan made while the domain ran, for a domain that
+ * is shut off now (QEMU was killed, or the guest shut down, between the
+ * plan and this run): the same merge offline with qemu-img, which writes
+ * the same clusters.  Sets *handled when it ran the step. */
+static gboolean
+run_job_step_offline(Exec *x, const PlanStep *step, gboolean *handled, GError **error)
+{
+  *handled = FALSE;
+  if (!step->block_job)
+    return TRUE;
+  GError *local = NULL;
+  gboolean running = is_running(x, &local);
+  if (local) {
+    g_propagate_error(error, local);
+    return FALSE;
+  }
+  if (running)
+    return TRUE;
+  *handled = TRUE;
+  g_message("domain %s disk %s: the domain is not running any more: %s %s offline", x->name,
+            step->disk, plan_step_kind_name(step->kind), step->image);
+  switch (step->kind) {
+  case PLAN_STEP_COMMIT:
+    return step_commit_job_offline(x, step, error);
+  case PLAN_STEP_ACTIVE_COMMIT:
+    return step_active_commit_offline(x, step, error);
+  case PLAN_STEP_PULL:
+    return step_pull_offline(x, step, error);
+  default:
+    *handled = FALSE;
+    return TRUE;
+  }
+}
+
 static gboolean
 run_step(Exec *x, const PlanStep *step, GError **error)
 {
+  gboolean handled;
+  if (!run_job_step_offline(x, step, &handled, error))
+    return FALSE;
+  if (handled)
+    return TRUE;
   switch (step->kind) {
   case PLAN_STEP_COMMIT:
     return step->block_job ? step_commit_job(x, step, error) : step_commit_offline(x, step, error);
