@@ -290,9 +290,17 @@ def scenario_qemukill(env):
         ("s2", [(0x62, 2 * MiB, 12 * MiB)]),
         (None, [(0x63, 16 * MiB, 20 * MiB)]),
     ], start=True)
+    # ka: deleting s2 merges a 20 MiB layer with an active image of 12 MiB:
+    # an active commit (and pivot) is cheaper.
+    build_chain(env, "ka", [
+        ("s1", [(0x71, 0, MiB)]),
+        ("s2", [(0x72, 2 * MiB, 20 * MiB)]),
+        (None, [(0x73, 24 * MiB, 12 * MiB)]),
+    ], start=True)
+    cases = (("kc", "s1", "commit"), ("kp", "s2", "pull"), ("ka", "s2", "active-commit"))
     d = m.Daemon(env, "bandwidth=1", expect=[FAILED_PLAN])
-    before = {dom: sums(env, dom) for dom in ("kc", "kp")}
-    for dom, victim, kind in (("kc", "s1", "commit"), ("kp", "s2", "pull")):
+    before = {dom: sums(env, dom) for dom, _, _ in cases}
+    for dom, victim, kind in cases:
         rmdir = start("rmdir", os.path.join(env.mnt, dom, victim))
         text = wait_job(env, dom, r"^delete %s: step \d+/\d+ %s vda \d+%%$" % (victim, kind),
                         rmdir)
@@ -308,19 +316,23 @@ def scenario_qemukill(env):
         # still be tidying up after QEMU's death, and a freeze then fails.)
         nothing_lost(env, dom, {p: v for p, v in before[dom].items() if p != "@now"},
                      "%s: after QEMU died" % dom, gone=(victim,), now=False)
-    check.ok(len(journals(env)) == 2, "two plans parked in the journal: %s" % journals(env))
+    check.ok(len(journals(env)) == 3, "three plans parked in the journal: %s" % journals(env))
     d.stop()
     d = m.Daemon(env, "bandwidth=1")
-    check.ok(journals(env) == [], "the restart finished both plans")
+    check.ok(journals(env) == [], "the restart finished all plans")
     check.ok("finishing a plan left by an earlier run" in d.log_text(), "recovery logged")
-    for dom, victim in (("kc", "s1"), ("kp", "s2")):
+    for dom, victim, _ in cases:
         nothing_lost(env, dom, before[dom], "%s: after recovery" % dom, gone=(victim,))
     images_clean(env)
     d.stop()
-    for dom in ("kc", "kp"):
+    for dom, victim, _ in cases:
         snaps = env.virsh("snapshot-list", dom, "--name").split()
-        check.ok(set(snaps) == set(before[dom]) - {"@now", "s1" if dom == "kc" else "s2"},
+        check.ok(set(snaps) == set(before[dom]) - {"@now", victim},
                  "%s: libvirt lists %s" % (dom, snaps))
+    # The domains start again on what the plans left.
+    for dom, _, _ in cases:
+        env.virsh("start", dom)
+        check.ok("running" in env.virsh("domstate", dom), "%s starts again" % dom)
 
 
 # ---------------------------------------------------------------------------
