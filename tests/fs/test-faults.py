@@ -336,10 +336,118 @@ def scenario_qemukill(env):
 
 
 # ---------------------------------------------------------------------------
+# errnos: EOPNOTSUPP and EIO as the shell prints them
+
+def scenario_errnos(env):
+    pts = build_chain(env, "eo", [
+        ("s1", [(0x11, 0, MiB)]),
+        ("s2", [(0x22, MiB, MiB)]),
+        (None, [(0x33, 2 * MiB, MiB)]),
+    ], size=8 * MiB)
+    env.define("nodisk", [])
+    d = m.Daemon(env, expect=[r"open eo/s\d/vda.raw: .*XXXX|cannot read|qcow2"])
+    before = sums(env, "eo")
+
+    # EOPNOTSUPP: a domain without disks has nothing to snapshot.
+    r = subprocess.run(["mkdir", os.path.join(env.mnt, "nodisk", "x")], stderr=subprocess.PIPE,
+                       text=True)
+    check.ok(r.returncode != 0 and "Operation not supported" in r.stderr,
+             "mkdir in a domain without disks: %s" % r.stderr.strip())
+    check.ok(os.listdir(os.path.join(env.mnt, "nodisk")) == ["@now"], "nodisk: nothing made")
+
+    # EIO: s2's point image cannot be read (its magic is broken), so no
+    # plan can be made for deleting s2; afterwards everything reads as before.
+    victim = pts["s2"]
+    with open(victim, "r+b") as f:
+        saved = f.read(4)
+        f.seek(0)
+        f.write(b"XXXX")
+    r = subprocess.run(["rmdir", os.path.join(env.mnt, "eo", "s2")], stderr=subprocess.PIPE,
+                       text=True)
+    check.ok(r.returncode != 0 and "Input/output error" in r.stderr,
+             "rmdir with an unreadable layer: %s" % r.stderr.strip())
+    with open(victim, "r+b") as f:
+        f.write(saved)
+    check.ok(journals(env) == [], "no plan was journaled")
+    nothing_lost(env, "eo", before, "after EIO")
+    images_clean(env)
+    os.rmdir(os.path.join(env.mnt, "eo", "s2"))
+    nothing_lost(env, "eo", before, "rmdir s2 again", gone=("s2",))
+    d.stop()
+
+
+# ---------------------------------------------------------------------------
+# races
+
+def scenario_races(env):
+    build_chain(env, "ra", [
+        ("s1", [(0x11, 0, 6 * MiB)]),
+        ("s2", [(0x22, 6 * MiB, 6 * MiB)]),
+        ("s3", [(0x33, 12 * MiB, MiB)]),
+        ("a", [(0x34, 13 * MiB, MiB)]),
+        (None, [(0x44, 14 * MiB, MiB)]),
+    ], size=16 * MiB)
+    d = m.Daemon(env, "bandwidth=1")
+    before = sums(env, "ra")
+    ra = os.path.join(env.mnt, "ra")
+
+    # Two rmdir of one snapshot at once: one deletes, the other finds
+    # nothing (ENOENT), whichever came first.
+    p1 = start("rmdir", os.path.join(ra, "s2"))
+    p2 = start("rmdir", os.path.join(ra, "s2"))
+    r1, r2 = finish(p1), finish(p2)
+    codes = sorted([r1[0], r2[0]])
+    errs = r1[1] + r2[1]
+    check.ok(codes[0] == 0 and codes[1] != 0 and "No such file or directory" in errs,
+             "two rmdir of s2: one deletes, the other says %r" % errs)
+    before = nothing_lost(env, "ra", before, "after the double rmdir", gone=("s2",))
+
+    # mkdir racing rmdir of one name: either order is fine, but the end
+    # state must be one of the two and match libvirt.
+    p1 = start("rmdir", os.path.join(ra, "a"))
+    p2 = start("mkdir", os.path.join(ra, "a"))
+    (rc1, e1), (rc2, e2) = finish(p1), finish(p2)
+    check.ok(rc1 == 0, "rmdir a: %s" % e1)
+    exists = "a" in os.listdir(ra)
+    if rc2 == 0:
+        check.ok(exists, "mkdir a after the rmdir: a exists again")
+        now = sums(env, "ra")
+        check.ok(now["a"] == now["@now"], "the new a reads as the present")
+        before["a"] = now["a"]
+    else:
+        check.ok("File exists" in e2 and not exists, "mkdir a before the rmdir: %s; a gone" % e2)
+        before.pop("a")
+    before = nothing_lost(env, "ra", before, "after mkdir/rmdir of a")
+
+    # rm -r of a point that a reader has open: EBUSY, and the reader goes
+    # on reading the right bytes.
+    path = os.path.join(ra, "s1", "vda.raw")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(3 * MiB))
+        r = subprocess.run(["rm", "-r", os.path.join(ra, "s1")], stderr=subprocess.PIPE,
+                           text=True)
+        check.ok(r.returncode != 0 and "Device or resource busy" in r.stderr,
+                 "rm -r of an open point: %s" % r.stderr.strip())
+        while True:
+            b = f.read(MiB)
+            if not b:
+                break
+            h.update(b)
+    check.ok(h.hexdigest() == before["s1"]["vda.raw"], "the reader read s1 whole and right")
+    before = nothing_lost(env, "ra", before, "after the refused rm -r")
+    d.stop()
+    snaps = set(env.virsh("snapshot-list", "ra", "--name").split())
+    check.ok(snaps == set(before) - {"@now"}, "libvirt agrees: %s" % sorted(snaps))
+
+
+# ---------------------------------------------------------------------------
 
 SCENARIOS = {
     "reads": scenario_reads,
     "qemukill": scenario_qemukill,
+    "errnos": scenario_errnos,
+    "races": scenario_races,
 }
 
 
