@@ -15,6 +15,17 @@
  * only queues the pair of models to the main loop; the notifications are
  * sent from the main thread, never from a FUSE worker (a notification
  * may wait for a kernel lock that a worker's request holds).
+ *
+ * An entry notification takes the parent directory's lock in the kernel.
+ * A mkdir, rmdir or rename holds that lock until the daemon replies, which
+ * for a plan is minutes: an rmdir hides its snapshot at once, and the
+ * invalidation of that entry would stall the main loop for the whole
+ * plan, and, if the daemon is killed meanwhile, leave its main thread
+ * unkillable in the kernel with the rmdir waiting for it for ever.  So
+ * while ops-change.c marks a directory busy, entry notifications for it
+ * are kept in busy_dirs and sent by the worker after its reply.  (A change
+ * the kernel has locked for but the worker has not marked yet can still
+ * delay the main loop until that request is answered; it cannot deadlock.)
  */
 #include "virtsnapfs.h"
 
@@ -45,13 +56,89 @@ inval_inode(Virtsnapfs *fs, fuse_ino_t ino, const char *what)
   g_debug("INVAL inode %s (%" G_GUINT64_FORMAT ") => %d", what, (guint64)ino, r);
 }
 
+typedef struct {
+  guint count;                  /* change requests in the directory */
+  GPtrArray *deferred;          /* entry names to invalidate afterwards */
+} InvalBusy;
+
+static void
+busy_free(gpointer data)
+{
+  InvalBusy *busy = data;
+  g_ptr_array_unref(busy->deferred);
+  g_free(busy);
+}
+
+void
+invalidate_init(Virtsnapfs *fs)
+{
+  g_mutex_init(&fs->inval_lock);
+  fs->busy_dirs = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, busy_free);
+}
+
+void
+invalidate_clear(Virtsnapfs *fs)
+{
+  g_clear_pointer(&fs->busy_dirs, g_hash_table_unref);
+  g_mutex_clear(&fs->inval_lock);
+}
+
+static void
+send_inval_entry(Virtsnapfs *fs, fuse_ino_t parent, const char *name)
+{
+  int r = fuse_lowlevel_notify_inval_entry(fs->se, parent, name, strlen(name));
+  g_debug("INVAL entry %s in %" G_GUINT64_FORMAT " => %d", name, (guint64)parent, r);
+}
+
+void
+invalidate_dir_busy(Virtsnapfs *fs, fuse_ino_t dir)
+{
+  gint64 key = (gint64)dir;
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->inval_lock);
+  InvalBusy *busy = g_hash_table_lookup(fs->busy_dirs, &key);
+  if (!busy) {
+    busy = g_new0(InvalBusy, 1);
+    busy->deferred = g_ptr_array_new_with_free_func(g_free);
+    g_hash_table_insert(fs->busy_dirs, g_memdup2(&key, sizeof key), busy);
+  }
+  busy->count++;
+}
+
+void
+invalidate_dir_idle(Virtsnapfs *fs, fuse_ino_t dir)
+{
+  gint64 key = (gint64)dir;
+  g_autoptr(GPtrArray) deferred = NULL;
+  {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->inval_lock);
+    InvalBusy *busy = g_hash_table_lookup(fs->busy_dirs, &key);
+    if (!busy || --busy->count > 0)
+      return;
+    deferred = g_ptr_array_ref(busy->deferred);
+    g_hash_table_remove(fs->busy_dirs, &key);
+  }
+  for (guint i = 0; i < deferred->len; i++)
+    send_inval_entry(fs, dir, deferred->pdata[i]);
+}
+
 static void
 inval_entry(Virtsnapfs *fs, fuse_ino_t parent, const char *name)
 {
   if (parent == 0)
     return;
-  int r = fuse_lowlevel_notify_inval_entry(fs->se, parent, name, strlen(name));
-  g_debug("INVAL entry %s in %" G_GUINT64_FORMAT " => %d", name, (guint64)parent, r);
+  {
+    gint64 key = (gint64)parent;
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->inval_lock);
+    InvalBusy *busy = g_hash_table_lookup(fs->busy_dirs, &key);
+    if (busy) {
+      if (!g_ptr_array_find_with_equal_func(busy->deferred, name, g_str_equal, NULL))
+        g_ptr_array_add(busy->deferred, g_strdup(name));
+      g_debug("INVAL entry %s in %" G_GUINT64_FORMAT ": deferred, a change holds the directory",
+              name, (guint64)parent);
+      return;
+    }
+  }
+  send_inval_entry(fs, parent, name);
 }
 
 static gboolean

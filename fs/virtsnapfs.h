@@ -219,6 +219,9 @@ typedef struct {
   GMutex files_lock;       /* protects files; taken alone */
   GHashTable *files;       /* VirtsnapfsFile * set: open handles */
   gboolean splice;         /* kernel accepted splice */
+  GMutex inval_lock;       /* protects busy_dirs; taken alone */
+  GHashTable *busy_dirs;   /* directory inode a change request holds -> InvalBusy
+                            * (invalidate.c) */
 } Virtsnapfs;
 
 /* ------------------------------------------------------------------ */
@@ -283,5 +286,12 @@ void xattr_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
 /* Called by the backend thread; hands the work to the main loop. */
 void invalidate_on_change(BackendModel *old_model, BackendModel *new_model,
                           gpointer user_data);
+void invalidate_init(Virtsnapfs *fs);
+void invalidate_clear(Virtsnapfs *fs);
+/* A change request (mkdir, rmdir, rename) in directory dir: the kernel
+ * holds dir's lock until the reply, so entry invalidations in dir wait
+ * until invalidate_dir_idle(), which the worker calls after replying. */
+void invalidate_dir_busy(Virtsnapfs *fs, fuse_ino_t dir);
+void invalidate_dir_idle(Virtsnapfs *fs, fuse_ino_t dir);
 
 G_END_DECLS

@@ -443,12 +443,69 @@ def scenario_races(env):
 
 
 # ---------------------------------------------------------------------------
+# daemonkill: SIGKILL of the daemon at random moments during deletes
+
+def kill_during_deletes(env, dom, rounds, rng, opts, max_delay):
+    d = m.Daemon(env, *opts)
+    before = sums(env, dom)
+    for i in range(rounds):
+        points = sorted(p for p in before if p != "@now")
+        if len(points) < 2:
+            break
+        victim = rng.choice(points)
+        delay = rng.uniform(0, max_delay)
+        m.log("round %d: rmdir %s/%s, SIGKILL after %.2f s" % (i, dom, victim, delay))
+        rmdir = start("rmdir", os.path.join(env.mnt, dom, victim))
+        time.sleep(delay)
+        state = job(env, dom) if rmdir.poll() is None else "(returned)"
+        d.stop("kill9")
+        rc, err = finish(rmdir)
+        m.log("  job was %r; rmdir: %d %s" % (state, rc, err))
+        d = m.Daemon(env, *opts)
+        check.ok(journals(env) == [], "round %d: no plan left after the restart" % i)
+        after = sums(env, dom)
+        done = victim not in after
+        check.ok(not (rc == 0 and not done), "round %d: an rmdir that returned 0 deleted" % i)
+        gone = (victim,) if done else ()
+        before = nothing_lost(env, dom, before, "round %d (%s %s)" % (
+            i, victim, "deleted" if done else "kept"), gone=gone)
+    d.stop()
+    return before
+
+
+def scenario_daemonkill(env):
+    seed = int(os.environ.get("VIRTSNAPFS_TEST_SEED", time.time()))
+    m.log("seed", seed, "(VIRTSNAPFS_TEST_SEED repeats it)")
+    rng = random.Random(seed)
+    layers = [("s%d" % i, [(0x10 + i, i * 4 * MiB, 4 * MiB)]) for i in range(1, 8)]
+    build_chain(env, "dk", layers + [(None, [(0x20, 30 * MiB, MiB)])], size=32 * MiB)
+    build_chain(env, "dr", [
+        ("s1", [(0x31, 0, 2 * MiB)]),
+        ("s2", [(0x32, 2 * MiB, 8 * MiB)]),
+        ("s3", [(0x33, 10 * MiB, 8 * MiB)]),
+        ("s4", [(0x34, 18 * MiB, 8 * MiB)]),
+        (None, [(0x35, 26 * MiB, MiB)]),
+    ], size=32 * MiB, start=True)
+    # Offline: qemu-img commit -r 1 MiB/s or an unlimited rebase.
+    left = kill_during_deletes(env, "dk", 6, rng, ["bandwidth=1"], 6.0)
+    images_clean(env)
+    snaps = set(env.virsh("snapshot-list", "dk", "--name").split())
+    check.ok(snaps == set(left) - {"@now"}, "dk: libvirt agrees: %s" % sorted(snaps))
+    # Running: block jobs that go on in QEMU while the daemon is dead.
+    left = kill_during_deletes(env, "dr", 3, rng, ["bandwidth=1"], 10.0)
+    images_clean(env, running=True)
+    snaps = set(env.virsh("snapshot-list", "dr", "--name").split())
+    check.ok(snaps == set(left) - {"@now"}, "dr: libvirt agrees: %s" % sorted(snaps))
+
+
+# ---------------------------------------------------------------------------
 
 SCENARIOS = {
     "reads": scenario_reads,
     "qemukill": scenario_qemukill,
     "errnos": scenario_errnos,
     "races": scenario_races,
+    "daemonkill": scenario_daemonkill,
 }
 
 
