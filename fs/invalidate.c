@@ -22,8 +22,9 @@
  * invalidation of that entry would stall the main loop for the whole
  * plan, and, if the daemon is killed meanwhile, leave its main thread
  * unkillable in the kernel with the rmdir waiting for it for ever.  So
- * while ops-change.c marks a directory busy, entry notifications for it
- * are kept in busy_dirs and sent by the worker after its reply.  (A change
+ * while ops-change.c marks a domain busy, entry notifications in its
+ * directories (the domain's, a point's: rmdir locks the victim too) are
+ * kept in busy_domains and sent by the worker after its reply.  (A change
  * the kernel has locked for but the worker has not marked yet can still
  * delay the main loop until that request is answered; it cannot deadlock.)
  */
@@ -57,8 +58,21 @@ inval_inode(Virtsnapfs *fs, fuse_ino_t ino, const char *what)
 }
 
 typedef struct {
-  guint count;                  /* change requests in the directory */
-  GPtrArray *deferred;          /* entry names to invalidate afterwards */
+  fuse_ino_t parent;
+  char *name;
+} InvalEntry;
+
+static void
+entry_free(gpointer data)
+{
+  InvalEntry *entry = data;
+  g_free(entry->name);
+  g_free(entry);
+}
+
+typedef struct {
+  guint count;                  /* change requests in flight in the domain */
+  GPtrArray *deferred;          /* InvalEntry: to send afterwards */
 } InvalBusy;
 
 static void
@@ -73,13 +87,13 @@ void
 invalidate_init(Virtsnapfs *fs)
 {
   g_mutex_init(&fs->inval_lock);
-  fs->busy_dirs = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, busy_free);
+  fs->busy_domains = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, busy_free);
 }
 
 void
 invalidate_clear(Virtsnapfs *fs)
 {
-  g_clear_pointer(&fs->busy_dirs, g_hash_table_unref);
+  g_clear_pointer(&fs->busy_domains, g_hash_table_unref);
   g_mutex_clear(&fs->inval_lock);
 }
 
@@ -91,50 +105,52 @@ send_inval_entry(Virtsnapfs *fs, fuse_ino_t parent, const char *name)
 }
 
 void
-invalidate_dir_busy(Virtsnapfs *fs, fuse_ino_t dir)
+invalidate_domain_busy(Virtsnapfs *fs, const char *domain)
 {
-  gint64 key = (gint64)dir;
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->inval_lock);
-  InvalBusy *busy = g_hash_table_lookup(fs->busy_dirs, &key);
+  InvalBusy *busy = g_hash_table_lookup(fs->busy_domains, domain);
   if (!busy) {
     busy = g_new0(InvalBusy, 1);
-    busy->deferred = g_ptr_array_new_with_free_func(g_free);
-    g_hash_table_insert(fs->busy_dirs, g_memdup2(&key, sizeof key), busy);
+    busy->deferred = g_ptr_array_new_with_free_func(entry_free);
+    g_hash_table_insert(fs->busy_domains, g_strdup(domain), busy);
   }
   busy->count++;
 }
 
 void
-invalidate_dir_idle(Virtsnapfs *fs, fuse_ino_t dir)
+invalidate_domain_idle(Virtsnapfs *fs, const char *domain)
 {
-  gint64 key = (gint64)dir;
   g_autoptr(GPtrArray) deferred = NULL;
   {
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->inval_lock);
-    InvalBusy *busy = g_hash_table_lookup(fs->busy_dirs, &key);
+    InvalBusy *busy = g_hash_table_lookup(fs->busy_domains, domain);
     if (!busy || --busy->count > 0)
       return;
     deferred = g_ptr_array_ref(busy->deferred);
-    g_hash_table_remove(fs->busy_dirs, &key);
+    g_hash_table_remove(fs->busy_domains, domain);
   }
-  for (guint i = 0; i < deferred->len; i++)
-    send_inval_entry(fs, dir, deferred->pdata[i]);
+  for (guint i = 0; i < deferred->len; i++) {
+    InvalEntry *entry = deferred->pdata[i];
+    send_inval_entry(fs, entry->parent, entry->name);
+  }
 }
 
+/* name in directory parent, which belongs to domain (NULL: the root). */
 static void
-inval_entry(Virtsnapfs *fs, fuse_ino_t parent, const char *name)
+inval_entry(Virtsnapfs *fs, const char *domain, fuse_ino_t parent, const char *name)
 {
   if (parent == 0)
     return;
-  {
-    gint64 key = (gint64)parent;
+  if (domain) {
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->inval_lock);
-    InvalBusy *busy = g_hash_table_lookup(fs->busy_dirs, &key);
+    InvalBusy *busy = g_hash_table_lookup(fs->busy_domains, domain);
     if (busy) {
-      if (!g_ptr_array_find_with_equal_func(busy->deferred, name, g_str_equal, NULL))
-        g_ptr_array_add(busy->deferred, g_strdup(name));
-      g_debug("INVAL entry %s in %" G_GUINT64_FORMAT ": deferred, a change holds the directory",
-              name, (guint64)parent);
+      InvalEntry *entry = g_new0(InvalEntry, 1);
+      entry->parent = parent;
+      entry->name = g_strdup(name);
+      g_ptr_array_add(busy->deferred, entry);
+      g_debug("INVAL entry %s in %" G_GUINT64_FORMAT ": deferred, a change in domain %s holds "
+              "the directory", name, (guint64)parent, domain);
       return;
     }
   }
@@ -164,7 +180,7 @@ diff_point(Virtsnapfs *fs, const char *domain, const char *point, GPtrArray *old
     fuse_ino_t ino = tree_find(tree, TREE_DISK, domain, point, od->target);
     if (nd == NULL) {
       g_autofree char *name = g_strconcat(od->target, VIRTSNAPFS_RAW_SUFFIX, NULL);
-      inval_entry(fs, pino, name);
+      inval_entry(fs, domain, pino, name);
       inval_inode(fs, ino, name);
       listing_changed = TRUE;
     } else if (!disk_equal(od, nd)) {
@@ -196,7 +212,7 @@ diff_domain(Virtsnapfs *fs, BackendDomain *od, BackendDomain *nd)
       /* Gone: drop the entry, and the pages of its files in case the name
        * comes back as another point in time with the same inodes. */
       g_autofree char *entry = names_escape(os->name);
-      inval_entry(fs, dino, entry);
+      inval_entry(fs, od->name, dino, entry);
       diff_point(fs, od->name, os->name, os->disks, NULL, os->xml, NULL);
       inval_inode(fs, tree_find(tree, TREE_POINT, od->name, os->name, NULL), os->name);
       listing_changed = TRUE;
@@ -241,7 +257,7 @@ apply_change(gpointer data)
     diff_domain(fs, od, nd);
     if (nd == NULL) {
       g_autofree char *entry = names_escape(od->name);
-      inval_entry(fs, FUSE_ROOT_ID, entry);
+      inval_entry(fs, NULL, FUSE_ROOT_ID, entry);
       root_changed = TRUE;
     }
   }

@@ -20,9 +20,9 @@
  * time, and reads never wait for it (they use the published model and
  * their own open chains).  On return the published model shows the
  * result, and invalidate.c tells the kernel about entries that went away
- * from the main loop (for the directory a change holds locked: after the
- * reply, see invalidate_dir_busy()).  The kernel itself drops the dentry of an rmdir and
- * moves the dentry of a rename; tree_rename_point() makes the moved
+ * from the main loop (in the domain of a change in flight: after its
+ * reply, see invalidate_domain_busy()).  The kernel itself drops the
+ * dentry of an rmdir and moves the dentry of a rename; tree_rename_point() makes the moved
  * inode stand for the new name.  A revert moves D/NAME onto D/@now in the
  * kernel's cache, which is wrong (NAME stays, @now is the present): those
  * entries are invalidated after the reply, from this worker, once the
@@ -108,7 +108,7 @@ ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
     return;
   }
   g_message("mkdir %s/%s: creating snapshot", dir_display(pnode), name);
-  invalidate_dir_busy(fs, parent);
+  invalidate_domain_busy(fs, pnode->domain);
   if (!backend_snapshot_create(fs->backend, pnode->domain, sname, &error)) {
     reply_failure(req, "mkdir", dir_display(pnode), name, error);
   } else {
@@ -116,7 +116,7 @@ ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
     g_autoptr(BackendModel) model = backend_get_model(fs->backend);
     ops_reply_entry(req, fs, model, pnode, name);
   }
-  invalidate_dir_idle(fs, parent);
+  invalidate_domain_idle(fs, pnode->domain);
 }
 
 void
@@ -150,12 +150,12 @@ ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
     return;
   }
   g_message("rmdir %s/%s: deleting snapshot", dir_display(pnode), name);
-  invalidate_dir_busy(fs, parent);
+  invalidate_domain_busy(fs, pnode->domain);
   if (!backend_snapshot_delete(fs->backend, pnode->domain, sname, &error))
     reply_failure(req, "rmdir", dir_display(pnode), name, error);
   else
     fuse_reply_err(req, 0);
-  invalidate_dir_idle(fs, parent);
+  invalidate_domain_idle(fs, pnode->domain);
 }
 
 void
@@ -254,15 +254,13 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
   if (to_now || into_now) {
     g_message("rename %s/%s to %s/%s: reverting to snapshot %s", dir_display(pnode), name,
               dir_display(npnode), newname, sname);
-    invalidate_dir_busy(fs, parent);
-    invalidate_dir_busy(fs, newparent);
+    invalidate_domain_busy(fs, pnode->domain);
     gboolean ok = backend_snapshot_revert(fs->backend, pnode->domain, sname, FALSE, &error);
     if (!ok)
       reply_failure(req, "revert", dir_display(pnode), name, error);
     else
       fuse_reply_err(req, 0);
-    invalidate_dir_idle(fs, newparent);
-    invalidate_dir_idle(fs, parent);
+    invalidate_domain_idle(fs, pnode->domain);
     if (ok)
       revert_invalidate(fs, parent, newparent, name, newname);
     return;
@@ -282,7 +280,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     return;
   }
   g_message("rename %s/%s to %s", dir_display(pnode), name, newname);
-  invalidate_dir_busy(fs, parent);
+  invalidate_domain_busy(fs, pnode->domain);
   if (!backend_snapshot_rename(fs->backend, pnode->domain, sname, new_sname, &error)) {
     reply_failure(req, "rename", dir_display(pnode), name, error);
   } else {
@@ -290,7 +288,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     tree_rename_point(fs->tree, pnode->domain, sname, new_sname);
     fuse_reply_err(req, 0);
   }
-  invalidate_dir_idle(fs, parent);
+  invalidate_domain_idle(fs, pnode->domain);
 }
 
 /* The rest is refused without a log line: it is never going to work. */

@@ -219,9 +219,9 @@ typedef struct {
   GMutex files_lock;       /* protects files; taken alone */
   GHashTable *files;       /* VirtsnapfsFile * set: open handles */
   gboolean splice;         /* kernel accepted splice */
-  GMutex inval_lock;       /* protects busy_dirs; taken alone */
-  GHashTable *busy_dirs;   /* directory inode a change request holds -> InvalBusy
-                            * (invalidate.c) */
+  GMutex inval_lock;       /* protects busy_domains; taken alone */
+  GHashTable *busy_domains; /* domain with a change request in flight -> InvalBusy
+                             * (invalidate.c) */
 } Virtsnapfs;
 
 /* ------------------------------------------------------------------ */
@@ -288,10 +288,11 @@ void invalidate_on_change(BackendModel *old_model, BackendModel *new_model,
                           gpointer user_data);
 void invalidate_init(Virtsnapfs *fs);
 void invalidate_clear(Virtsnapfs *fs);
-/* A change request (mkdir, rmdir, rename) in directory dir: the kernel
- * holds dir's lock until the reply, so entry invalidations in dir wait
- * until invalidate_dir_idle(), which the worker calls after replying. */
-void invalidate_dir_busy(Virtsnapfs *fs, fuse_ino_t dir);
-void invalidate_dir_idle(Virtsnapfs *fs, fuse_ino_t dir);
+/* A change request (mkdir, rmdir, rename) in a domain: the kernel holds
+ * the locks of directories of the domain until the reply, so entry
+ * invalidations in the domain wait until invalidate_domain_idle(), which
+ * the worker calls after replying. */
+void invalidate_domain_busy(Virtsnapfs *fs, const char *domain);
+void invalidate_domain_idle(Virtsnapfs *fs, const char *domain);
 
 G_END_DECLS

@@ -499,6 +499,107 @@ def scenario_daemonkill(env):
 
 
 # ---------------------------------------------------------------------------
+# diskfull: the images' filesystem or the state directory runs out of space
+
+def fill(mnt, leave):
+    """A file that takes all free space of mnt but leave bytes."""
+    path = os.path.join(mnt, "filler")
+    st = os.statvfs(mnt)
+    size = st.f_bavail * st.f_frsize - leave
+    if size > 0:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    return path
+
+
+def listing(d):
+    return sorted(f for f in os.listdir(d) if f not in ("filler", "lost+found"))
+
+
+def scenario_diskfull(env):
+    small = os.path.join(env.dir, "small")
+    img = os.path.join(env.dir, "small.ext4")
+    os.makedirs(small)
+    m.run("truncate", "-s", "48M", img)
+    m.run("mkfs.ext4", "-q", "-F", "-m", "0", img)
+    m.run("mount", "-o", "loop", img, small)
+    # The state directory on a tmpfs of its own, to fill it separately.
+    m.run("mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", env.state)
+    try:
+        diskfull(env, small)
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", env.mnt], stderr=subprocess.DEVNULL)
+        m.run("umount", small, check=False)
+        m.run("umount", env.state, check=False)
+
+
+def diskfull(env, small):
+    build_chain(env, "df", [
+        ("s1", [(0x11, 0, MiB)]),
+        ("s2", [(0x22, 2 * MiB, 10 * MiB)]),
+        ("s3", [(0x33, 14 * MiB, 10 * MiB)]),
+        (None, [(0x44, 26 * MiB, MiB)]),
+    ], size=32 * MiB, images=small)
+    d = m.Daemon(env, "image_dir=" + small,
+                 expect=[FAILED_PLAN, r"No space left on device"])
+    df = os.path.join(env.mnt, "df")
+    before = sums(env, "df")
+    files = listing(small)
+
+    # (a) No room for the overlays of a new snapshot: libvirt's snapshot
+    # fails, so EIO (the errno table's "libvirt or qemu-img failed").
+    filler = fill(small, 0)
+    r = subprocess.run(["mkdir", os.path.join(df, "x")], stderr=subprocess.PIPE, text=True)
+    check.ok(r.returncode != 0 and "Input/output error" in r.stderr,
+             "mkdir on a full filesystem: %s" % r.stderr.strip())
+    check.ok("x" not in os.listdir(df) and listing(small) == files,
+             "no snapshot and no file left behind")
+    os.unlink(filler)
+    before = nothing_lost(env, "df", before, "after the failed mkdir")
+    os.mkdir(os.path.join(df, "x"))
+    after = sums(env, "df")
+    check.ok(after["x"] == after["@now"], "mkdir once there is room: x reads as the present")
+    os.rmdir(os.path.join(df, "x"))
+    before = nothing_lost(env, "df", before, "after rmdir x")
+    files = listing(small)
+
+    # (b) A merge that runs out of space half-way: qemu-img commit fails
+    # (EIO), the plan stays journaled with s2 hidden, and the rest reads
+    # as before.  Once there is room, the next operation finishes it.
+    filler = fill(small, 3 * MiB)
+    r = subprocess.run(["rmdir", os.path.join(df, "s2")], stderr=subprocess.PIPE, text=True)
+    check.ok(r.returncode != 0 and "Input/output error" in r.stderr,
+             "rmdir with 3 MiB free for a 10 MiB merge: %s" % r.stderr.strip())
+    check.ok(len(journals(env)) == 1, "the plan is parked in the journal")
+    nothing_lost(env, "df", {p: v for p, v in before.items() if p != "@now"},
+                 "while full", gone=("s2",), now=False)
+    os.unlink(filler)
+    os.mkdir(os.path.join(df, "y"))
+    check.ok(journals(env) == [], "the next operation (mkdir y) finished the parked plan")
+    before = nothing_lost(env, "df", before, "after room was made", gone=("s2",))
+    os.rmdir(os.path.join(df, "y"))
+    before.pop("y", None)
+    images_clean(env, small)
+
+    # (c) The state directory is full: the journal cannot be written, so
+    # nothing starts: ENOSPC says why, where EIO would not.
+    filler = fill(env.state, 0)
+    r = subprocess.run(["rmdir", os.path.join(df, "s1")], stderr=subprocess.PIPE, text=True)
+    check.ok(r.returncode != 0 and "No space left on device" in r.stderr,
+             "rmdir with a full state directory: %s" % r.stderr.strip())
+    check.ok("s1" in os.listdir(df), "s1 is still listed")
+    os.unlink(filler)
+    before = nothing_lost(env, "df", before, "after the journal failed")
+    os.rmdir(os.path.join(df, "s1"))
+    nothing_lost(env, "df", before, "rmdir s1 once the state dir has room", gone=("s1",))
+    images_clean(env, small)
+    d.stop()
+
+
+# ---------------------------------------------------------------------------
 
 SCENARIOS = {
     "reads": scenario_reads,
@@ -506,6 +607,7 @@ SCENARIOS = {
     "errnos": scenario_errnos,
     "races": scenario_races,
     "daemonkill": scenario_daemonkill,
+    "diskfull": scenario_diskfull,
 }
 
 
