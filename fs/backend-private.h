@@ -143,6 +143,12 @@ gboolean backend_freeze_record_remove(BackendFreezeRecord *record, GError **erro
 /* Every record under state_dir (of BackendFreezeRecord). */
 GPtrArray *backend_freeze_records_load(const char *state_dir, GError **error);
 
+/* executor.c */
+/* qemu-img with argv (NULL-terminated, without "qemu-img"); EIO with its
+ * stderr on failure.  qemu-img dies with the daemon (a kill -9 of the
+ * daemon must not leave it holding image locks that recovery needs). */
+gboolean backend_exec_qemu_img(const char *const *argv, GError **error);
+
 /* freeze.c */
 /* Commits back and deletes what the records under the state dir describe. */
 void backend_freeze_repair(Backend *backend);

@@ -35,8 +35,10 @@
  * (blockjob.c) and by polling virDomainGetBlockJobInfo.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "exec.h"
@@ -57,6 +59,18 @@ typedef struct {
 /* ------------------------------------------------------------------ */
 /* Helpers                                                             */
 
+/* In the child before exec: SIGKILL when the daemon goes.  A qemu-img
+ * left running by a killed daemon would hold the write lock on the image
+ * that recovery at the next start must write; killed, its work is cut
+ * short, which every step is ready for. */
+static void
+die_with_parent(gpointer parent)
+{
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != GPOINTER_TO_INT(parent))
+    _exit(127); /* the daemon died before prctl() */
+}
+
 gboolean
 backend_exec_qemu_img(const char *const *argv, GError **error)
 {
@@ -72,7 +86,8 @@ backend_exec_qemu_img(const char *const *argv, GError **error)
   int status;
   g_autoptr(GError) spawn_error = NULL;
   if (!g_spawn_sync(NULL, (char **)args->pdata, NULL,
-                    G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL, &err_out,
+                    G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, die_with_parent,
+                    GINT_TO_POINTER(getpid()), NULL, &err_out,
                     &status, &spawn_error)) {
     g_set_error(error, BACKEND_ERROR, EIO, "%s: %s", cmdline, spawn_error->message);
     return FALSE;
