@@ -504,14 +504,24 @@ def scenario_daemonkill(env):
 def fill(mnt, leave):
     """A file that takes all free space of mnt but leave bytes."""
     path = os.path.join(mnt, "filler")
-    st = os.statvfs(mnt)
-    size = st.f_bavail * st.f_frsize - leave
-    if size > 0:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, size)
-        finally:
-            os.close(fd)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        # In chunks: the file's own extent blocks come out of the space too.
+        chunk, end = MiB, 0
+        while chunk >= 4096:
+            st = os.statvfs(mnt)
+            if st.f_bavail * st.f_frsize <= leave:
+                break
+            n = min(chunk, st.f_bavail * st.f_frsize - leave)
+            try:
+                os.posix_fallocate(fd, end, n)
+                end += n
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                chunk //= 2
+    finally:
+        os.close(fd)
     return path
 
 
