@@ -152,6 +152,11 @@ gboolean backend_exec_qemu_img(const char *const *argv, GError **error);
 /* freeze.c */
 /* Commits back and deletes what the records under the state dir describe. */
 void backend_freeze_repair(Backend *backend);
+/* Before a snapshot operation, under domain's operation lock: finishes
+ * the freeze records of failed thaws of domain.  EBUSY when one stays
+ * (the domain still runs on a temporary overlay: a snapshot or plan on
+ * top of it would strand it). */
+gboolean backend_freeze_settle(Backend *backend, const char *domain, GError **error);
 /* Thaws every open freeze (backend_free). */
 void backend_freeze_thaw_all(Backend *backend);
 void backend_freeze_table_free(Backend *backend);

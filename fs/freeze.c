@@ -509,6 +509,17 @@ repair_records(Backend *backend, const char *domain)
   return all_done;
 }
 
+gboolean
+backend_freeze_settle(Backend *backend, const char *domain, GError **error)
+{
+  if (repair_records(backend, domain))
+    return TRUE;
+  g_set_error(error, BACKEND_ERROR, EBUSY, "domain %s: a temporary @now overlay whose thaw "
+              "failed is still the active image; it is tried again at the next operation",
+              domain);
+  return FALSE;
+}
+
 void
 backend_freeze_repair(Backend *backend)
 {

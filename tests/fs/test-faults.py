@@ -22,6 +22,9 @@ be named on the command line):
   daemonkill  the daemon killed with SIGKILL at random moments during
            deletes (offline and running), restarted on the same state
            dir: each delete happened fully or not at all.
+  locked   qemu-io holds the write locks of the layers a shut-off plan
+           must write: rmdir says EIO, the plan is parked (the snapshot
+           stays hidden) and the next operation finishes it.
   diskfull the images on a small loop-mounted ext4: mkdir, and a merge
            that runs out of space, fail with EIO; the journal on a full
            state dir fails with ENOSPC; after freeing space the operation
@@ -610,6 +613,60 @@ def diskfull(env, small):
 
 
 # ---------------------------------------------------------------------------
+# locked: another process holds the write lock of a layer a plan must write
+
+def scenario_locked(env):
+    pts = build_chain(env, "lk", [
+        ("s1", [(0x11, 0, MiB)]),
+        ("s2", [(0x22, MiB, 2 * MiB)]),
+        ("s3", [(0x33, 4 * MiB, 2 * MiB)]),
+        (None, [(0x44, 8 * MiB, MiB)]),
+    ], size=16 * MiB)
+    d = m.Daemon(env, expect=[FAILED_PLAN, r"thaw failed; its record stays",
+                              r"freeze repair failed"])
+    before = sums(env, "lk")
+    # Deleting s2 merges its layer (s2's point image) with the next one
+    # (s3's): either direction writes one of them.  qemu-io keeps s3's
+    # open read-write and s2's as its backing file, which QEMU shares with
+    # readers but not writers, until its stdin closes.
+    holders = [subprocess.Popen(["qemu-io", "-f", "qcow2", pts["s3"]], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(1)  # let qemu-io open the images
+        for h in holders:
+            check.ok(h.poll() is None, "qemu-io holds an image")
+        r = subprocess.run(["rmdir", os.path.join(env.mnt, "lk", "s2")], stderr=subprocess.PIPE,
+                           text=True)
+        check.ok(r.returncode != 0 and "Input/output error" in r.stderr,
+                 "rmdir while the layers are locked: %s" % r.stderr.strip())
+        check.ok('Failed to get "write" lock' in d.log_text(), "the log says why")
+        # Reading @now freezes and thaws; the thaw's commit needs the lock
+        # too and fails, so the domain stays on the temporary overlay: a
+        # snapshot on top of it would strand it, so changes are EBUSY.
+        nothing_lost(env, "lk", before, "while locked", gone=("s2",))
+        m.wait_for(lambda: "thaw failed" in d.log_text(), timeout=60, what="the thaw")
+        check.ok(True, "the thaw of @now failed while locked")
+        r = subprocess.run(["mkdir", os.path.join(env.mnt, "lk", "early")],
+                           stderr=subprocess.PIPE, text=True)
+        check.ok(r.returncode != 0 and "Device or resource busy" in r.stderr,
+                 "mkdir while a failed thaw is pending: %s" % r.stderr.strip())
+    finally:
+        for h in holders:
+            h.stdin.close()
+            h.wait()
+    # The next operation finishes the thaw and the parked plan.
+    os.mkdir(os.path.join(env.mnt, "lk", "after"))
+    check.ok(journals(env) == [], "the plan finished once the locks were gone")
+    check.ok(os.listdir(os.path.join(env.state, "freeze")) == [], "the thaw finished too")
+    check.ok(not [f for f in os.listdir(env.images) if "virtsnapfs-now" in f],
+             "no temporary overlay left")
+    after = nothing_lost(env, "lk", before, "after the locks went", gone=("s2",))
+    check.ok(after["after"] == after["@now"], "the new snapshot reads as the present")
+    images_clean(env)
+    d.stop()
+
+
+# ---------------------------------------------------------------------------
 
 SCENARIOS = {
     "reads": scenario_reads,
@@ -618,6 +675,7 @@ SCENARIOS = {
     "races": scenario_races,
     "daemonkill": scenario_daemonkill,
     "diskfull": scenario_diskfull,
+    "locked": scenario_locked,
 }
 
 
