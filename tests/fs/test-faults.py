@@ -491,7 +491,7 @@ def scenario_daemonkill(env):
     ], size=32 * MiB, start=True)
     # Offline: qemu-img commit -r 1 MiB/s or an unlimited rebase.
     left = kill_during_deletes(env, "dk", 6, rng, ["bandwidth=1"], 6.0)
-    images_clean(env)
+    images_clean(env, running=True)  # dr runs
     snaps = set(env.virsh("snapshot-list", "dk", "--name").split())
     check.ok(snaps == set(left) - {"@now"}, "dk: libvirt agrees: %s" % sorted(snaps))
     # Running: block jobs that go on in QEMU while the daemon is dead.
