@@ -25,6 +25,9 @@ be named on the command line):
   locked   qemu-io holds the write locks of the layers a shut-off plan
            must write: rmdir says EIO, the plan is parked (the snapshot
            stays hidden) and the next operation finishes it.
+  libvirtd a private libvirtd killed (SIGKILL) and restarted while a commit
+           job runs: the call says EIO, the plan is parked, and the next
+           operation after the daemon reconnected finishes it.
   diskfull the images on a small loop-mounted ext4: mkdir, and a merge
            that runs out of space, fail with EIO; the journal on a full
            state dir fails with ENOSPC; after freeing space the operation
@@ -667,6 +670,81 @@ def scenario_locked(env):
 
 
 # ---------------------------------------------------------------------------
+# libvirtd: the libvirt connection is lost and comes back during a plan
+
+def restart_libvirtd(env, lv):
+    lv.proc.kill()
+    lv.proc.wait()
+    conf = os.path.join(env.dir, "libvirtd.conf")
+    lv.proc = subprocess.Popen(["libvirtd", "-f", conf, "-p", os.path.join(env.dir, "libvirtd.pid")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    m.wait_for(lambda: subprocess.run(["virsh", "-c", env.uri, "version"],
+                                      stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL).returncode == 0,
+               timeout=60, what="libvirtd back")
+
+
+def scenario_libvirtd(env):
+    lv = m.PrivateLibvirtd(env)
+    try:
+        if lv.proc is None:
+            m.log("SKIP libvirtd scenario: the system libvirtd is in use, not ours to kill")
+            return
+        libvirtd_restart(env, lv)
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", env.mnt], stderr=subprocess.DEVNULL)
+        # Undefine while our libvirtd still answers: its domain
+        # definitions live in the system's /etc/libvirt.
+        for dom in list(env.domains):
+            env.virsh("destroy", dom, check=False)
+            for snap in env.virsh("snapshot-list", dom, "--name", check=False).split():
+                env.virsh("snapshot-delete", dom, snap, "--metadata", check=False)
+            env.virsh("undefine", dom, check=False)
+        env.domains.clear()
+        lv.stop()
+
+
+def libvirtd_restart(env, lv):
+    dom = "vsfs-faults-lc"
+    build_chain(env, dom, [
+        ("s1", [(0x11, 0, 2 * MiB)]),
+        ("s2", [(0x22, 2 * MiB, 16 * MiB)]),
+        ("s3", [(0x33, 20 * MiB, MiB)]),
+        (None, [(0x44, 24 * MiB, MiB)]),
+    ], start=True)
+    d = m.Daemon(env, "bandwidth=1", expect=[FAILED_PLAN, r"libvirt|connection|reconnect"])
+    before = sums(env, dom)
+    rmdir = start("rmdir", os.path.join(env.mnt, dom, "s1"))
+    text = wait_job(env, dom, r"^delete s1: step \d+/\d+ commit vda \d+%$", rmdir)
+    restart_libvirtd(env, lv)
+    check.ok(True, "libvirtd killed and restarted while the job showed %r" % text)
+    rc, err = finish(rmdir)
+    m.log("rmdir after the reconnect: %d %s" % (rc, err))
+    check.ok(rc == 0 or "Input/output error" in err, "rmdir: done or EIO: %r" % err)
+    if rc != 0:
+        # Parked: the next operation on the domain finishes it, once the
+        # daemon has reconnected (until then: EIO, "not connected").
+        def mkdir_after():
+            try:
+                os.mkdir(os.path.join(env.mnt, dom, "after"))
+                return True
+            except OSError as e:
+                if e.errno != errno.EIO:
+                    raise
+                return False
+        m.wait_for(mkdir_after, timeout=120, what="mkdir after the daemon reconnected")
+        check.ok(True, "mkdir after the reconnect went through")
+        before["after"] = None
+    check.ok(journals(env) == [], "no plan left")
+    after = sums(env, dom)
+    if "after" in before:
+        before["after"] = after["after"]
+    nothing_lost(env, dom, before, "after the reconnect", gone=("s1",))
+    images_clean(env, running=True)
+    d.stop()
+
+
+# ---------------------------------------------------------------------------
 
 SCENARIOS = {
     "reads": scenario_reads,
@@ -676,6 +754,7 @@ SCENARIOS = {
     "daemonkill": scenario_daemonkill,
     "diskfull": scenario_diskfull,
     "locked": scenario_locked,
+    "libvirtd": scenario_libvirtd,
 }
 
 
