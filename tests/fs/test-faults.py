@@ -108,6 +108,10 @@ def nothing_lost(env, dom, before, what, gone=(), now=True):
 def images_clean(env, images_dir=None, running=False):
     """qemu-img check of every qcow2 image in the image directory."""
     d = images_dir or env.images
+    # A read of @now thaws after the kernel's release, a moment after
+    # close(): wait until its temporary overlays are gone.
+    m.wait_for(lambda: not [f for f in os.listdir(d) if ".virtsnapfs-now-" in f], timeout=300,
+               what="the @now thaws")
     for f in sorted(os.listdir(d)):
         path = os.path.join(d, f)
         if not os.path.isfile(path) or m.image_info(path).get("format") != "qcow2":
