@@ -80,8 +80,18 @@ def oracle_sha(env, image):
         os.unlink(out)
 
 
-def sums(env, dom, now=True):
-    """{point: {file: sha256}} of dom's points in time (and @now)."""
+def thawed(env):
+    """Waits until no @now freeze is open: the thaw runs after the
+    kernel's release, a moment after close(), and a change on a frozen
+    domain is EBUSY."""
+    d = os.path.join(env.state, "freeze")
+    m.wait_for(lambda: not os.path.isdir(d) or not os.listdir(d), timeout=300,
+               what="the @now thaws")
+
+
+def sums(env, dom, now=True, settle=True):
+    """{point: {file: sha256}} of dom's points in time (and @now); with
+    settle, returns once the freeze of @now is thawed."""
     out = {}
     ddir = os.path.join(env.mnt, dom)
     for p in sorted(os.listdir(ddir)):
@@ -90,13 +100,15 @@ def sums(env, dom, now=True):
         pdir = os.path.join(ddir, p)
         out[p] = {f: sha(os.path.join(pdir, f)) for f in sorted(os.listdir(pdir))
                   if f.endswith(".raw")}
+    if now and settle:
+        thawed(env)
     return out
 
 
-def nothing_lost(env, dom, before, what, gone=(), now=True):
+def nothing_lost(env, dom, before, what, gone=(), now=True, settle=True):
     """Every point of before except gone is listed and reads as before;
     gone ones are not listed."""
-    after = sums(env, dom, now=now)
+    after = sums(env, dom, now=now, settle=settle)
     for p, files in before.items():
         if p in gone:
             check.ok(p not in after, "%s: %s/%s is gone" % (what, dom, p))
@@ -235,6 +247,7 @@ def scenario_reads(env):
         reads["rd/" + p] = sha(os.path.join(rd, p, "vda.raw"))
     reads["other/o1"] = sha(os.path.join(env.mnt, "other", "o1", "vda.raw"))
     reads["other/@now"] = sha(os.path.join(env.mnt, "other", "@now", "vda.raw"))
+    thawed(env)  # other's freeze, before mkdir other/p1 below
     still = job(env, "rd")
     check.ok(still.startswith("delete s1: step") and rmdir.poll() is None,
              "the plan was still running after the reads: %r" % still)
@@ -650,7 +663,7 @@ def scenario_locked(env):
         # Reading @now freezes and thaws; the thaw's commit needs the lock
         # too and fails, so the domain stays on the temporary overlay: a
         # snapshot on top of it would strand it, so changes are EBUSY.
-        nothing_lost(env, "lk", before, "while locked", gone=("s2",))
+        nothing_lost(env, "lk", before, "while locked", gone=("s2",), settle=False)
         m.wait_for(lambda: "thaw failed" in d.log_text(), timeout=60, what="the thaw")
         check.ok(True, "the thaw of @now failed while locked")
         r = subprocess.run(["mkdir", os.path.join(env.mnt, "lk", "early")],
