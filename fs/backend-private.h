@@ -20,6 +20,7 @@ struct _Backend {
   char *uri;
   char *state_dir;
   char **image_dirs;            /* BackendOptions.image_dirs, copied */
+  unsigned long bandwidth_mib;  /* BackendOptions.bandwidth_mib */
 
   GMutex lock;                  /* protects the fields down to "stopping" */
   virConnectPtr conn;           /* NULL while disconnected */
@@ -149,9 +150,20 @@ gboolean backend_freeze_record_remove(BackendFreezeRecord *record, GError **erro
 /* Every record under state_dir (of BackendFreezeRecord). */
 GPtrArray *backend_freeze_records_load(const char *state_dir, GError **error);
 
+/* executor.c */
+/* qemu-img with argv (NULL-terminated, without "qemu-img"); EIO with its
+ * stderr on failure.  qemu-img dies with the daemon (a kill -9 of the
+ * daemon must not leave it holding image locks that recovery needs). */
+gboolean backend_exec_qemu_img(const char *const *argv, GError **error);
+
 /* freeze.c */
 /* Commits back and deletes what the records under the state dir describe. */
 void backend_freeze_repair(Backend *backend);
+/* Before a snapshot operation, under domain's operation lock: finishes
+ * the freeze records of failed thaws of domain.  EBUSY when one stays
+ * (the domain still runs on a temporary overlay: a snapshot or plan on
+ * top of it would strand it). */
+gboolean backend_freeze_settle(Backend *backend, const char *domain, GError **error);
 /* Thaws every open freeze (backend_free). */
 void backend_freeze_thaw_all(Backend *backend);
 void backend_freeze_table_free(Backend *backend);

@@ -540,6 +540,7 @@ backend_new(const BackendOptions *options, GError **error)
   backend->uri = g_strdup(options->uri);
   backend->state_dir = g_strdup(options->state_dir);
   backend->image_dirs = g_strdupv((char **)options->image_dirs);
+  backend->bandwidth_mib = options->bandwidth_mib;
   g_mutex_init(&backend->lock);
   g_mutex_init(&backend->build_lock);
   g_mutex_init(&backend->freeze_lock);

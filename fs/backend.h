@@ -111,6 +111,8 @@ typedef struct {
                                   * freeze repair and journal recovery then
                                   * run on the first connection, before
                                   * anything else may use it */
+  unsigned long bandwidth_mib;   /* -o bandwidth=: MiB/s for every block
+                                  * job and qemu-img commit; 0 = unlimited */
 } BackendOptions;
 
 /* Connects, reads the first model, repairs freezes a crash left behind,

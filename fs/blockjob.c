@@ -5,7 +5,8 @@
  * disk target.  Events can be missed (a reconnect, a driver that does not
  * send them), so the waiter also polls virDomainGetBlockJobInfo() every
  * half second: libvirt reports cur == end for a two-phase job only once it
- * is ready to pivot.
+ * is ready to pivot.  Every job runs at -o bandwidth= (MiB/s, libvirt's
+ * unit when no *_BANDWIDTH_BYTES flag is given; 0 = unlimited).
  *
  * Thread model: waiters block the calling thread (a freeze, thaw or plan
  * step), never the event thread.  job_lock guards job_events only.
@@ -138,8 +139,9 @@ backend_job_active_commit(Backend *backend, virDomainPtr dom, const char *uuid,
     g_message("domain %s disk %s: resuming an active commit", name, target);
   } else {
     job_forget(backend, key);
-    g_debug("virDomainBlockCommit(%s, %s, ACTIVE|SHALLOW)", name, target);
-    if (virDomainBlockCommit(dom, target, NULL, NULL, 0,
+    g_debug("virDomainBlockCommit(%s, %s, bandwidth=%lu MiB/s, ACTIVE|SHALLOW)", name, target,
+            backend->bandwidth_mib);
+    if (virDomainBlockCommit(dom, target, NULL, NULL, backend->bandwidth_mib,
                              VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | VIR_DOMAIN_BLOCK_COMMIT_SHALLOW) < 0) {
       backend_set_virt_error(error, "domain %s disk %s: active commit", name, target);
       return FALSE;

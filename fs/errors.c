@@ -24,6 +24,10 @@ errors_to_errno(const GError *error)
     case G_FILE_ERROR_ACCES: return EACCES;
     case G_FILE_ERROR_PERM: return EPERM;
     case G_FILE_ERROR_NOMEM: return ENOMEM;
+    /* The state directory is full or read-only: the journal of a plan
+     * cannot be written, so nothing was changed; say why. */
+    case G_FILE_ERROR_NOSPC: return ENOSPC;
+    case G_FILE_ERROR_ROFS: return EROFS;
     default: return EIO;
     }
   }

@@ -112,9 +112,6 @@ char *backend_exec_canonical(const char *path);
  * status of the domain. */
 gboolean backend_exec_run(Backend *backend, virDomainPtr dom, BackendJournal *journal,
                           GError **error);
-/* qemu-img with argv (NULL-terminated, without "qemu-img"); EIO with its
- * stderr on failure. */
-gboolean backend_exec_qemu_img(const char *const *argv, GError **error);
 
 /* ------------------------------------------------------------------ */
 /* exec-xml.c */

@@ -21,6 +21,10 @@
  *   set-current     done when it is current
  *   delete-file     done when the file is gone
  *
+ * Data-moving steps run at -o bandwidth= (MiB/s): the block jobs through
+ * libvirt's bandwidth argument, an offline commit through qemu-img commit
+ * -r; qemu-img rebase (an offline pull) has no rate limit.
+ *
  * qemu-img never runs on an image the running QEMU has open: an offline
  * step on a running domain is refused when its image is in the live chain
  * (the planner never asks for that; this is the last line of defence).
@@ -31,8 +35,10 @@
  * (blockjob.c) and by polling virDomainGetBlockJobInfo.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "exec.h"
@@ -53,6 +59,18 @@ typedef struct {
 /* ------------------------------------------------------------------ */
 /* Helpers                                                             */
 
+/* In the child before exec: SIGKILL when the daemon goes.  A qemu-img
+ * left running by a killed daemon would hold the write lock on the image
+ * that recovery at the next start must write; killed, its work is cut
+ * short, which every step is ready for. */
+static void
+die_with_parent(gpointer parent)
+{
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != GPOINTER_TO_INT(parent))
+    _exit(127); /* the daemon died before prctl() */
+}
+
 gboolean
 backend_exec_qemu_img(const char *const *argv, GError **error)
 {
@@ -68,7 +86,8 @@ backend_exec_qemu_img(const char *const *argv, GError **error)
   int status;
   g_autoptr(GError) spawn_error = NULL;
   if (!g_spawn_sync(NULL, (char **)args->pdata, NULL,
-                    G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL, &err_out,
+                    G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL, die_with_parent,
+                    GINT_TO_POINTER(getpid()), NULL, &err_out,
                     &status, &spawn_error)) {
     g_set_error(error, BACKEND_ERROR, EIO, "%s: %s", cmdline, spawn_error->message);
     return FALSE;
@@ -304,9 +323,20 @@ step_commit_offline(Exec *x, const PlanStep *step, GError **error)
                 "is %s", step->disk, step->image, step->backing, backing ? backing : "none");
     return FALSE;
   }
-  const char *argv[] = {"commit", "-q", "-t", "writethrough", "-d", "-f",
-                        chain_format_name(step->format), "-b", step->backing, step->image, NULL};
-  return backend_exec_qemu_img(argv, error);
+  g_autoptr(GPtrArray) argv = g_ptr_array_new();
+  const char *head[] = {"commit", "-q", "-t", "writethrough", "-d", "-f",
+                        chain_format_name(step->format), "-b", step->backing};
+  for (guint i = 0; i < G_N_ELEMENTS(head); i++)
+    g_ptr_array_add(argv, (gpointer)head[i]);
+  /* -r is in bytes per second (-o bandwidth= is MiB/s); no -r: unlimited. */
+  g_autofree char *rate = g_strdup_printf("%lu", x->backend->bandwidth_mib * 1024 * 1024);
+  if (x->backend->bandwidth_mib) {
+    g_ptr_array_add(argv, (gpointer) "-r");
+    g_ptr_array_add(argv, rate);
+  }
+  g_ptr_array_add(argv, step->image);
+  g_ptr_array_add(argv, NULL);
+  return backend_exec_qemu_img((const char *const *)argv->pdata, error);
 }
 
 /* After a restart libvirt may still be processing the end of a job that
@@ -356,10 +386,10 @@ step_commit_job(Exec *x, const PlanStep *step, GError **error)
     return FALSE;
   if (!waited) {
     job_event_forget(x, step->disk);
-    g_debug("virDomainBlockCommit(%s, %s, base=%s, top=%s, SHALLOW)", x->name, step->disk,
-            step->backing, step->image);
-    if (virDomainBlockCommit(x->dom, step->disk, step->backing, step->image, 0,
-                             VIR_DOMAIN_BLOCK_COMMIT_SHALLOW) < 0) {
+    g_debug("virDomainBlockCommit(%s, %s, base=%s, top=%s, bandwidth=%lu MiB/s, SHALLOW)",
+            x->name, step->disk, step->backing, step->image, x->backend->bandwidth_mib);
+    if (virDomainBlockCommit(x->dom, step->disk, step->backing, step->image,
+                             x->backend->bandwidth_mib, VIR_DOMAIN_BLOCK_COMMIT_SHALLOW) < 0) {
       g_autofree char *why = g_strdup(virGetLastErrorMessage());
       if (settled_meanwhile(x, step, commit_done))
         return TRUE;
@@ -458,9 +488,10 @@ step_pull_job(Exec *x, const PlanStep *step, GError **error)
     return FALSE;
   if (!waited) {
     job_event_forget(x, step->disk);
-    g_debug("virDomainBlockRebase(%s, %s, base=%s)", x->name, step->disk,
-            step->backing ? step->backing : "(none)");
-    if (virDomainBlockRebase(x->dom, step->disk, step->backing, 0, 0) < 0) {
+    g_debug("virDomainBlockRebase(%s, %s, base=%s, bandwidth=%lu MiB/s)", x->name, step->disk,
+            step->backing ? step->backing : "(none)", x->backend->bandwidth_mib);
+    if (virDomainBlockRebase(x->dom, step->disk, step->backing, x->backend->bandwidth_mib,
+                             0) < 0) {
       g_autofree char *why = g_strdup(virGetLastErrorMessage());
       if (settled_meanwhile(x, step, pull_done))
         return TRUE;
@@ -752,9 +783,131 @@ step_delete_file(Exec *x, const PlanStep *step, GError **error)
   return TRUE;
 }
 
+/* An active commit for a domain that no longer runs (QEMU died or was shut
+ * down in the middle of the plan): qemu-img commit, then the definition
+ * names the base.  Done once it does; a commit cut short runs again. */
+static gboolean
+step_active_commit_offline(Exec *x, const PlanStep *step, GError **error)
+{
+  g_autoptr(DomXmlDomain) def = read_xml(x, VIR_DOMAIN_XML_INACTIVE, error);
+  DomXmlDisk *disk = def ? live_disk(def, x, step->disk, error) : NULL;
+  if (!disk)
+    return FALSE;
+  if (same_file(disk->source, step->backing))
+    return TRUE;
+  if (!same_file(disk->source, step->image)) {
+    g_set_error(error, BACKEND_ERROR, EIO, "domain %s disk %s is defined on %s, neither %s nor %s",
+                x->name, step->disk, disk->source, step->image, step->backing);
+    return FALSE;
+  }
+  if (!step_commit_offline(x, step, error))
+    return FALSE;
+  PlanStep set_active = {.kind = PLAN_STEP_SET_ACTIVE, .disk = step->disk,
+                         .image = step->backing, .format = step->backing_format};
+  return step_set_active(x, &set_active, error);
+}
+
+/* The image of target's defined chain whose backing file is image, and
+ * its format; NULL (no error) when image is not in the chain below. */
+static char *
+defined_child(Exec *x, const char *target, const char *image, ChainFormat *format,
+              GError **error)
+{
+  g_autoptr(DomXmlDomain) def = read_xml(x, VIR_DOMAIN_XML_INACTIVE, error);
+  DomXmlDisk *disk = def ? live_disk(def, x, target, error) : NULL;
+  if (!disk)
+    return NULL;
+  g_autofree char *current = g_strdup(disk->source);
+  ChainFormat current_format = disk->format;
+  for (guint depth = 0; depth < CHAIN_MAX_DEPTH && current_format == CHAIN_FORMAT_QCOW2;
+       depth++) {
+    g_autoptr(GError) local = NULL;
+    ChainFormat backing_format = CHAIN_FORMAT_UNKNOWN;
+    g_autofree char *backing = backend_image_backing(current, current_format, &backing_format,
+                                                     &local);
+    if (local) {
+      g_set_error(error, BACKEND_ERROR, EIO, "%s", local->message);
+      return NULL;
+    }
+    if (!backing)
+      break;
+    if (same_file(backing, image)) {
+      *format = current_format;
+      return g_steal_pointer(&current);
+    }
+    g_free(current);
+    current = g_steal_pointer(&backing);
+    current_format = backing_format == CHAIN_FORMAT_UNKNOWN ? CHAIN_FORMAT_QCOW2 : backing_format;
+  }
+  return NULL;
+}
+
+/* An intermediate commit for a domain that no longer runs: libvirt's
+ * block commit also points the image above top at base, so after
+ * qemu-img commit that child is rebased (unsafe: base now holds top's
+ * clusters).  Done once no image of the chain is backed by top. */
+static gboolean
+step_commit_job_offline(Exec *x, const PlanStep *step, GError **error)
+{
+  GError *local = NULL;
+  ChainFormat child_format = CHAIN_FORMAT_UNKNOWN;
+  g_autofree char *child = defined_child(x, step->disk, step->image, &child_format, &local);
+  if (local) {
+    g_propagate_error(error, local);
+    return FALSE;
+  }
+  if (!child)
+    return TRUE;
+  if (!step_commit_offline(x, step, error))
+    return FALSE;
+  PlanStep rebase = {.kind = PLAN_STEP_REBASE_UNSAFE, .disk = step->disk, .image = child,
+                     .format = child_format, .backing = step->backing,
+                     .backing_format = step->backing_format};
+  return step_rebase_unsafe(x, &rebase, error);
+}
+
+/* A block job step of a plan made while the domain ran, for a domain that
+ * is shut off now (QEMU was killed, or the guest shut down, between the
+ * plan and this run): the same merge offline with qemu-img, which writes
+ * the same clusters.  Sets *handled when it ran the step. */
+static gboolean
+run_job_step_offline(Exec *x, const PlanStep *step, gboolean *handled, GError **error)
+{
+  *handled = FALSE;
+  if (!step->block_job)
+    return TRUE;
+  GError *local = NULL;
+  gboolean running = is_running(x, &local);
+  if (local) {
+    g_propagate_error(error, local);
+    return FALSE;
+  }
+  if (running)
+    return TRUE;
+  *handled = TRUE;
+  g_message("domain %s disk %s: the domain is not running any more: %s %s offline", x->name,
+            step->disk, plan_step_kind_name(step->kind), step->image);
+  switch (step->kind) {
+  case PLAN_STEP_COMMIT:
+    return step_commit_job_offline(x, step, error);
+  case PLAN_STEP_ACTIVE_COMMIT:
+    return step_active_commit_offline(x, step, error);
+  case PLAN_STEP_PULL:
+    return step_pull_offline(x, step, error);
+  default:
+    *handled = FALSE;
+    return TRUE;
+  }
+}
+
 static gboolean
 run_step(Exec *x, const PlanStep *step, GError **error)
 {
+  gboolean handled;
+  if (!run_job_step_offline(x, step, &handled, error))
+    return FALSE;
+  if (handled)
+    return TRUE;
   switch (step->kind) {
   case PLAN_STEP_COMMIT:
     return step->block_job ? step_commit_job(x, step, error) : step_commit_offline(x, step, error);

@@ -260,23 +260,18 @@ backend_freeze(Backend *backend, const char *domain, GError **error)
 /* ------------------------------------------------------------------ */
 /* Thaw                                                                */
 
+/* At -o bandwidth= like every merge (-r is in bytes per second). */
 static gboolean
-qemu_img_commit(const char *overlay, GError **error)
+qemu_img_commit(Backend *backend, const char *overlay, GError **error)
 {
-  const char *argv[] = {"qemu-img", "commit", "-q", "-t", "writethrough", "-f", "qcow2", overlay, NULL};
-  g_autofree char *err_out = NULL;
-  int status;
-  g_debug("qemu-img commit -t writethrough %s", overlay);
-  if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL,
-                    NULL, NULL, NULL, &err_out, &status, error))
-    return FALSE;
-  g_autoptr(GError) wait_error = NULL;
-  if (!g_spawn_check_wait_status(status, &wait_error)) {
-    g_set_error(error, BACKEND_ERROR, EIO, "qemu-img commit %s: %s: %s", overlay,
-                wait_error->message, err_out ? g_strstrip(err_out) : "");
-    return FALSE;
+  if (!backend->bandwidth_mib) {
+    const char *argv[] = {"commit", "-q", "-t", "writethrough", "-f", "qcow2", overlay, NULL};
+    return backend_exec_qemu_img(argv, error);
   }
-  return TRUE;
+  g_autofree char *rate = g_strdup_printf("%lu", backend->bandwidth_mib * 1024 * 1024);
+  const char *argv[] = {"commit", "-q", "-t", "writethrough", "-f", "qcow2", "-r", rate, overlay,
+                        NULL};
+  return backend_exec_qemu_img(argv, error);
 }
 
 /* TRUE when path is below the disk's top image (not the top itself). */
@@ -343,7 +338,7 @@ thaw_disk(Backend *backend, virConnectPtr conn, virDomainPtr dom, const char *uu
       return FALSE;
     }
   } else if (on_top) {
-    if (!qemu_img_commit(disk->overlay, error))
+    if (!qemu_img_commit(backend, disk->overlay, error))
       return FALSE;
     g_autofree char *xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
     if (!xml) {
@@ -512,6 +507,17 @@ repair_records(Backend *backend, const char *domain)
     }
   }
   return all_done;
+}
+
+gboolean
+backend_freeze_settle(Backend *backend, const char *domain, GError **error)
+{
+  if (repair_records(backend, domain))
+    return TRUE;
+  g_set_error(error, BACKEND_ERROR, EBUSY, "domain %s: a temporary @now overlay whose thaw "
+              "failed is still the active image; it is tried again at the next operation",
+              domain);
+  return FALSE;
 }
 
 void

@@ -84,6 +84,7 @@ hosts_connect(Virtsnapfs *fs, GError **error)
       .state_dir = state_dir,
       .image_dirs = opts->image_dirs_strv,
       .revert_discard = opts->revert_mode == VIRTSNAPFS_REVERT_DISCARD,
+      .bandwidth_mib = opts->bandwidth,
       /* One host down must not keep the others from being mounted. */
       .connect_later = fs->multi_host,
     };

@@ -19,6 +19,18 @@
  * only queues the pair of models to the main loop; the notifications are
  * sent from the main thread, never from a FUSE worker (a notification
  * may wait for a kernel lock that a worker's request holds).
+ *
+ * An entry notification takes the parent directory's lock in the kernel.
+ * A mkdir, rmdir or rename holds that lock until the daemon replies, which
+ * for a plan is minutes: an rmdir hides its snapshot at once, and the
+ * invalidation of that entry would stall the main loop for the whole
+ * plan, and, if the daemon is killed meanwhile, leave its main thread
+ * unkillable in the kernel with the rmdir waiting for it for ever.  So
+ * while ops-change.c marks a domain busy, entry notifications in its
+ * directories (the domain's, a point's: rmdir locks the victim too) are
+ * kept in busy_domains and sent by the worker after its reply.  (A change
+ * the kernel has locked for but the worker has not marked yet can still
+ * delay the main loop until that request is answered; it cannot deadlock.)
  */
 #include "virtsnapfs.h"
 
@@ -50,13 +62,116 @@ inval_inode(Virtsnapfs *fs, fuse_ino_t ino, const char *what)
   g_debug("INVAL inode %s (%" G_GUINT64_FORMAT ") => %d", what, (guint64)ino, r);
 }
 
+typedef struct {
+  fuse_ino_t parent;
+  char *name;
+} InvalEntry;
+
 static void
-inval_entry(Virtsnapfs *fs, fuse_ino_t parent, const char *name)
+entry_free(gpointer data)
+{
+  InvalEntry *entry = data;
+  g_free(entry->name);
+  g_free(entry);
+}
+
+typedef struct {
+  guint count;                  /* change requests in flight in the domain */
+  GPtrArray *deferred;          /* InvalEntry: to send afterwards */
+} InvalBusy;
+
+static void
+busy_free(gpointer data)
+{
+  InvalBusy *busy = data;
+  g_ptr_array_unref(busy->deferred);
+  g_free(busy);
+}
+
+void
+invalidate_init(Virtsnapfs *fs)
+{
+  g_mutex_init(&fs->inval_lock);
+  fs->busy_domains = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, busy_free);
+}
+
+void
+invalidate_clear(Virtsnapfs *fs)
+{
+  g_clear_pointer(&fs->busy_domains, g_hash_table_unref);
+  g_mutex_clear(&fs->inval_lock);
+}
+
+static void
+send_inval_entry(Virtsnapfs *fs, fuse_ino_t parent, const char *name)
+{
+  int r = fuse_lowlevel_notify_inval_entry(fs->se, parent, name, strlen(name));
+  g_debug("INVAL entry %s in %" G_GUINT64_FORMAT " => %d", name, (guint64)parent, r);
+}
+
+/* busy_domains' key: domains of two hosts may share a name. */
+static char *
+busy_key(const char *host, const char *domain)
+{
+  return host ? g_strconcat(host, "/", domain, NULL) : g_strdup(domain);
+}
+
+void
+invalidate_domain_busy(Virtsnapfs *fs, const char *host, const char *domain)
+{
+  g_autofree char *key = busy_key(host, domain);
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->inval_lock);
+  InvalBusy *busy = g_hash_table_lookup(fs->busy_domains, key);
+  if (!busy) {
+    busy = g_new0(InvalBusy, 1);
+    busy->deferred = g_ptr_array_new_with_free_func(entry_free);
+    g_hash_table_insert(fs->busy_domains, g_steal_pointer(&key), busy);
+  }
+  busy->count++;
+}
+
+void
+invalidate_domain_idle(Virtsnapfs *fs, const char *host, const char *domain)
+{
+  g_autofree char *key = busy_key(host, domain);
+  g_autoptr(GPtrArray) deferred = NULL;
+  {
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->inval_lock);
+    InvalBusy *busy = g_hash_table_lookup(fs->busy_domains, key);
+    if (!busy || --busy->count > 0)
+      return;
+    deferred = g_ptr_array_ref(busy->deferred);
+    g_hash_table_remove(fs->busy_domains, key);
+  }
+  for (guint i = 0; i < deferred->len; i++) {
+    InvalEntry *entry = deferred->pdata[i];
+    send_inval_entry(fs, entry->parent, entry->name);
+  }
+}
+
+/* name in directory parent, which belongs to domain of host (domain NULL:
+ * the root or a host's directory). */
+static void
+inval_entry(Virtsnapfs *fs, const char *host, const char *domain, fuse_ino_t parent,
+            const char *name)
 {
   if (parent == 0)
     return;
-  int r = fuse_lowlevel_notify_inval_entry(fs->se, parent, name, strlen(name));
-  g_debug("INVAL entry %s in %" G_GUINT64_FORMAT " => %d", name, (guint64)parent, r);
+  if (domain) {
+    g_autofree char *key = busy_key(host, domain);
+    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->inval_lock);
+    InvalBusy *busy = g_hash_table_lookup(fs->busy_domains, key);
+    if (busy) {
+      InvalEntry *entry = g_new0(InvalEntry, 1);
+      entry->parent = parent;
+      entry->name = g_strdup(name);
+      g_ptr_array_add(busy->deferred, entry);
+      g_debug("INVAL entry %s in %" G_GUINT64_FORMAT ": deferred, a change in domain %s holds "
+              "the directory", name, (guint64)parent, domain);
+      return;
+    }
+  }
+  send_inval_entry(fs, parent, name);
 }
 
 static gboolean
@@ -84,11 +199,11 @@ diff_point(Change *c, const char *domain, const char *point, GPtrArray *old_disk
     fuse_ino_t ino = tree_find(tree, TREE_DISK, host, domain, point, od->target);
     if (nd == NULL) {
       g_autofree char *name = g_strconcat(od->target, VIRTSNAPFS_RAW_SUFFIX, NULL);
-      inval_entry(fs, pino, name);
+      inval_entry(fs, host, domain, pino, name);
       inval_inode(fs, ino, name);
       if (point != NULL) {
         g_autofree char *delta = g_strconcat(od->target, VIRTSNAPFS_DELTA_SUFFIX, NULL);
-        inval_entry(fs, pino, delta);
+        inval_entry(fs, host, domain, pino, delta);
       }
       listing_changed = TRUE;
     } else if (!disk_equal(od, nd)) {
@@ -123,7 +238,7 @@ diff_domain(Change *c, BackendDomain *od, BackendDomain *nd)
       /* Gone: drop the entry, and the pages of its files in case the name
        * comes back as another point in time with the same inodes. */
       g_autofree char *entry = names_escape(os->name);
-      inval_entry(fs, dino, entry);
+      inval_entry(fs, host, od->name, dino, entry);
       diff_point(c, od->name, os->name, os->disks, NULL, os->xml, NULL);
       inval_inode(fs, tree_find(tree, TREE_POINT, host, od->name, os->name, NULL), os->name);
       listing_changed = TRUE;
@@ -172,7 +287,7 @@ apply_change(gpointer data)
     diff_domain(c, od, nd);
     if (nd == NULL) {
       g_autofree char *entry = names_escape(od->name);
-      inval_entry(fs, top, entry);
+      inval_entry(fs, c->host, NULL, top, entry);
       root_changed = TRUE;
     }
   }

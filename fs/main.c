@@ -360,9 +360,11 @@ main(int argc, char *argv[])
   fs.deltas = delta_cache_new();
   g_mutex_init(&fs.files_lock);
   fs.files = g_hash_table_new(NULL, NULL);
+  invalidate_init(&fs);
 
   int status = run(&fs, &args);
 
+  invalidate_clear(&fs);
   g_hash_table_unref(fs.files);
   g_mutex_clear(&fs.files_lock);
   delta_cache_free(fs.deltas);

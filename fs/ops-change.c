@@ -27,8 +27,9 @@
  * time, and reads never wait for it (they use the published model and
  * their own open chains).  On return the published model shows the
  * result, and invalidate.c tells the kernel about entries that went away
- * from the main loop.  The kernel itself drops the dentry of an rmdir and
- * moves the dentry of a rename; tree_rename_point() makes the moved
+ * from the main loop (in the domain of a change in flight: after its
+ * reply, see invalidate_domain_busy()).  The kernel itself drops the
+ * dentry of an rmdir and moves the dentry of a rename; tree_rename_point() makes the moved
  * inode stand for the new name.  A revert moves D/NAME onto D/@now in the
  * kernel's cache, which is wrong (NAME stays, @now is the present): those
  * entries are invalidated after the reply, from this worker, once the
@@ -115,13 +116,15 @@ ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
   }
   VirtsnapfsHost *host = hosts_of_node(fs, pnode);
   g_debug("mkdir %s/%s: creating snapshot", dir_display(pnode), name);
+  invalidate_domain_busy(fs, pnode->host, pnode->domain);
   if (!backend_snapshot_create(host->backend, pnode->domain, sname, &error)) {
     reply_failure(req, "mkdir", dir_display(pnode), name, error);
-    return;
+  } else {
+    /* The published model shows the new snapshot: answer as lookup does. */
+    g_autoptr(BackendModel) model = backend_get_model(host->backend);
+    ops_reply_entry(req, fs, model, pnode, name);
   }
-  /* The published model shows the new snapshot: answer as lookup does. */
-  g_autoptr(BackendModel) model = backend_get_model(host->backend);
-  ops_reply_entry(req, fs, model, pnode, name);
+  invalidate_domain_idle(fs, pnode->host, pnode->domain);
 }
 
 void
@@ -156,12 +159,13 @@ ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
     return;
   }
   g_debug("rmdir %s/%s: deleting snapshot", dir_display(pnode), name);
+  invalidate_domain_busy(fs, pnode->host, pnode->domain);
   if (!backend_snapshot_delete(hosts_of_node(fs, pnode)->backend, pnode->domain, sname,
-                               &error)) {
+                               &error))
     reply_failure(req, "rmdir", dir_display(pnode), name, error);
-    return;
-  }
-  fuse_reply_err(req, 0);
+  else
+    fuse_reply_err(req, 0);
+  invalidate_domain_idle(fs, pnode->host, pnode->domain);
 }
 
 void
@@ -263,12 +267,15 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
   if (to_now || into_now) {
     g_debug("rename %s/%s to %s/%s: reverting to snapshot %s", dir_display(pnode), name,
               dir_display(npnode), newname, sname);
-    if (!backend_snapshot_revert(backend, pnode->domain, sname, FALSE, &error)) {
+    invalidate_domain_busy(fs, pnode->host, pnode->domain);
+    gboolean ok = backend_snapshot_revert(backend, pnode->domain, sname, FALSE, &error);
+    if (!ok)
       reply_failure(req, "revert", dir_display(pnode), name, error);
-      return;
-    }
-    fuse_reply_err(req, 0);
-    revert_invalidate(fs, parent, newparent, name, newname);
+    else
+      fuse_reply_err(req, 0);
+    invalidate_domain_idle(fs, pnode->host, pnode->domain);
+    if (ok)
+      revert_invalidate(fs, parent, newparent, name, newname);
     return;
   }
   if (npnode->kind != TREE_DOMAIN) {
@@ -286,13 +293,15 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     return;
   }
   g_debug("rename %s/%s to %s", dir_display(pnode), name, newname);
+  invalidate_domain_busy(fs, pnode->host, pnode->domain);
   if (!backend_snapshot_rename(backend, pnode->domain, sname, new_sname, &error)) {
     reply_failure(req, "rename", dir_display(pnode), name, error);
-    return;
+  } else {
+    /* Before the reply: the kernel's dentries follow the inode numbers. */
+    tree_rename_point(fs->tree, pnode->host, pnode->domain, sname, new_sname);
+    fuse_reply_err(req, 0);
   }
-  /* Before the reply: the kernel's dentries follow the inode numbers. */
-  tree_rename_point(fs->tree, pnode->host, pnode->domain, sname, new_sname);
-  fuse_reply_err(req, 0);
+  invalidate_domain_idle(fs, pnode->host, pnode->domain);
 }
 
 /* The rest is refused without a log line: it is never going to work. */

@@ -44,6 +44,7 @@ static const struct fuse_opt option_table[] = {
   OPT("threads=%u", max_threads, 0),
   OPT("timeout=%lf", timeout, 0),
   OPT("no_splice", no_splice, 1),
+  OPT("bandwidth=%lu", bandwidth, 0),
   FUSE_OPT_KEY("image_dir=", KEY_IMAGE_DIR),
   FUSE_OPT_KEY("uri=", KEY_URI),
   FUSE_OPT_KEY("-h", KEY_HELP),
@@ -363,6 +364,14 @@ options_validate(VirtsnapfsOptions *opts, GError **error)
                 "threads=%u: at most 256", opts->max_threads);
     return FALSE;
   }
+  /* libvirt takes MiB/s as an unsigned long and QEMU converts it to
+   * bytes/s in an int64: stay far below both limits. */
+  if (opts->bandwidth > VIRTSNAPFS_MAX_BANDWIDTH) {
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                "bandwidth=%lu: at most %lu MiB/s (0: unlimited)", opts->bandwidth,
+                (unsigned long)VIRTSNAPFS_MAX_BANDWIDTH);
+    return FALSE;
+  }
   if (!(opts->timeout >= 0 && opts->timeout <= 3600)) {
     g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                 "timeout=%g: expected 0 to 3600 seconds", opts->timeout);
@@ -402,6 +411,12 @@ options_print_help(const char *argv0)
          "                           the directories of configured disks)\n"
          "    -o revert=keep|discard keep the present as a snapshot when reverting\n"
          "                           (default: keep)\n"
+         "    -o bandwidth=MIB       limit what merges copy to MIB MiB/s per disk, so that\n"
+         "                           snapshot deletes and @now thaws do not starve\n"
+         "                           the guests' I/O: libvirt block jobs and\n"
+         "                           qemu-img commit; qemu-img rebase (an offline pull)\n"
+         "                           has no rate limit and runs unlimited\n"
+         "                           (default: 0, unlimited)\n"
          "    -o threads=N           most FUSE worker threads (default: %u)\n"
          "    -o timeout=SECONDS     attribute and entry cache time (default: %g)\n"
          "    -o no_splice           copy data through user space instead of splice(2)\n"

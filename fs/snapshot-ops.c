@@ -19,7 +19,9 @@
  *
  * Domains frozen for @now refuse create, delete and revert with EBUSY: the
  * freeze's temporary overlay is the active image, and a thaw after a plan
- * changed the chain below it could not commit it back.
+ * changed the chain below it could not commit it back.  The same goes for
+ * a freeze whose thaw failed (an image was locked, the disk was full):
+ * it is retried first, and EBUSY while it cannot be finished.
  *
  * Thread model: the public functions block their caller; pins and the job
  * status are guarded by BackendExec.lock, a leaf lock.
@@ -464,6 +466,8 @@ run_plan(Backend *backend, const char *domain, const PlanOp *op, GError **error)
     return FALSE;
   if (op->kind != PLAN_OP_RENAME && !check_not_frozen(backend, domain, op_verb(op->kind), error))
     return FALSE;
+  if (op->kind != PLAN_OP_RENAME && !backend_freeze_settle(backend, domain, error))
+    return FALSE;
   if (!finish_pending(backend, dom, error))
     return FALSE;
 
@@ -676,6 +680,8 @@ backend_snapshot_create(Backend *backend, const char *domain, const char *name, 
   if (!dom)
     return FALSE;
   if (!check_not_frozen(backend, domain, "create a snapshot", error))
+    return FALSE;
+  if (!backend_freeze_settle(backend, domain, error))
     return FALSE;
   if (!finish_pending(backend, dom, error))
     return FALSE;

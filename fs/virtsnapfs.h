@@ -22,6 +22,7 @@ G_BEGIN_DECLS
 #define VIRTSNAPFS_DEFAULT_STATE_DIR "/var/lib/virtsnapfs"
 #define VIRTSNAPFS_DEFAULT_THREADS 16
 #define VIRTSNAPFS_DEFAULT_TIMEOUT 1.0
+#define VIRTSNAPFS_MAX_BANDWIDTH (1024ul * 1024)  /* MiB/s: 1 TiB/s */
 /* The directory of the present, in every domain directory. */
 #define VIRTSNAPFS_NOW "@now"
 #define VIRTSNAPFS_RAW_SUFFIX ".raw"
@@ -63,6 +64,7 @@ typedef struct {
   unsigned max_threads;
   double timeout;
   int no_splice;
+  unsigned long bandwidth;   /* MiB/s for block jobs and qemu-img commit, 0 = unlimited */
   /* Filled by the option callback (g_malloc'd). */
   char *source;              /* first positional of two: the mount source */
   char *mountpoint;
@@ -248,6 +250,9 @@ typedef struct {
   GMutex files_lock;       /* protects files; taken alone */
   GHashTable *files;       /* VirtsnapfsFile * set: open handles */
   gboolean splice;         /* kernel accepted splice */
+  GMutex inval_lock;       /* protects busy_domains; taken alone */
+  GHashTable *busy_domains; /* domain with a change request in flight -> InvalBusy
+                             * (invalidate.c) */
 } Virtsnapfs;
 
 /* ------------------------------------------------------------------ */
@@ -371,5 +376,13 @@ void xattr_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
  * hands the work to the main loop. */
 void invalidate_on_change(BackendModel *old_model, BackendModel *new_model,
                           gpointer user_data);
+void invalidate_init(Virtsnapfs *fs);
+void invalidate_clear(Virtsnapfs *fs);
+/* A change request (mkdir, rmdir, rename) in a domain: the kernel holds
+ * the locks of directories of the domain until the reply, so entry
+ * invalidations in the domain wait until invalidate_domain_idle(), which
+ * the worker calls after replying. */
+void invalidate_domain_busy(Virtsnapfs *fs, const char *host, const char *domain);
+void invalidate_domain_idle(Virtsnapfs *fs, const char *host, const char *domain);
 
 G_END_DECLS

@@ -57,6 +57,7 @@ test_defaults(void)
   g_assert_cmpstr(f.opts.mountpoint, ==, f.dir);
   g_assert_cmpint(f.opts.revert_mode, ==, VIRTSNAPFS_REVERT_KEEP);
   g_assert_cmpuint(f.opts.max_threads, ==, VIRTSNAPFS_DEFAULT_THREADS);
+  g_assert_cmpuint(f.opts.bandwidth, ==, 0);
   g_assert_false(f.opts.foreground);
   g_assert_null(f.opts.image_dirs_strv[0]);
   fixture_clear(&f);
@@ -109,6 +110,20 @@ test_uri_option_wins(void)
 }
 
 static void
+test_bandwidth(void)
+{
+  Fixture f;
+  g_autoptr(GError) error = NULL;
+  const char *argv[] = { "MNT", "-o", "bandwidth=5,threads=8", NULL };
+  g_assert_true(parse(&f, argv, &error));
+  g_assert_true(options_validate(&f.opts, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(f.opts.bandwidth, ==, 5);
+  g_assert_false(args_contain(&f.args, "bandwidth"));
+  fixture_clear(&f);
+}
+
+static void
 test_help_version(void)
 {
   Fixture f;
@@ -130,6 +145,9 @@ test_invalid(void)
     (const char *const[]){ "MNT", "-o", "state_dir=relative", NULL },
     (const char *const[]){ "MNT", "-o", "image_dir=/does/not/exist", NULL },
     (const char *const[]){ "MNT", "-o", "threads=100000", NULL },
+    (const char *const[]){ "MNT", "-o", "bandwidth=-1", NULL },
+    (const char *const[]){ "MNT", "-o", "bandwidth=fast", NULL },
+    (const char *const[]){ "MNT", "-o", "bandwidth=2000000", NULL },
     (const char *const[]){ "MNT", "-o", "uri=nocolon", NULL },
     (const char *const[]){ "/does/not/exist", NULL },
     (const char *const[]){ "-f", NULL },
@@ -272,6 +290,7 @@ main(int argc, char *argv[])
   g_test_add_func("/options/defaults", test_defaults);
   g_test_add_func("/options/mount-helper", test_mount_helper);
   g_test_add_func("/options/uri-option-wins", test_uri_option_wins);
+  g_test_add_func("/options/bandwidth", test_bandwidth);
   g_test_add_func("/options/help-version", test_help_version);
   g_test_add_func("/options/invalid", test_invalid);
   g_test_add_func("/options/fstab", test_fstab_options);
