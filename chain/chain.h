@@ -189,4 +189,23 @@ gint64 chain_seek(Chain *chain, guint64 offset, int whence);
  * reports).  Computed once and cached.  Returns -errno on error. */
 gint64 chain_allocated_bytes(Chain *chain);
 
+/* ------------------------------------------------------------------ */
+/* What a file listing needs, without opening the chain.               */
+
+typedef struct {
+  guint64 virtual_size;
+  guint64 allocated; /* as chain_allocated_bytes() */
+  guint depth;
+  ChainFormat format; /* of the top layer */
+} ChainSummary;
+
+/* Answers what chain_open() + chain_allocated_bytes() would, with the same
+ * policy and errors, from a process-wide cache of per-image summaries
+ * (header and allocation runs, at most about 6 MiB), each checked against
+ * its file's device, inode, size, mtime and ctime: a known chain costs one
+ * realpath and one stat per layer, an image that changed is mapped again.
+ * Any thread. */
+gboolean chain_summarize(const char *path, ChainFormat format, const ChainFormat *backing_formats,
+                         const ChainPolicy *policy, ChainSummary *summary, GError **error);
+
 G_END_DECLS

@@ -1,8 +1,9 @@
 /* info.c: size, allocation and depth of a disk's chain, cached.
  *
  * getattr needs the virtual size and allocated bytes of every disk file,
- * which only the chain can tell.  Opening a chain and counting its
- * allocation reads every L2 table, so the answer is cached per image path,
+ * which only the chain can tell.  chain_summarize() answers without
+ * opening the chain, from per-image summaries that chain/ caches (one
+ * realpath and stat per layer); the answer is also cached here per image path,
  * keyed by the identity of the top image (device, inode, mtime, size):
  * a point image never changes while it is one, so its entry lives as long
  * as the file.  The present of a running domain is written all the time;
@@ -72,20 +73,14 @@ info_compute(const BackendDisk *disk, const char *const *image_dirs, ImageInfo *
              GError **error)
 {
   ChainPolicy policy = { .image_dirs = image_dirs, .max_depth = 0 };
-  g_autoptr(Chain) chain = chain_open(disk->image_path, disk->format,
-                                      disk->backing_formats, &policy, error);
-  if (chain == NULL)
+  ChainSummary summary;
+  if (!chain_summarize(disk->image_path, disk->format, disk->backing_formats, &policy,
+                       &summary, error))
     return FALSE;
-  gint64 allocated = chain_allocated_bytes(chain);
-  if (allocated < 0) {
-    g_set_error(error, CHAIN_ERROR, (int)-allocated, "%s: cannot count allocated bytes: %s",
-                disk->image_path, g_strerror((int)-allocated));
-    return FALSE;
-  }
-  info->virtual_size = chain_virtual_size(chain);
-  info->allocated = (guint64)allocated;
-  info->depth = chain_depth(chain);
-  info->format = chain_layer_format(chain_get_layer(chain, 0));
+  info->virtual_size = summary.virtual_size;
+  info->allocated = summary.allocated;
+  info->depth = summary.depth;
+  info->format = summary.format;
   return TRUE;
 }
 
