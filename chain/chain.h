@@ -32,7 +32,7 @@
  * layer; a layer's L1 table (at most 32 MiB, and never more than its file
  * holds) is loaded on first use; L2 tables go through one process-wide
  * cache of 32 MiB; each Chain caches merged maps of its disk (about 2 MiB
- * at most); each thread that reads compressed clusters keeps up to three
+ * at most, and 4 KiB per shard once all chains hold 4 MiB); each thread that reads compressed clusters keeps up to three
  * clusters of scratch (6 MiB with 2 MiB clusters).
  */
 #pragma once

@@ -335,8 +335,10 @@ def part_memory(a, mountlib, src_small, size, n_dom, n_snap):
             peak = hwm_kib(d.proc.pid)
         finally:
             d.stop()
+        say(f"# memory: VmHWM {after_ls} KiB after ls -lR, {peak} KiB after reading {n} points")
         return {"points": n, "after_ls": after_ls, "peak": peak}
     finally:
+        env.domains = []  # the embed root goes with the directory, no need to undefine
         env.cleanup()
 
 
@@ -422,6 +424,7 @@ def main():
                                 {dep: deep[dep - 1] for dep in depths})
         ls = part_ls(a, env, mountlib)
     finally:
+        env.domains = []
         env.cleanup()
         shutil.rmtree(tmpfs, ignore_errors=True)
 
