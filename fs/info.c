@@ -7,15 +7,15 @@
  * keyed by the identity of the top image (device, inode, mtime, size):
  * a point image never changes while it is one, so its entry lives as long
  * as the file.  The present of a running domain is written all the time;
- * its entries expire after a few seconds: counting the allocation walks
- * every L2 table of the chain, and st_blocks of the present is an estimate
- * anyway (cp only compares it with the size to decide to look for holes).
+ * its entries expire after a few seconds: recounting maps the changed top
+ * image again (every L2 table of it), and st_blocks of the present is an
+ * estimate anyway (cp only compares it with the size to look for holes).
  *
  * Errors (unreadable chain, policy refusal) are logged once per image
  * path and reported as the chain's errno.
  *
  * Thread model: any FUSE worker; one mutex protects the table and is not
- * held while a chain is opened (two threads may compute the same entry;
+ * held while a chain is summarized (two threads may compute the same entry;
  * the later one wins, both are right).
  */
 #include "virtsnapfs.h"
