@@ -292,6 +292,8 @@ def part_first_open(a, env, mountlib, depths, points):
                 d.stop()
             qio.append(timed(["qemu-io", "-r", "-f", "qcow2", "-c", "read 0 4k", points[depth]]))
         res[depth] = (statistics.median(ours), statistics.median(qio))
+        say(f"  first open at depth {depth}: {res[depth][0] * 1000:.1f} ms,"
+            f" qemu-io {res[depth][1] * 1000:.1f} ms")
     return res
 
 
@@ -312,6 +314,7 @@ def part_ls(a, env, mountlib):
     res["ls"] = statistics.median(ls)
     res["lsR"] = statistics.median(lsr)
     res["lsR_warm"] = statistics.median(lsr_warm)
+    say("  " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in res.items()))
     return res
 
 
