@@ -107,6 +107,26 @@ struct _Chain {
   ChainRegionShard shards[CHAIN_REGION_SHARDS];
 };
 
+/* chain.c */
+/* What a visitor of chain_walk() reports about the layer it was given. */
+typedef struct {
+  dev_t dev;
+  ino_t ino;
+  const char *backing_name;   /* borrowed: must live until the walk ends
+                               * or the next visit; NULL at the bottom */
+  ChainFormat backing_format; /* from the backing-format extension */
+} ChainWalkStep;
+/* Called for each layer, top first, with its canonical path (already
+ * checked against the policy's directories) and format; check_fd says the
+ * policy restricts directories (then an opened descriptor must still name
+ * canonical). */
+typedef gboolean (*ChainWalkVisit)(const char *canonical, ChainFormat format, gboolean check_fd,
+                                   gpointer data, ChainWalkStep *step, GError **error);
+/* The walk of chain_open(), with its policy and errors, for any visitor. */
+gboolean chain_walk(const char *path, ChainFormat format, const ChainFormat *backing_formats,
+                    const ChainPolicy *policy, ChainWalkVisit visit, gpointer data,
+                    GError **error);
+
 /* error.c */
 void chain_layer_report(ChainLayer *layer, const char *format, ...) G_GNUC_PRINTF(2, 3);
 

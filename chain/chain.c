@@ -58,14 +58,11 @@ fd_matches_path(int fd, const char *path)
   return strcmp(target, path) == 0;
 }
 
-/* Opens one layer of the chain; parent (the image naming it, NULL for the
- * top) is for messages. */
-static ChainLayer *
-open_layer(const ChainLayer *parent, const char *named, ChainFormat format, GPtrArray *dirs,
-           GError **error)
+/* Resolves one layer's name under the policy: canonical path, inside an
+ * image directory.  who names the layer in messages. */
+static char *
+resolve_layer(const char *who, const char *named, GPtrArray *dirs, GError **error)
 {
-  g_autofree char *who = parent ? g_strdup_printf("%s: backing file %s", parent->path, named)
-                                : g_strdup(named);
   g_autofree char *canonical = realpath(named, NULL);
   if (canonical == NULL) {
     int e = errno;
@@ -82,21 +79,14 @@ open_layer(const ChainLayer *parent, const char *named, ChainFormat format, GPtr
       return NULL;
     }
   }
-  g_autoptr(ChainLayer) layer = chain_layer_open(canonical, format, error);
-  if (layer == NULL)
-    return NULL;
-  if (dirs != NULL && !fd_matches_path(layer->fd, canonical)) {
-    g_set_error(error, CHAIN_ERROR, EACCES, "%s: path changed while it was opened", canonical);
-    return NULL;
-  }
-  return g_steal_pointer(&layer);
+  return g_steal_pointer(&canonical);
 }
 
-Chain *
-chain_open(const char *path, ChainFormat format, const ChainFormat *backing_formats,
-           const ChainPolicy *policy, GError **error)
+gboolean
+chain_walk(const char *path, ChainFormat format, const ChainFormat *backing_formats,
+           const ChainPolicy *policy, ChainWalkVisit visit, gpointer data, GError **error)
 {
-  g_return_val_if_fail(path != NULL, NULL);
+  g_return_val_if_fail(path != NULL, FALSE);
 
   guint max_depth = CHAIN_MAX_DEPTH;
   g_autoptr(GPtrArray) dirs = NULL;
@@ -113,56 +103,64 @@ chain_open(const char *path, ChainFormat format, const ChainFormat *backing_form
     }
   }
 
-  g_autoptr(GPtrArray) layers = g_ptr_array_new_with_free_func((GDestroyNotify)chain_layer_unref);
+  /* Layers seen so far: canonical paths and identities, for loops. */
+  g_autoptr(GPtrArray) paths = g_ptr_array_new_with_free_func(g_free);
+  g_autoptr(GArray) ids = g_array_new(FALSE, FALSE, sizeof(ChainWalkStep));
   g_autofree char *cwd = g_get_current_dir();
   g_autofree char *named = g_path_is_absolute(path) ? g_strdup(path)
                                                     : g_build_filename(cwd, path, NULL);
   gboolean formats_left = backing_formats != NULL;
 
   for (;;) {
-    ChainLayer *parent = layers->len ? layers->pdata[layers->len - 1] : NULL;
-    ChainLayer *layer = open_layer(parent, named, format, dirs, error);
-    if (layer == NULL)
-      return NULL;
-    g_ptr_array_add(layers, layer);
-    for (guint i = 0; i + 1 < layers->len; i++) {
-      ChainLayer *other = layers->pdata[i];
-      if (other->dev == layer->dev && other->ino == layer->ino) {
+    const char *parent = paths->len ? paths->pdata[paths->len - 1] : NULL;
+    g_autofree char *who = parent ? g_strdup_printf("%s: backing file %s", parent, named)
+                                  : g_strdup(named);
+    char *canonical = resolve_layer(who, named, dirs, error);
+    if (canonical == NULL)
+      return FALSE;
+    g_ptr_array_add(paths, canonical);
+    ChainWalkStep step = {0};
+    if (!visit(canonical, format, dirs != NULL, data, &step, error))
+      return FALSE;
+    for (guint i = 0; i < ids->len; i++) {
+      ChainWalkStep *other = &g_array_index(ids, ChainWalkStep, i);
+      if (other->dev == step.dev && other->ino == step.ino) {
         g_set_error(error, CHAIN_ERROR, ELOOP, "%s: backing chain loops back to %s",
-                    ((ChainLayer *)layers->pdata[layers->len - 2])->path, other->path);
-        return NULL;
+                    (char *)paths->pdata[paths->len - 2], (char *)paths->pdata[i]);
+        return FALSE;
       }
     }
+    g_array_append_val(ids, step);
 
-    const char *backing = layer->backing_name;
-    if (backing == NULL || layer->format == CHAIN_FORMAT_RAW)
-      break;
-    if (layers->len >= max_depth) {
+    const char *backing = step.backing_name;
+    if (backing == NULL || format == CHAIN_FORMAT_RAW)
+      return TRUE;
+    if (paths->len >= max_depth) {
       g_set_error(error, CHAIN_ERROR, ELOOP, "%s: backing chain is deeper than %u layers",
-                  chain_layer_path(layers->pdata[0]), max_depth);
-      return NULL;
+                  (char *)paths->pdata[0], max_depth);
+      return FALSE;
     }
     if (name_has_protocol(backing)) {
       g_autofree char *shown = g_strescape(backing, NULL);
       g_set_error(error, CHAIN_ERROR, EACCES,
                   "%s: backing name \"%s\" is not a local path (json: or protocol names are refused)",
-                  layer->path, shown);
-      return NULL;
+                  canonical, shown);
+      return FALSE;
     }
 
     ChainFormat next = CHAIN_FORMAT_UNKNOWN;
     if (formats_left) {
-      next = backing_formats[layers->len - 1];
+      next = backing_formats[paths->len - 1];
       formats_left = next != CHAIN_FORMAT_UNKNOWN;
     }
     if (next == CHAIN_FORMAT_UNKNOWN)
-      next = layer->backing_format;
+      next = step.backing_format;
     if (next == CHAIN_FORMAT_UNKNOWN) {
       g_autofree char *shown = g_strescape(backing, NULL);
       g_set_error(error, CHAIN_ERROR, EACCES,
                   "%s: backing file \"%s\" has no known format and formats are never probed",
-                  layer->path, shown);
-      return NULL;
+                  canonical, shown);
+      return FALSE;
     }
 
     char *resolved;
@@ -176,6 +174,37 @@ chain_open(const char *path, ChainFormat format, const ChainFormat *backing_form
     named = resolved;
     format = next;
   }
+}
+
+/* chain_open()'s visitor: opens the layer and keeps it. */
+static gboolean
+open_visit(const char *canonical, ChainFormat format, gboolean check_fd, gpointer data,
+           ChainWalkStep *step, GError **error)
+{
+  GPtrArray *layers = data;
+  g_autoptr(ChainLayer) layer = chain_layer_open(canonical, format, error);
+  if (layer == NULL)
+    return FALSE;
+  if (check_fd && !fd_matches_path(layer->fd, canonical)) {
+    g_set_error(error, CHAIN_ERROR, EACCES, "%s: path changed while it was opened", canonical);
+    return FALSE;
+  }
+  *step = (ChainWalkStep){.dev = layer->dev, .ino = layer->ino,
+                          .backing_name = layer->backing_name,
+                          .backing_format = layer->backing_format};
+  g_ptr_array_add(layers, g_steal_pointer(&layer));
+  return TRUE;
+}
+
+Chain *
+chain_open(const char *path, ChainFormat format, const ChainFormat *backing_formats,
+           const ChainPolicy *policy, GError **error)
+{
+  g_return_val_if_fail(path != NULL, NULL);
+
+  g_autoptr(GPtrArray) layers = g_ptr_array_new_with_free_func((GDestroyNotify)chain_layer_unref);
+  if (!chain_walk(path, format, backing_formats, policy, open_visit, layers, error))
+    return NULL;
 
   Chain *chain = g_new0(Chain, 1);
   chain->ref_count = 1;

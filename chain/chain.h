@@ -32,7 +32,7 @@
  * layer; a layer's L1 table (at most 32 MiB, and never more than its file
  * holds) is loaded on first use; L2 tables go through one process-wide
  * cache of 32 MiB; each Chain caches merged maps of its disk (about 2 MiB
- * at most); each thread that reads compressed clusters keeps up to three
+ * at most, and 4 KiB per shard once all chains hold 4 MiB); each thread that reads compressed clusters keeps up to three
  * clusters of scratch (6 MiB with 2 MiB clusters).
  */
 #pragma once
@@ -243,5 +243,29 @@ gboolean chain_delta_run(const ChainDelta *delta, guint64 offset, guint64 *end);
  * or -ENXIO at or past the end (and for SEEK_DATA with no data after
  * offset), or -EINVAL for another whence. */
 gint64 chain_delta_seek(const ChainDelta *delta, guint64 offset, int whence);
+
+/* ------------------------------------------------------------------ */
+/* What a file listing needs, without opening the chain.               */
+
+typedef struct {
+  guint64 virtual_size;
+  guint64 allocated; /* as chain_allocated_bytes() */
+  guint depth;
+  ChainFormat format; /* of the top layer */
+  char **layer_paths; /* canonical path of every layer, top first */
+} ChainSummary;
+
+/* Frees what a ChainSummary owns (its layer_paths). */
+void chain_summary_clear(ChainSummary *summary);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(ChainSummary, chain_summary_clear)
+
+/* Answers what chain_open() + chain_allocated_bytes() would, with the same
+ * policy and errors, from a process-wide cache of per-image summaries
+ * (header and allocation runs, at most about 6 MiB), each checked against
+ * its file's device, inode, size, mtime and ctime: a known chain costs one
+ * realpath and one stat per layer, an image that changed is mapped again.
+ * Any thread. */
+gboolean chain_summarize(const char *path, ChainFormat format, const ChainFormat *backing_formats,
+                         const ChainPolicy *policy, ChainSummary *summary, GError **error);
 
 G_END_DECLS

@@ -9,8 +9,9 @@
  * The merged map of a chain is computed per 2 MiB region of the guest disk
  * (CHAIN_REGION_SIZE): each layer, from the top, fills the parts that the
  * layers above left unallocated.  A region's runs are computed once and
- * kept in a bounded per-Chain cache, so a read at depth 200 costs the same
- * as at depth 1 once its region is known.  Layers are immutable while a
+ * kept in a per-Chain cache, bounded per chain and, more tightly, once all
+ * chains together hold more than REGION_GLOBAL_BUDGET, so a read at depth
+ * 200 costs the same as at depth 1 once its region is known.  Layers are immutable while a
  * chain is open (DESIGN.md 4.3), so cached maps never go stale.
  *
  * Thread model: regions are reference-counted and immutable once built;
@@ -27,6 +28,14 @@
 /* Runs cached per shard of a chain's region cache (about 32 bytes each). */
 #define REGION_SHARD_BUDGET 8192
 #define REGION_BASE_COST 4
+/* All chains' cached runs together (4 MiB).  Past it, a chain that caches
+ * a region first trims its own shard to REGION_SHARD_FLOOR, so that many
+ * open chains do not each keep 2 MiB of maps; a sequential reader only
+ * needs the region it is in. */
+#define REGION_GLOBAL_BUDGET (128 * 1024)
+#define REGION_SHARD_FLOOR 128
+
+static gint64 region_cost_total; /* atomic: runs cached by all chains */
 
 /* ------------------------------------------------------------------ */
 /* One layer                                                           */
@@ -445,6 +454,7 @@ chain_regions_clear(Chain *chain)
     }
     g_hash_table_destroy(shard->regions);
     g_mutex_clear(&shard->lock);
+    __atomic_sub_fetch(&region_cost_total, (gint64)shard->cost, __ATOMIC_RELAXED);
   }
 }
 
@@ -488,12 +498,17 @@ chain_region_get(Chain *chain, guint64 index, gboolean cache, ChainRegion **out)
   }
   g_hash_table_insert(shard->regions, &region->index, region);
   g_queue_push_head_link(&shard->lru, &region->link);
-  shard->cost += region->n_runs + REGION_BASE_COST;
-  while (shard->cost > REGION_SHARD_BUDGET && shard->lru.length > 1) {
+  guint64 cost = region->n_runs + REGION_BASE_COST;
+  shard->cost += cost;
+  gint64 total = __atomic_add_fetch(&region_cost_total, (gint64)cost, __ATOMIC_RELAXED);
+  guint64 limit = total > REGION_GLOBAL_BUDGET ? REGION_SHARD_FLOOR : REGION_SHARD_BUDGET;
+  while (shard->cost > limit && shard->lru.length > 1) {
     ChainRegion *old = g_queue_peek_tail(&shard->lru);
     g_queue_unlink(&shard->lru, &old->link);
     g_hash_table_remove(shard->regions, &old->index);
-    shard->cost -= old->n_runs + REGION_BASE_COST;
+    cost = old->n_runs + REGION_BASE_COST;
+    shard->cost -= cost;
+    __atomic_sub_fetch(&region_cost_total, (gint64)cost, __ATOMIC_RELAXED);
     chain_region_unref(old);
   }
   g_atomic_int_inc(&region->ref_count);

@@ -47,6 +47,9 @@ typedef struct {
  * be the one libvirt reports.  FALSE (EIO) when chain differs from
  * disk->backing_paths; TRUE when it matches or libvirt said nothing. */
 gboolean backend_disk_check_chain(const BackendDisk *disk, Chain *chain, GError **error);
+/* The same for the paths of a chain's layers, top first (NULL-terminated). */
+gboolean backend_disk_check_layers(const BackendDisk *disk, const char *const *layer_paths,
+                                   GError **error);
 
 BackendDisk *backend_disk_copy(const BackendDisk *disk);
 void backend_disk_free(BackendDisk *disk);

@@ -1,14 +1,15 @@
 /* info.c: size, allocation and depth of a disk's chain, cached.
  *
  * getattr needs the virtual size and allocated bytes of every disk file,
- * which only the chain can tell.  Opening a chain and counting its
- * allocation reads every L2 table, so the answer is cached per image path,
+ * which only the chain can tell.  chain_summarize() answers without
+ * opening the chain, from per-image summaries that chain/ caches (one
+ * realpath and stat per layer); the answer is also cached here per image path,
  * keyed by the identity of the top image (device, inode, mtime, size):
  * a point image never changes while it is one, so its entry lives as long
  * as the file.  The present of a running domain is written all the time;
- * its entries expire after a few seconds: counting the allocation walks
- * every L2 table of the chain, and st_blocks of the present is an estimate
- * anyway (cp only compares it with the size to decide to look for holes).
+ * its entries expire after a few seconds: recounting maps the changed top
+ * image again (every L2 table of it), and st_blocks of the present is an
+ * estimate anyway (cp only compares it with the size to look for holes).
  *
  * Errors (unreadable chain, policy refusal) are logged once per image
  * path and reported as the chain's errno.  A cache of a remote host
@@ -19,7 +20,7 @@
  * (EIO to the reader): there it means a broken domain, not a remote one.
  *
  * Thread model: any FUSE worker; one mutex protects the table and is not
- * held while a chain is opened (two threads may compute the same entry;
+ * held while a chain is summarized (two threads may compute the same entry;
  * the later one wins, both are right).
  */
 #include "virtsnapfs.h"
@@ -82,20 +83,15 @@ info_compute(const BackendDisk *disk, const char *const *image_dirs, ImageInfo *
              GError **error)
 {
   ChainPolicy policy = { .image_dirs = image_dirs, .max_depth = 0 };
-  g_autoptr(Chain) chain = chain_open(disk->image_path, disk->format,
-                                      disk->backing_formats, &policy, error);
-  if (chain == NULL || !backend_disk_check_chain(disk, chain, error))
+  g_auto(ChainSummary) summary = {0};
+  if (!chain_summarize(disk->image_path, disk->format, disk->backing_formats, &policy,
+                       &summary, error) ||
+      !backend_disk_check_layers(disk, (const char *const *)summary.layer_paths, error))
     return FALSE;
-  gint64 allocated = chain_allocated_bytes(chain);
-  if (allocated < 0) {
-    g_set_error(error, CHAIN_ERROR, (int)-allocated, "%s: cannot count allocated bytes: %s",
-                disk->image_path, g_strerror((int)-allocated));
-    return FALSE;
-  }
-  info->virtual_size = chain_virtual_size(chain);
-  info->allocated = (guint64)allocated;
-  info->depth = chain_depth(chain);
-  info->format = chain_layer_format(chain_get_layer(chain, 0));
+  info->virtual_size = summary.virtual_size;
+  info->allocated = summary.allocated;
+  info->depth = summary.depth;
+  info->format = summary.format;
   return TRUE;
 }
 

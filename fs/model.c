@@ -218,18 +218,19 @@ backend_disk_free(BackendDisk *disk)
 }
 
 gboolean
-backend_disk_check_chain(const BackendDisk *disk, Chain *chain, GError **error)
+backend_disk_check_layers(const BackendDisk *disk, const char *const *layer_paths, GError **error)
 {
   if (!disk->backing_paths)
     return TRUE;
   guint n = g_strv_length(disk->backing_paths);
-  if (chain_depth(chain) != n + 1) {
+  guint depth = g_strv_length((char **)layer_paths);
+  if (depth != n + 1) {
     g_set_error(error, CHAIN_ERROR, EIO, "%s: the headers name %u layers below it, libvirt "
-                "reports %u", disk->image_path, chain_depth(chain) - 1, n);
+                "reports %u", disk->image_path, depth - 1, n);
     return FALSE;
   }
   for (guint i = 0; i < n; i++) {
-    const char *read = chain_layer_path(chain_get_layer(chain, i + 1));
+    const char *read = layer_paths[i + 1];
     if (!backend_path_same(read, disk->backing_paths[i])) {
       g_set_error(error, CHAIN_ERROR, EIO, "%s: layer %u is %s in the headers, %s for libvirt",
                   disk->image_path, i + 1, read, disk->backing_paths[i]);
@@ -237,6 +238,17 @@ backend_disk_check_chain(const BackendDisk *disk, Chain *chain, GError **error)
     }
   }
   return TRUE;
+}
+
+gboolean
+backend_disk_check_chain(const BackendDisk *disk, Chain *chain, GError **error)
+{
+  if (!disk->backing_paths)
+    return TRUE;
+  g_autofree const char **paths = g_new0(const char *, chain_depth(chain) + 1);
+  for (guint i = 0; i < chain_depth(chain); i++)
+    paths[i] = chain_layer_path(chain_get_layer(chain, i));
+  return backend_disk_check_layers(disk, paths, error);
 }
 
 /* The paths of layers[from..] (libvirt's whole chain: the caller checks

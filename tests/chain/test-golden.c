@@ -195,6 +195,19 @@ test_point(gconstpointer data)
   }
   g_assert_cmpint(chain_allocated_bytes(chain), ==, (gint64)allocated);
 
+  /* The summary (from cached per-image runs) says what the open chain says. */
+  const char *dirs[] = {tmpdir, NULL};
+  ChainPolicy policy = {.image_dirs = dirs};
+  for (int pass = 0; pass < 2; pass++) { /* the second from the cache */
+    g_auto(ChainSummary) summary = {0};
+    g_assert_true(chain_summarize(point->path, point->format, NULL, &policy, &summary, &error));
+    g_assert_no_error(error);
+    g_assert_cmpuint(summary.virtual_size, ==, size);
+    g_assert_cmpuint(summary.allocated, ==, allocated);
+    g_assert_cmpuint(summary.depth, ==, chain_depth(chain));
+    g_assert_cmpint(summary.format, ==, point->format);
+  }
+
   if (point->check_map) {
     g_autoptr(GArray) ranges = qemu_data_ranges(point);
     guint64 qemu_allocated = 0;

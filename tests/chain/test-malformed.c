@@ -179,6 +179,20 @@ open_chain(const char *path, guint max_depth, GError **error)
   return chain_open(path, CHAIN_FORMAT_QCOW2, NULL, &policy, error);
 }
 
+/* chain_summarize() on the same file: TRUE, or its errno. */
+static int
+summarize_errno(const char *path)
+{
+  const char *dirs[] = {tmpdir, NULL};
+  ChainPolicy policy = {.image_dirs = dirs};
+  g_auto(ChainSummary) summary = {0};
+  g_autoptr(GError) error = NULL;
+  if (chain_summarize(path, CHAIN_FORMAT_QCOW2, NULL, &policy, &summary, &error))
+    return 0;
+  g_assert_nonnull(strstr(error->message, path));
+  return error->code;
+}
+
 static void
 test_case(gconstpointer data)
 {
@@ -225,6 +239,7 @@ test_case(gconstpointer data)
     if (strstr(error->message, c->expect) == NULL)
       g_error("message \"%s\" lacks \"%s\"", error->message, c->expect);
     g_assert_cmpuint(warnings, ==, 0);
+    g_assert_cmpint(summarize_errno(path), ==, c->code);
     return;
   }
 
@@ -234,6 +249,7 @@ test_case(gconstpointer data)
   if (c->stage == OPENS) {
     g_assert_cmpint(chain_read(chain, buf, size, 0), ==, (gssize)size);
     g_assert_cmpuint(warnings, ==, 0);
+    g_assert_cmpint(summarize_errno(path), ==, 0);
     return;
   }
   for (int i = 0; i < 3; i++)
@@ -255,6 +271,7 @@ test_case(gconstpointer data)
   g_assert_null(bitmap);
   g_assert_error(error, CHAIN_ERROR, EIO);
   g_assert_cmpuint(warnings, ==, 1); /* once per layer, not per read */
+  g_assert_cmpint(summarize_errno(path), ==, EIO);
 }
 
 static void
