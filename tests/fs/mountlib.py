@@ -13,6 +13,7 @@ The oracle for what a point in time must read as is
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -293,6 +294,17 @@ def merge(ranges):
         else:
             out.append((s, e))
     return out
+
+
+def sha(path):
+    """sha256 of a file's contents, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1024 * 1024)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
 
 
 def files_equal(a, b):

@@ -17,7 +17,6 @@ virsh shows the result.  The daemon must log no unexpected warning.
 """
 
 import errno
-import hashlib
 import os
 import subprocess
 import sys
@@ -61,16 +60,6 @@ def build_run(env):
     env.hmp("run", 'qemu-io -d %s "flush"' % env.qom_disk("run", "vda"))
 
 
-def sha(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(MiB)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
-
-
 def points(env, dom):
     return [e for e in os.listdir(os.path.join(env.mnt, dom))]
 
@@ -80,7 +69,7 @@ def sums(env, dom):
     out = {}
     for p in points(env, dom):
         pdir = os.path.join(env.mnt, dom, p)
-        out[p] = {f: sha(os.path.join(pdir, f)) for f in sorted(os.listdir(pdir))
+        out[p] = {f: m.sha(os.path.join(pdir, f)) for f in sorted(os.listdir(pdir))
                   if f.endswith(".raw")}
     return out
 

@@ -61,21 +61,11 @@ FAILED_PLAN = r"failed; its journal .* stays"
 # ---------------------------------------------------------------------------
 # Helpers
 
-def sha(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(MiB)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
-
-
 def oracle_sha(env, image):
     out = os.path.join(env.dir, "oracle.raw")
     m.oracle(image, out)
     try:
-        return sha(out)
+        return m.sha(out)
     finally:
         os.unlink(out)
 
@@ -98,7 +88,7 @@ def sums(env, dom, now=True, settle=True):
         if p == "@now" and not now:
             continue
         pdir = os.path.join(ddir, p)
-        out[p] = {f: sha(os.path.join(pdir, f)) for f in sorted(os.listdir(pdir))
+        out[p] = {f: m.sha(os.path.join(pdir, f)) for f in sorted(os.listdir(pdir))
                   if f.endswith(".raw")}
     if now and settle:
         thawed(env)
@@ -244,9 +234,9 @@ def scenario_reads(env):
     # Reads of other points of rd and of another domain while it runs.
     reads = {}
     for p in ("s2", "s3"):
-        reads["rd/" + p] = sha(os.path.join(rd, p, "vda.raw"))
-    reads["other/o1"] = sha(os.path.join(env.mnt, "other", "o1", "vda.raw"))
-    reads["other/@now"] = sha(os.path.join(env.mnt, "other", "@now", "vda.raw"))
+        reads["rd/" + p] = m.sha(os.path.join(rd, p, "vda.raw"))
+    reads["other/o1"] = m.sha(os.path.join(env.mnt, "other", "o1", "vda.raw"))
+    reads["other/@now"] = m.sha(os.path.join(env.mnt, "other", "@now", "vda.raw"))
     thawed(env)  # other's freeze, before mkdir other/p1 below
     still = job(env, "rd")
     check.ok(still.startswith("delete s1: step") and rmdir.poll() is None,

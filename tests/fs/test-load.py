@@ -45,7 +45,6 @@ shows as growth between the first and the last third of the run):
 import argparse
 import contextlib
 import errno
-import hashlib
 import os
 import random
 import subprocess
@@ -165,16 +164,6 @@ def reader(env, oracles, stop, stats, seed):
             stats.opens += 1
 
 
-def sha(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(MiB)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
-
-
 def churn(env, stop, stats, want_now, want_keep):
     dom = os.path.join(env.mnt, "churn")
     n = 0
@@ -185,13 +174,13 @@ def churn(env, stop, stats, want_now, want_keep):
             os.mkdir(os.path.join(dom, name))
             if name not in os.listdir(dom):
                 raise AssertionError("mkdir %s: not listed" % name)
-            got = sha(os.path.join(dom, name, "vda.raw"))
+            got = m.sha(os.path.join(dom, name, "vda.raw"))
             if got != want_now:
                 raise AssertionError("churn/%s/vda.raw differs from the present" % name)
             os.rmdir(os.path.join(dom, name))
             if name in os.listdir(dom):
                 raise AssertionError("rmdir %s: still listed" % name)
-            if sha(os.path.join(dom, "keep", "vda.raw")) != want_keep:
+            if m.sha(os.path.join(dom, "keep", "vda.raw")) != want_keep:
                 raise AssertionError("churn/keep changed after rmdir %s" % name)
             with stats.lock:
                 stats.cycles += 1
@@ -247,9 +236,9 @@ def test(env, seconds):
     churn_points = point_images(env, "churn", ("vda",))
     tmp = os.path.join(env.dir, "oracle-churn.raw")
     m.oracle(churn_points["@now"]["vda"], tmp)
-    want_now = sha(tmp)
+    want_now = m.sha(tmp)
     m.oracle(churn_points["keep"]["vda"], tmp)
-    want_keep = sha(tmp)
+    want_keep = m.sha(tmp)
 
     d = m.Daemon(env)
     pid = d.proc.pid
