@@ -405,7 +405,7 @@ def test(env):
 
         # The symlink swap: list, open and read half, swap, read the rest.
         swapdir = os.path.join(env.mnt, "swap")
-        check.ok(sorted(os.listdir(os.path.join(swapdir, "s1"))) == ["snapshot.xml", "vda.raw"],
+        check.ok(sorted(os.listdir(os.path.join(swapdir, "s1"))) == ["snapshot.xml", "vda.delta", "vda.raw"],
                  "swap/s1 is listed")
         f1 = open(os.path.join(swapdir, "s1", "vda.raw"), "rb")
         f2 = open(os.path.join(swapdir, "s2", "vda.raw"), "rb")
