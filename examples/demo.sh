@@ -156,6 +156,13 @@ show cmp "$DIR/tuesday-vda.raw" "$DIR/tuesday-vda.oracle.raw"
 echo "identical; sparse copy: $(du -h "$DIR/tuesday-vda.raw" | cut -f1) of $(du -h --apparent-size "$DIR/tuesday-vda.raw" | cut -f1)"
 show cmp "$MNT/demo/monday/vda.raw" "$MNT/demo/tuesday/vda.raw" || true
 
+step "an incremental backup: monday in full, then tuesday's .delta over it"
+show getfattr -n user.virtsnapfs.delta_bytes "$MNT/demo/tuesday/vda.delta"
+show "$SRC/examples/backup.sh" "$MNT/demo" "$DIR/backup" monday
+show "$SRC/examples/backup.sh" --verify "$MNT/demo" "$DIR/backup" tuesday
+show cmp "$DIR/backup/vda.img" "$DIR/tuesday-vda.oracle.raw"
+echo "the backup equals tuesday"
+
 step "the present of the running VM (frozen while the file is open)"
 show cp --sparse=always "$MNT/demo/@now/vda.raw" "$DIR/now-vda.raw"
 show od -A d -t x1 -j $((200 * 1024 * 1024)) -N 16 "$DIR/now-vda.raw"
