@@ -198,7 +198,8 @@ summarize_layer(const char *canonical, ChainFormat format, const struct stat *st
       .n_runs = runs->len,
   };
   s->link = (GList){.data = s};
-  memcpy(s->runs, runs->data, runs->len * sizeof(SummaryRun));
+  if (runs->len > 0) /* an empty GArray's data may be NULL, which memcpy() must not see */
+    memcpy(s->runs, runs->data, runs->len * sizeof(SummaryRun));
   return s;
 }
 
