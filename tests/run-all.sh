@@ -49,7 +49,10 @@ count build-asan
 #   the .delta files (fs/delta.c and the chain/ delta code on real chains).
 # Left out: live (behind-the-daemon changes through a private libvirtd;
 #   its daemon code paths are the refresh ones that read and change
-#   already cover) and any slower mount test added later unless listed.
+#   already cover; it passes under ASan), log and install (pass under ASan),
+#   and hosts and faults: they kill a private libvirtd, and LeakSanitizer
+#   then reports the 24-byte BackendSink of that backend (a reference libvirt
+#   never gives back once its connection died).  Add them when that is fixed.
 ASAN_MOUNT_TESTS=${ASAN_MOUNT_TESTS:-"mount-read mount-change mount-attacks mount-load mount-delta"}
 mv build-asan/meson-logs/testlog.json build-asan/meson-logs/testlog-unit.json 2>/dev/null
 # shellcheck disable=SC2086 # the list is word-split on purpose
