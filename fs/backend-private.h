@@ -72,6 +72,10 @@ GMutex *backend_domain_lock(Backend *backend, const char *domain);
 void backend_virt_init(void);
 gboolean backend_event_loop_start(GError **error);
 void backend_event_loop_stop(void);
+/* Frees DATA with FREE_FUNC once no event callback can run any more, that
+ * is when the event loop thread stops.  For callback opaques: libvirt
+ * never calls a callback's freecb for a connection that died. */
+void backend_event_loop_free_later(gpointer data, GDestroyNotify free_func);
 
 /* model.c */
 /* Everything of libvirt a model is built from, read in one pass. */

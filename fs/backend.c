@@ -41,28 +41,19 @@ backend_wake(Backend *backend)
 /* Event callbacks (libvirt's event thread)                            */
 
 /* The opaque of every libvirt callback.  libvirt may still be running a
- * callback when it is deregistered and frees its opaque only later (the
- * freecb), so the callbacks reach the backend through this small
- * reference-counted sink, which backend_destroy() detaches first. */
+ * callback when it is deregistered, and never calls the freecb of a
+ * connection that died, so the callbacks reach the backend through this
+ * small sink: backend_destroy() detaches it, and the event loop frees it
+ * once its thread has stopped (backend_event_loop_free_later). */
 struct _BackendSink {
-  gint refs;
   GMutex lock;
   Backend *backend;            /* NULL once detached */
 };
 
-static BackendSink *
-sink_ref(BackendSink *sink)
-{
-  g_atomic_int_inc(&sink->refs);
-  return sink;
-}
-
 static void
-sink_unref(void *data)
+sink_free(gpointer data)
 {
   BackendSink *sink = data;
-  if (!g_atomic_int_dec_and_test(&sink->refs))
-    return;
   g_mutex_clear(&sink->lock);
   g_free(sink);
 }
@@ -133,14 +124,8 @@ connect_open(Backend *backend, int ids[5], GError **error)
   /* Remote drivers support keepalive; embedded and local ones say no. */
   if (virConnectSetKeepAlive(conn, 5, 3) < 0)
     g_debug("%s: no keepalive: %s", backend->uri, virGetLastErrorMessage());
-  /* No freecb here: libvirt runs a close callback under the lock that
-   * virConnectUnregisterCloseCallback() takes, so once that returns the
-   * reference can go (connect_drop); a freecb would only run when the
-   * connection object is disposed, which other references may delay. */
-  if (virConnectRegisterCloseCallback(conn, on_close, sink_ref(backend->sink), NULL) < 0) {
+  if (virConnectRegisterCloseCallback(conn, on_close, backend->sink, NULL) < 0)
     g_debug("%s: no close callback: %s", backend->uri, virGetLastErrorMessage());
-    sink_unref(backend->sink);
-  }
 
   static const struct {
     int id;
@@ -154,12 +139,10 @@ connect_open(Backend *backend, int ids[5], GError **error)
   };
   for (guint i = 0; i < G_N_ELEMENTS(events); i++) {
     ids[i] = virConnectDomainEventRegisterAny(conn, NULL, events[i].id, events[i].cb,
-                                              sink_ref(backend->sink), sink_unref);
-    if (ids[i] < 0) {
+                                              backend->sink, NULL);
+    if (ids[i] < 0)
       g_debug("%s: cannot register event %d: %s", backend->uri, events[i].id,
               virGetLastErrorMessage());
-      sink_unref(backend->sink);
-    }
   }
   return conn;
 }
@@ -183,8 +166,7 @@ connect_drop(Backend *backend)
   for (guint i = 0; i < G_N_ELEMENTS(ids); i++)
     if (ids[i] >= 0)
       virConnectDomainEventDeregisterAny(conn, ids[i]);
-  if (virConnectUnregisterCloseCallback(conn, on_close) == 0)
-    sink_unref(backend->sink);
+  virConnectUnregisterCloseCallback(conn, on_close);
   g_debug("virConnectClose(%s)", backend->uri);
   virConnectClose(conn);
 }
@@ -500,7 +482,7 @@ backend_destroy(Backend *backend, gboolean thaw)
     backend->sink->backend = NULL;
   }
   connect_drop(backend);
-  sink_unref(backend->sink);
+  backend_event_loop_free_later(g_steal_pointer(&backend->sink), sink_free);
   backend_exec_free(backend);
   backend_freeze_table_free(backend);
   g_hash_table_unref(backend->domain_locks);
@@ -551,7 +533,6 @@ backend_new(const BackendOptions *options, GError **error)
     backend->callback_ids[i] = -1;
   backend->model = backend_model_new_empty();
   backend->sink = g_new0(BackendSink, 1);
-  backend->sink->refs = 1;
   g_mutex_init(&backend->sink->lock);
   backend->sink->backend = backend;
   backend->logged = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);

@@ -17,6 +17,7 @@ static GMutex event_lock;
 static GThread *event_thread;
 static guint event_users;
 static gint event_quit;
+static GPtrArray *free_at_stop; /* of Garbage, freed after the thread's end */
 
 /* libvirt prints its errors on stderr by default; they belong in our
  * debug log, and the ones that matter reach the user through GErrors. */
@@ -81,6 +82,30 @@ on_wake_timeout(int timer, void *opaque)
   virEventRemoveTimeout(timer);
 }
 
+typedef struct {
+  gpointer data;
+  GDestroyNotify free_func;
+} Garbage;
+
+static void
+garbage_free(gpointer item)
+{
+  Garbage *garbage = item;
+  garbage->free_func(garbage->data);
+  g_free(garbage);
+}
+
+void
+backend_event_loop_free_later(gpointer data, GDestroyNotify free_func)
+{
+  Garbage *garbage = g_new(Garbage, 1);
+  *garbage = (Garbage){data, free_func};
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&event_lock);
+  if (!free_at_stop)
+    free_at_stop = g_ptr_array_new_with_free_func(garbage_free);
+  g_ptr_array_add(free_at_stop, garbage);
+}
+
 void
 backend_event_loop_stop(void)
 {
@@ -93,4 +118,5 @@ backend_event_loop_stop(void)
   if (virEventAddTimeout(0, on_wake_timeout, NULL, NULL) < 0)
     g_warning("cannot wake libvirt's event loop: %s", virGetLastErrorMessage());
   g_thread_join(g_steal_pointer(&event_thread));
+  g_clear_pointer(&free_at_stop, g_ptr_array_unref);
 }
