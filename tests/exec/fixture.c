@@ -333,9 +333,9 @@ fixture_picture_rename(GHashTable *picture, const char *from, const char *to)
 {
   g_autoptr(GPtrArray) keys = picture_keys(picture, from);
   for (guint i = 0; i < keys->len; i++) {
-    const char *key = keys->pdata[i];
+    g_autofree char *key = NULL;
     char *value = NULL;
-    g_hash_table_steal_extended(picture, key, NULL, (gpointer *)&value);
+    g_hash_table_steal_extended(picture, keys->pdata[i], (gpointer *)&key, (gpointer *)&value);
     g_hash_table_insert(picture, g_strdup_printf("%s/%s", to, key + strlen(from) + 1), value);
   }
 }

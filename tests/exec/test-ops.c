@@ -140,6 +140,7 @@ find_snapshot(BackendModel **model, const char *domain, const char *name)
 {
   g_autoptr(GError) error = NULL;
   g_assert_true(backend_refresh(fx->backend, &error));
+  g_clear_pointer(model, backend_model_unref);
   *model = backend_get_model(fx->backend);
   BackendDomain *d = backend_model_find_domain(*model, domain);
   return d ? backend_domain_find_snapshot(d, name) : NULL;
@@ -518,7 +519,8 @@ test_readonly_disk(void)
   g_autofree char *disk = g_strdup_printf("<disk type='file' device='disk'><driver name='qemu' "
                                           "type='raw'/><source file='%s'/><target dev='vdb' "
                                           "bus='virtio'/><readonly/></disk></devices>", raw);
-  g_autofree char *with_ro = g_strjoinv(disk, g_strsplit(xml, "</devices>", 2));
+  g_auto(GStrv) halves = g_strsplit(xml, "</devices>", 2);
+  g_autofree char *with_ro = g_strjoinv(disk, halves);
   g_autoptr(BackendVirConnect) conn = fixture_conn(fx);
   g_autoptr(BackendVirDomain) redefined = virDomainDefineXML(conn, with_ro);
   g_assert_nonnull(redefined);
