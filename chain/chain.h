@@ -191,6 +191,12 @@ gssize chain_read(Chain *chain, void *buf, gsize length, guint64 offset);
  * the end (and for SEEK_DATA when no data follows), or another -errno. */
 gint64 chain_seek(Chain *chain, guint64 offset, int whence);
 
+/* chain_seek() at a coarser grain: the disk is cut into aligned granules
+ * of granule bytes (the last one may be shorter), and a granule is a hole
+ * only when all of it is, else all of it is data.  Fewer, longer extents
+ * for callers that pay per extent; granule 0 or 1 is chain_seek(). */
+gint64 chain_seek_granular(Chain *chain, guint64 offset, int whence, guint64 granule);
+
 /* Bytes of the guest disk that read from allocated data (what st_blocks
  * reports).  Computed once and cached.  Returns -errno on error. */
 gint64 chain_allocated_bytes(Chain *chain);

@@ -512,6 +512,7 @@ ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
 void
 ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
 {
+  Virtsnapfs *fs = fuse_req_userdata(req);
   VirtsnapfsFile *file = req_file(fi);
   gint64 r;
 
@@ -530,7 +531,8 @@ ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_fil
   else if (file->delta != NULL)
     r = chain_delta_seek(file->delta, (guint64)off, whence);
   else
-    r = chain_seek(file->chain, (guint64)off, whence);
+    r = chain_seek_granular(file->chain, (guint64)off, whence,
+                            (guint64)fs->opts->hole_kib * 1024);
 
   LOG_TRACE("LSEEK %s off=%" G_GINT64_FORMAT " %s => %" G_GINT64_FORMAT, file->display,
           (gint64)off, whence == SEEK_DATA ? "SEEK_DATA" : "SEEK_HOLE", r);

@@ -45,6 +45,7 @@ static const struct fuse_opt option_table[] = {
   OPT("timeout=%lf", timeout, 0),
   OPT("no_splice", no_splice, 1),
   OPT("bandwidth=%lu", bandwidth, 0),
+  OPT("hole_granularity=%u", hole_kib, 0),
   FUSE_OPT_KEY("image_dir=", KEY_IMAGE_DIR),
   FUSE_OPT_KEY("uri=", KEY_URI),
   FUSE_OPT_KEY("-h", KEY_HELP),
@@ -82,6 +83,7 @@ options_init(VirtsnapfsOptions *opts)
   opts->image_dirs = g_ptr_array_new_with_free_func(g_free);
   opts->uri_opts = g_ptr_array_new_with_free_func(g_free);
   opts->timeout = VIRTSNAPFS_DEFAULT_TIMEOUT;
+  opts->hole_kib = VIRTSNAPFS_DEFAULT_HOLE_KIB;
 }
 
 void
@@ -372,6 +374,12 @@ options_validate(VirtsnapfsOptions *opts, GError **error)
                 (unsigned long)VIRTSNAPFS_MAX_BANDWIDTH);
     return FALSE;
   }
+  if (opts->hole_kib > VIRTSNAPFS_MAX_HOLE_KIB) {
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                "hole_granularity=%u: at most %u KiB (0: exact holes)", opts->hole_kib,
+                VIRTSNAPFS_MAX_HOLE_KIB);
+    return FALSE;
+  }
   if (!(opts->timeout >= 0 && opts->timeout <= 3600)) {
     g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                 "timeout=%g: expected 0 to 3600 seconds", opts->timeout);
@@ -417,6 +425,11 @@ options_print_help(const char *argv0)
          "                           qemu-img commit; qemu-img rebase (an offline pull)\n"
          "                           has no rate limit and runs unlimited\n"
          "                           (default: 0, unlimited)\n"
+         "    -o hole_granularity=KIB\n"
+         "                           report holes in aligned pieces of KIB KiB: one\n"
+         "                           that holds any data is data (its holes read as\n"
+         "                           zeros); 0 reports every hole exactly as qemu-img\n"
+         "                           map does (default: %u)\n"
          "    -o threads=N           most FUSE worker threads (default: %u)\n"
          "    -o timeout=SECONDS     attribute and entry cache time (default: %g)\n"
          "    -o no_splice           copy data through user space instead of splice(2)\n"
@@ -428,5 +441,5 @@ options_print_help(const char *argv0)
          "Any other -o option is passed to libfuse (ro, max_read=N, ...).  Options for\n"
          "mount(8) and systemd (noauto, nofail, _netdev, x-systemd.*, ...) are ignored.\n",
          argv0, VIRTSNAPFS_DEFAULT_URI, VIRTSNAPFS_DEFAULT_STATE_DIR,
-         VIRTSNAPFS_DEFAULT_THREADS, VIRTSNAPFS_DEFAULT_TIMEOUT);
+         VIRTSNAPFS_DEFAULT_HOLE_KIB, VIRTSNAPFS_DEFAULT_THREADS, VIRTSNAPFS_DEFAULT_TIMEOUT);
 }

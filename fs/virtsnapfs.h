@@ -23,6 +23,12 @@ G_BEGIN_DECLS
 #define VIRTSNAPFS_DEFAULT_THREADS 16
 #define VIRTSNAPFS_DEFAULT_TIMEOUT 1.0
 #define VIRTSNAPFS_MAX_BANDWIDTH (1024ul * 1024)  /* MiB/s: 1 TiB/s */
+/* SEEK_DATA/SEEK_HOLE report holes in aligned granules of this many KiB
+ * (-o hole_granularity): every lseek is a round trip to the daemon, and
+ * copying a small hole's zeros through the page cache costs less than
+ * the two lseeks that would skip it. */
+#define VIRTSNAPFS_DEFAULT_HOLE_KIB 1024u
+#define VIRTSNAPFS_MAX_HOLE_KIB (1024u * 1024)  /* 1 GiB */
 /* The directory of the present, in every domain directory. */
 #define VIRTSNAPFS_NOW "@now"
 #define VIRTSNAPFS_RAW_SUFFIX ".raw"
@@ -65,6 +71,7 @@ typedef struct {
   double timeout;
   int no_splice;
   unsigned long bandwidth;   /* MiB/s for block jobs and qemu-img commit, 0 = unlimited */
+  unsigned hole_kib;         /* granule of reported holes, 0 = exact */
   /* Filled by the option callback (g_malloc'd). */
   char *source;              /* first positional of two: the mount source */
   char *mountpoint;

@@ -102,6 +102,24 @@ expect_seek(GArray *ranges, guint64 size, guint64 offset, int whence)
   return whence == SEEK_DATA ? -ENXIO : (gint64)offset;
 }
 
+/* ranges widened to aligned granules (the last one ends at size), merged:
+ * what chain_seek_granular() must report as data. */
+static GArray *
+widen_ranges(GArray *ranges, guint64 granule, guint64 size)
+{
+  GArray *out = g_array_new(FALSE, FALSE, sizeof(Range));
+  for (guint i = 0; i < ranges->len; i++) {
+    Range r = g_array_index(ranges, Range, i);
+    Range w = {r.start - r.start % granule, MIN((r.end + granule - 1) / granule * granule, size)};
+    Range *last = out->len ? &g_array_index(out, Range, out->len - 1) : NULL;
+    if (last && w.start <= last->end)
+      last->end = MAX(last->end, w.end);
+    else
+      g_array_append_val(out, w);
+  }
+  return out;
+}
+
 static void
 check_bytes(const guint8 *got, const guint8 *want, gsize length, guint64 offset, const char *what)
 {
@@ -223,15 +241,29 @@ test_point(gconstpointer data)
       g_array_append_val(probes, off);
     guint64 edges[] = {0, size ? size - 1 : 0, size, size + 1};
     g_array_append_vals(probes, edges, G_N_ELEMENTS(edges));
-    for (guint i = 0; i < probes->len; i++) {
-      guint64 off = g_array_index(probes, guint64, i);
-      for (int whence = SEEK_DATA; whence <= SEEK_HOLE; whence++) {
-        gint64 want = expect_seek(ranges, size, off, whence);
-        gint64 got = chain_seek(chain, off, whence);
-        if (got != want)
-          g_error("%s from 0x%" G_GINT64_MODIFIER "x: got %" G_GINT64_FORMAT
-                  ", qemu-img map says %" G_GINT64_FORMAT,
-                  whence == SEEK_DATA ? "SEEK_DATA" : "SEEK_HOLE", off, got, want);
+    /* Exact, then in granules: one cluster (1 is exact too), three
+     * clusters (not a power of two) and 1 MiB. */
+    const guint64 granules[] = {0, 1, 65536, 3 * 65536, 1 << 20};
+    for (guint g = 0; g < G_N_ELEMENTS(granules); g++) {
+      guint64 granule = granules[g];
+      g_autoptr(GArray) expect = granule > 1 ? widen_ranges(ranges, granule, size)
+                                             : g_array_ref(ranges);
+      g_autoptr(GArray) at = g_array_copy(probes);
+      for (guint i = 0; i < expect->len; i++) {
+        Range r = g_array_index(expect, Range, i);
+        guint64 p[] = {r.start, r.end - 1, r.end, r.start ? r.start - 1 : 0};
+        g_array_append_vals(at, p, G_N_ELEMENTS(p));
+      }
+      for (guint i = 0; i < at->len; i++) {
+        guint64 off = g_array_index(at, guint64, i);
+        for (int whence = SEEK_DATA; whence <= SEEK_HOLE; whence++) {
+          gint64 want = expect_seek(expect, size, off, whence);
+          gint64 got = chain_seek_granular(chain, off, whence, granule);
+          if (got != want)
+            g_error("%s from 0x%" G_GINT64_MODIFIER "x in granules of %" G_GUINT64_FORMAT
+                    ": got %" G_GINT64_FORMAT ", qemu-img map says %" G_GINT64_FORMAT,
+                    whence == SEEK_DATA ? "SEEK_DATA" : "SEEK_HOLE", off, granule, got, want);
+        }
       }
     }
   }

@@ -286,6 +286,17 @@ def data_ranges_seek(path):
     return merge(ranges)
 
 
+# The daemon's default -o hole_granularity, in bytes: SEEK_DATA/SEEK_HOLE
+# report holes in aligned granules of this size.
+HOLE_GRANULE = 1 << 20
+
+
+def widen(ranges, size, granule=HOLE_GRANULE):
+    """Data ranges as the daemon reports them in granules: each widened
+    to granule boundaries (the last granule ends at size), merged."""
+    return merge([(s - s % granule, min(-(-e // granule) * granule, size)) for s, e in ranges])
+
+
 def merge(ranges):
     out = []
     for s, e in sorted(ranges):

@@ -58,6 +58,7 @@ test_defaults(void)
   g_assert_cmpint(f.opts.revert_mode, ==, VIRTSNAPFS_REVERT_KEEP);
   g_assert_cmpuint(f.opts.max_threads, ==, VIRTSNAPFS_DEFAULT_THREADS);
   g_assert_cmpuint(f.opts.bandwidth, ==, 0);
+  g_assert_cmpuint(f.opts.hole_kib, ==, VIRTSNAPFS_DEFAULT_HOLE_KIB);
   g_assert_false(f.opts.foreground);
   g_assert_null(f.opts.image_dirs_strv[0]);
   fixture_clear(&f);
@@ -124,6 +125,20 @@ test_bandwidth(void)
 }
 
 static void
+test_hole_granularity(void)
+{
+  Fixture f;
+  g_autoptr(GError) error = NULL;
+  const char *argv[] = { "MNT", "-o", "hole_granularity=0", NULL };
+  g_assert_true(parse(&f, argv, &error));
+  g_assert_true(options_validate(&f.opts, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(f.opts.hole_kib, ==, 0);
+  g_assert_false(args_contain(&f.args, "hole_granularity"));
+  fixture_clear(&f);
+}
+
+static void
 test_help_version(void)
 {
   Fixture f;
@@ -148,6 +163,9 @@ test_invalid(void)
     (const char *const[]){ "MNT", "-o", "bandwidth=-1", NULL },
     (const char *const[]){ "MNT", "-o", "bandwidth=fast", NULL },
     (const char *const[]){ "MNT", "-o", "bandwidth=2000000", NULL },
+    (const char *const[]){ "MNT", "-o", "hole_granularity=2000000", NULL },
+    (const char *const[]){ "MNT", "-o", "hole_granularity=-1", NULL },
+    (const char *const[]){ "MNT", "-o", "hole_granularity=big", NULL },
     (const char *const[]){ "MNT", "-o", "uri=nocolon", NULL },
     (const char *const[]){ "/does/not/exist", NULL },
     (const char *const[]){ "-f", NULL },
@@ -291,6 +309,7 @@ main(int argc, char *argv[])
   g_test_add_func("/options/mount-helper", test_mount_helper);
   g_test_add_func("/options/uri-option-wins", test_uri_option_wins);
   g_test_add_func("/options/bandwidth", test_bandwidth);
+  g_test_add_func("/options/hole-granularity", test_hole_granularity);
   g_test_add_func("/options/help-version", test_help_version);
   g_test_add_func("/options/invalid", test_invalid);
   g_test_add_func("/options/fstab", test_fstab_options);
