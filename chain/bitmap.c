@@ -71,6 +71,16 @@ chain_bitmap_count(const ChainBitmap *bitmap)
 }
 
 guint64
+chain_bitmap_bytes(const ChainBitmap *bitmap, guint64 virtual_size)
+{
+  guint64 g = bitmap->granularity;
+  guint64 bytes = chain_bitmap_count(bitmap) * g;
+  if (bitmap->nbits > 0 && chain_bitmap_get(bitmap, bitmap->nbits - 1))
+    bytes -= bitmap->nbits * g - virtual_size;
+  return bytes;
+}
+
+guint64
 chain_bitmap_count_and_not(const ChainBitmap *a, const ChainBitmap *b)
 {
   g_return_val_if_fail(a->granularity == b->granularity, 0);

@@ -116,6 +116,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(ChainBitmap, chain_bitmap_free)
 void chain_bitmap_set_range(ChainBitmap *bitmap, guint64 offset, guint64 length);
 gboolean chain_bitmap_get(const ChainBitmap *bitmap, guint64 bit);
 guint64 chain_bitmap_count(const ChainBitmap *bitmap);
+/* Guest bytes the set bits cover, the last granule ending at virtual_size. */
+guint64 chain_bitmap_bytes(const ChainBitmap *bitmap, guint64 virtual_size);
 /* Bits set in a and not in b; both must have the same granularity. */
 guint64 chain_bitmap_count_and_not(const ChainBitmap *a, const ChainBitmap *b);
 /* dst |= src, with the same granularity; bits of src past the end of dst
@@ -273,5 +275,21 @@ G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(ChainSummary, chain_summary_clear)
  * Any thread. */
 gboolean chain_summarize(const char *path, ChainFormat format, const ChainFormat *backing_formats,
                          const ChainPolicy *policy, ChainSummary *summary, GError **error);
+
+/* A chain named by its top image, as chain_open() takes it. */
+typedef struct {
+  const char *path;
+  ChainFormat format;
+  const ChainFormat *backing_formats;
+} ChainImage;
+
+/* chain_delta_bytes() of chain_delta_candidates() of point against
+ * parent, from the same cache as chain_summarize() and without opening
+ * either chain: what the layers above their common base override, in
+ * either chain, in granules.  An upper bound of the exact delta.  FALSE
+ * with error as chain_summarize() (EIO when one of those layers has
+ * corrupt tables). */
+gboolean chain_summarize_delta(const ChainImage *point, const ChainImage *parent,
+                               const ChainPolicy *policy, guint64 *bytes, GError **error);
 
 G_END_DECLS

@@ -66,11 +66,7 @@ delta_new(ChainBitmap *granules, guint64 virtual_size)
   delta->ref_count = 1;
   delta->virtual_size = virtual_size;
   delta->granules = granules;
-  guint64 g = granules->granularity;
-  delta->bytes = chain_bitmap_count(granules) * g;
-  /* The last granule ends at the virtual size. */
-  if (granules->nbits > 0 && chain_bitmap_get(granules, granules->nbits - 1))
-    delta->bytes -= granules->nbits * g - virtual_size;
+  delta->bytes = chain_bitmap_bytes(granules, virtual_size);
   return delta;
 }
 

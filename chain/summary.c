@@ -324,6 +324,65 @@ chain_summarize(const char *path, ChainFormat format, const ChainFormat *backing
   return TRUE;
 }
 
+/* Marks in out what the top `upper` layers of a walked chain override
+ * (chain_layer_allocation(): any run; a raw layer all of itself), and the
+ * ranges that a layer shorter than the chain cuts off.  FALSE when a
+ * corrupt range is among them. */
+static gboolean
+mark_upper(ChainBitmap *out, guint64 size, GPtrArray *layers, guint upper)
+{
+  const LayerSummary *top = layers->pdata[0];
+  for (guint i = 0; i < upper; i++) {
+    const LayerSummary *s = layers->pdata[i];
+    if (s->format == CHAIN_FORMAT_RAW)
+      chain_bitmap_set_range(out, 0, MIN(s->virtual_size, size));
+    for (guint j = 0; j < s->n_runs && s->runs[j].start < size; j++) {
+      if (s->runs[j].kind == SUMMARY_ERROR)
+        return FALSE;
+      chain_bitmap_set_range(out, s->runs[j].start, MIN(s->runs[j].end, size) - s->runs[j].start);
+    }
+    if (s->virtual_size < MIN(top->virtual_size, size))
+      chain_bitmap_set_range(out, s->virtual_size, MIN(top->virtual_size, size) - s->virtual_size);
+  }
+  return TRUE;
+}
+
+gboolean
+chain_summarize_delta(const ChainImage *point, const ChainImage *parent,
+                      const ChainPolicy *policy, guint64 *bytes, GError **error)
+{
+  g_autoptr(GPtrArray) a = g_ptr_array_new_with_free_func((GDestroyNotify)summary_unref);
+  g_autoptr(GPtrArray) b = g_ptr_array_new_with_free_func((GDestroyNotify)summary_unref);
+  if (!chain_walk(point->path, point->format, point->backing_formats, policy, summary_visit, a,
+                  error) ||
+      !chain_walk(parent->path, parent->format, parent->backing_formats, policy, summary_visit,
+                  b, error))
+    return FALSE;
+
+  /* The layers both share, counted from the bottom (as delta.c does). */
+  guint base = 0;
+  while (base < a->len && base < b->len) {
+    const LayerSummary *x = a->pdata[a->len - 1 - base], *y = b->pdata[b->len - 1 - base];
+    if (x->dev != y->dev || x->ino != y->ino || x->format != y->format)
+      break;
+    base++;
+  }
+  const LayerSummary *top = a->pdata[0], *parent_top = b->pdata[0];
+  guint64 size = top->virtual_size;
+  g_autoptr(ChainBitmap) out = chain_bitmap_new(chain_delta_granularity(size), size);
+  if (!mark_upper(out, size, a, a->len - base) || !mark_upper(out, size, b, b->len - base)) {
+    g_set_error(error, CHAIN_ERROR, EIO,
+                "%s: cannot bound the delta: a layer has corrupt tables (see the log)",
+                top->path);
+    return FALSE;
+  }
+  /* Past the end of a shorter parent the point's bytes are new. */
+  if (parent_top->virtual_size < size)
+    chain_bitmap_set_range(out, parent_top->virtual_size, size - parent_top->virtual_size);
+  *bytes = chain_bitmap_bytes(out, size);
+  return TRUE;
+}
+
 void
 chain_summary_clear(ChainSummary *summary)
 {

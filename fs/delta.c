@@ -24,8 +24,8 @@
  * getattr does not read data: st_blocks is the exact data size when the
  * delta is known (it was opened, or its user.virtsnapfs.delta_bytes
  * read), and otherwise the size of the candidates, which costs what the
- * .raw's allocated count costs (allocation maps only) and bounds the exact
- * size from above.  Computing exact deltas in getattr would make `ls -l`
+ * .raw's allocated count costs (chain_summarize_delta(), from the same
+ * per-image summaries) and bounds the exact size from above.  Computing exact deltas in getattr would make `ls -l`
  * of a snapshot directory read every changed byte twice.
  *
  * Pins: an open .delta pins its point's chain for its lifetime, as a .raw
@@ -328,18 +328,29 @@ stat_bytes(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const Imag
   if (estimate >= 0)
     return estimate;
 
+  if (p.parent_disk != NULL) {
+    /* From the per-image summaries that listings use: opening both
+     * chains for every .delta of a long chain of snapshots would open
+     * each layer as many times as there are snapshots above it. */
+    ChainPolicy policy = {.image_dirs = (const char *const *)model->image_dirs};
+    ChainImage point = {p.disk->image_path, p.disk->format, p.disk->backing_formats};
+    ChainImage parent = {p.parent_disk->image_path, p.parent_disk->format,
+                         p.parent_disk->backing_formats};
+    guint64 bound;
+    if (!chain_summarize_delta(&point, &parent, &policy, &bound, error))
+      return -1;
+    store(fs->deltas, p.key, &point_id, &parent_id, NULL, (gint64)bound);
+    return (gint64)bound;
+  }
+  /* With no parent the candidates are the exact delta: keep it. */
   g_autoptr(Chain) chain = open_chain(p.disk, model, error);
   if (chain == NULL)
     return -1;
-  g_autoptr(Chain) parent = p.parent_disk ? open_chain(p.parent_disk, model, error) : NULL;
-  if (p.parent_disk != NULL && parent == NULL)
-    return -1;
-  g_autoptr(ChainDelta) cand = chain_delta_candidates(chain, parent, error);
+  g_autoptr(ChainDelta) cand = chain_delta_candidates(chain, NULL, error);
   if (cand == NULL)
     return -1;
   estimate = (gint64)chain_delta_bytes(cand);
-  /* With no parent the candidates are the exact delta. */
-  store(fs->deltas, p.key, &point_id, &parent_id, parent ? NULL : cand, estimate);
+  store(fs->deltas, p.key, &point_id, &parent_id, cand, estimate);
   return estimate;
 }
 
