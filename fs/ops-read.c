@@ -21,12 +21,17 @@
  * thread's buffers have grown to the largest request.  A .delta reads
  * the same way inside its data extents and as zeros in its holes.
  *
+ * A snapshot's <target>.raw, which never changes, is also prefetched:
+ * once it is read sequentially, prefetch.c stores it into the kernel's
+ * page cache ahead of the reader, built the same way as a READ reply.
+ *
  * Thread model: FUSE workers, many reads of one handle at once.  A handle
  * is immutable after open (the Chain has its own locks); the only shared
  * mutable bit is the "error logged" flag, an atomic.  fs->files (the set
  * of open handles, for shutdown) has its own lock, not taken by read().
  */
 #include "virtsnapfs.h"
+#include "prefetch.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -46,11 +51,13 @@ struct _VirtsnapfsFile {
   char *pinned_domain;  /* the chain is pinned in the backend (DESIGN.md
                          * 4.3): unpinned at release */
   gint error_logged;    /* atomic: a data error was logged */
+  Prefetch *prefetch;   /* a snapshot's .raw, unless -o prefetch=0 */
 };
 
 static void
 file_free(VirtsnapfsFile *file)
 {
+  g_clear_pointer(&file->prefetch, prefetch_free);
   g_clear_pointer(&file->delta, chain_delta_unref);
   g_clear_pointer(&file->chain, chain_unref);
   g_clear_pointer(&file->bytes, g_bytes_unref);
@@ -61,10 +68,13 @@ file_free(VirtsnapfsFile *file)
 }
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VirtsnapfsFile, file_free)
 
-/* Lets plans touch file's chain again; cheap, no libvirt. */
+/* Lets plans touch file's chain again; cheap, no libvirt.  Stops the
+ * prefetch first: once a plan may delete the point, the name may be
+ * reused, and a late store would fill its cache with the old bytes. */
 static void
 file_unpin(Virtsnapfs *fs, VirtsnapfsFile *file)
 {
+  g_clear_pointer(&file->prefetch, prefetch_free);
   g_autofree char *domain = g_steal_pointer(&file->pinned_domain);
   if (domain)
     backend_unpin_chain(file->host->backend, domain, file->chain);
@@ -97,6 +107,8 @@ file_data_error(VirtsnapfsFile *file, const char *what, guint64 off, int err)
     g_warning("%s: %s at offset 0x%" G_GINT64_MODIFIER "x: %s (further errors of this "
               "file are not logged)", file->display, what, off, g_strerror(-err));
 }
+
+static Prefetch *file_prefetch_new(Virtsnapfs *fs, VirtsnapfsFile *file, fuse_ino_t ino);
 
 /* Opens the chain of a disk; the model's image directories are the policy. */
 static Chain *
@@ -231,8 +243,11 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
     file->size = chain_virtual_size(file->chain);
     /* A point in time never changes: keep the kernel's cache across
-     * opens (invalidate.c drops it if the name is reused). */
+     * opens (invalidate.c drops it if the name is reused), and fill it
+     * ahead of a sequential reader. */
     fi->keep_cache = 1;
+    if (node->kind == TREE_DISK && fs->opts->prefetch_kib > 0)
+      file->prefetch = file_prefetch_new(fs, file, ino);
     if (node->kind == TREE_DELTA) {
       /* Pinned before the delta reads it, as long as the handle lives. */
       backend_pin_chain(host->backend, node->domain, file->chain);
@@ -448,6 +463,49 @@ read_build(VirtsnapfsFile *file, ReadBuffers *rb, guint64 off, gsize len)
   return 0;
 }
 
+/* Builds [off, off + len) of file into the thread's buffers; 0 or -errno. */
+static int
+read_fill(VirtsnapfsFile *file, guint64 off, gsize len, struct fuse_bufvec **bufv)
+{
+  ReadBuffers *rb = read_buffers(len);
+  if (rb->bufv == NULL)
+    bufv_push(rb);
+  rb->bufv->count = 0;
+  int r = read_build(file, rb, off, len);
+  if (r < 0)
+    return r;
+  rb->bufv->idx = 0;
+  rb->bufv->off = 0;
+  *bufv = rb->bufv;
+  return 0;
+}
+
+/* prefetch.c's view of a snapshot's .raw. */
+static int
+prefetch_fill(gpointer data, guint64 off, gsize len, struct fuse_bufvec **bufv)
+{
+  return read_fill(data, off, len, bufv);
+}
+
+/* Holes in the default granules whatever -o hole_granularity says:
+ * storing a small hole's zeros costs less than a store per data run. */
+static gint64
+prefetch_seek(gpointer data, guint64 off, int whence)
+{
+  VirtsnapfsFile *file = data;
+  return chain_seek_granular(file->chain, off, whence,
+                             (guint64)VIRTSNAPFS_DEFAULT_HOLE_KIB * 1024);
+}
+
+static Prefetch *
+file_prefetch_new(Virtsnapfs *fs, VirtsnapfsFile *file, fuse_ino_t ino)
+{
+  static const PrefetchSource source = { .seek = prefetch_seek, .fill = prefetch_fill };
+  return prefetch_new(fs->se, ino, file->display, file->size,
+                      (guint64)fs->opts->prefetch_kib * 1024, &source, file,
+                      fs->splice ? FUSE_BUF_SPLICE_MOVE : FUSE_BUF_NO_SPLICE);
+}
+
 static void
 read_xml(fuse_req_t req, VirtsnapfsFile *file, size_t size, off_t off)
 {
@@ -484,11 +542,10 @@ ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
    * descriptors.  Nothing touches file after fuse_reply_data(). */
   g_autoptr(Chain) chain = chain_ref(file->chain);
 
-  ReadBuffers *rb = read_buffers(len);
-  if (rb->bufv == NULL)
-    bufv_push(rb);
-  rb->bufv->count = 0;
-  int r = read_build(file, rb, (guint64)off, len);
+  if (file->prefetch)
+    prefetch_note_read(file->prefetch, (guint64)off, len);
+  struct fuse_bufvec *bufv;
+  int r = read_fill(file, (guint64)off, len, &bufv);
   if (r < 0) {
     file_data_error(file, "read", (guint64)off, r);
     LOG_TRACE("READ %s off=%" G_GINT64_FORMAT " len=%zu => %s", file->display, (gint64)off,
@@ -496,12 +553,10 @@ ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
     fuse_reply_err(req, EIO);
     return;
   }
-  rb->bufv->idx = 0;
-  rb->bufv->off = 0;
 
   LOG_TRACE("READ %s off=%" G_GINT64_FORMAT " len=%zu => %zu (%zu buffers)", file->display,
-          (gint64)off, size, len, rb->bufv->count);
-  r = fuse_reply_data(req, rb->bufv, fs->splice ? FUSE_BUF_SPLICE_MOVE : FUSE_BUF_NO_SPLICE);
+          (gint64)off, size, len, bufv->count);
+  r = fuse_reply_data(req, bufv, fs->splice ? FUSE_BUF_SPLICE_MOVE : FUSE_BUF_NO_SPLICE);
   if (r < 0 && r != -ENOENT)
     LOG_TRACE("READ reply at offset %" G_GINT64_FORMAT ": %s", (gint64)off, g_strerror(-r));
 }

@@ -46,6 +46,7 @@ static const struct fuse_opt option_table[] = {
   OPT("no_splice", no_splice, 1),
   OPT("bandwidth=%lu", bandwidth, 0),
   OPT("hole_granularity=%u", hole_kib, 0),
+  OPT("prefetch=%u", prefetch_kib, 0),
   FUSE_OPT_KEY("image_dir=", KEY_IMAGE_DIR),
   FUSE_OPT_KEY("uri=", KEY_URI),
   FUSE_OPT_KEY("-h", KEY_HELP),
@@ -84,6 +85,7 @@ options_init(VirtsnapfsOptions *opts)
   opts->uri_opts = g_ptr_array_new_with_free_func(g_free);
   opts->timeout = VIRTSNAPFS_DEFAULT_TIMEOUT;
   opts->hole_kib = VIRTSNAPFS_DEFAULT_HOLE_KIB;
+  opts->prefetch_kib = VIRTSNAPFS_DEFAULT_PREFETCH_KIB;
 }
 
 void
@@ -380,6 +382,12 @@ options_validate(VirtsnapfsOptions *opts, GError **error)
                 VIRTSNAPFS_MAX_HOLE_KIB);
     return FALSE;
   }
+  if (opts->prefetch_kib > VIRTSNAPFS_MAX_PREFETCH_KIB) {
+    g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                "prefetch=%u: at most %u KiB (0: no prefetch)", opts->prefetch_kib,
+                VIRTSNAPFS_MAX_PREFETCH_KIB);
+    return FALSE;
+  }
   if (!(opts->timeout >= 0 && opts->timeout <= 3600)) {
     g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                 "timeout=%g: expected 0 to 3600 seconds", opts->timeout);
@@ -430,6 +438,10 @@ options_print_help(const char *argv0)
          "                           that holds any data is data (its holes read as\n"
          "                           zeros); 0 reports every hole exactly as qemu-img\n"
          "                           map does (default: %u)\n"
+         "    -o prefetch=KIB        when a snapshot's disk is read sequentially, store\n"
+         "                           up to KIB KiB ahead of the reader into the kernel's\n"
+         "                           page cache from daemon threads; 0: only what the\n"
+         "                           kernel asks for (default: %u)\n"
          "    -o threads=N           most FUSE worker threads (default: %u)\n"
          "    -o timeout=SECONDS     attribute and entry cache time (default: %g)\n"
          "    -o no_splice           copy data through user space instead of splice(2)\n"
@@ -441,5 +453,5 @@ options_print_help(const char *argv0)
          "Any other -o option is passed to libfuse (ro, max_read=N, ...).  Options for\n"
          "mount(8) and systemd (noauto, nofail, _netdev, x-systemd.*, ...) are ignored.\n",
          argv0, VIRTSNAPFS_DEFAULT_URI, VIRTSNAPFS_DEFAULT_STATE_DIR,
-         VIRTSNAPFS_DEFAULT_HOLE_KIB, VIRTSNAPFS_DEFAULT_THREADS, VIRTSNAPFS_DEFAULT_TIMEOUT);
+         VIRTSNAPFS_DEFAULT_HOLE_KIB, VIRTSNAPFS_DEFAULT_PREFETCH_KIB, VIRTSNAPFS_DEFAULT_THREADS, VIRTSNAPFS_DEFAULT_TIMEOUT);
 }

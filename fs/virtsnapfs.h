@@ -29,6 +29,10 @@ G_BEGIN_DECLS
  * the two lseeks that would skip it. */
 #define VIRTSNAPFS_DEFAULT_HOLE_KIB 1024u
 #define VIRTSNAPFS_MAX_HOLE_KIB (1024u * 1024)  /* 1 GiB */
+/* A point in time read sequentially is stored into the kernel's page
+ * cache this far ahead of its reader (-o prefetch, prefetch.c). */
+#define VIRTSNAPFS_DEFAULT_PREFETCH_KIB (32u * 1024)
+#define VIRTSNAPFS_MAX_PREFETCH_KIB (1024u * 1024)  /* 1 GiB */
 /* The directory of the present, in every domain directory. */
 #define VIRTSNAPFS_NOW "@now"
 #define VIRTSNAPFS_RAW_SUFFIX ".raw"
@@ -72,6 +76,7 @@ typedef struct {
   int no_splice;
   unsigned long bandwidth;   /* MiB/s for block jobs and qemu-img commit, 0 = unlimited */
   unsigned hole_kib;         /* granule of reported holes, 0 = exact */
+  unsigned prefetch_kib;     /* stored ahead of a sequential reader, 0 = never */
   /* Filled by the option callback (g_malloc'd). */
   char *source;              /* first positional of two: the mount source */
   char *mountpoint;

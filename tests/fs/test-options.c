@@ -2,6 +2,7 @@
  * call the daemon, and validation before anything is mounted. */
 #include "virtsnapfs.h"
 
+#include <glib/gstdio.h>
 #include <string.h>
 
 typedef struct {
@@ -17,14 +18,17 @@ fixture_clear(Fixture *f)
   fuse_opt_free_args(&f->args);
 }
 
+/* The directory "MNT" stands for; made on first use, removed by main. */
+static char *mnt_dir;
+
 /* Parses argv (NULL-terminated, without argv[0]); "MNT" is replaced by a
  * real directory.  Returns the parse result. */
 static gboolean
 parse(Fixture *f, const char *const *argv, GError **error)
 {
-  static char *dir;
-  if (dir == NULL)
-    dir = g_dir_make_tmp("virtsnapfs-opt-XXXXXX", NULL);
+  if (mnt_dir == NULL)
+    mnt_dir = g_dir_make_tmp("virtsnapfs-opt-XXXXXX", NULL);
+  char *dir = mnt_dir;
   memset(f, 0, sizeof *f);
   f->dir = dir;
   options_init(&f->opts);
@@ -59,6 +63,7 @@ test_defaults(void)
   g_assert_cmpuint(f.opts.max_threads, ==, VIRTSNAPFS_DEFAULT_THREADS);
   g_assert_cmpuint(f.opts.bandwidth, ==, 0);
   g_assert_cmpuint(f.opts.hole_kib, ==, VIRTSNAPFS_DEFAULT_HOLE_KIB);
+  g_assert_cmpuint(f.opts.prefetch_kib, ==, VIRTSNAPFS_DEFAULT_PREFETCH_KIB);
   g_assert_false(f.opts.foreground);
   g_assert_null(f.opts.image_dirs_strv[0]);
   fixture_clear(&f);
@@ -139,6 +144,20 @@ test_hole_granularity(void)
 }
 
 static void
+test_prefetch(void)
+{
+  Fixture f;
+  g_autoptr(GError) error = NULL;
+  const char *argv[] = { "MNT", "-o", "prefetch=0", NULL };
+  g_assert_true(parse(&f, argv, &error));
+  g_assert_true(options_validate(&f.opts, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(f.opts.prefetch_kib, ==, 0);
+  g_assert_false(args_contain(&f.args, "prefetch"));
+  fixture_clear(&f);
+}
+
+static void
 test_help_version(void)
 {
   Fixture f;
@@ -166,6 +185,8 @@ test_invalid(void)
     (const char *const[]){ "MNT", "-o", "hole_granularity=2000000", NULL },
     (const char *const[]){ "MNT", "-o", "hole_granularity=-1", NULL },
     (const char *const[]){ "MNT", "-o", "hole_granularity=big", NULL },
+    (const char *const[]){ "MNT", "-o", "prefetch=2000000", NULL },
+    (const char *const[]){ "MNT", "-o", "prefetch=lots", NULL },
     (const char *const[]){ "MNT", "-o", "uri=nocolon", NULL },
     (const char *const[]){ "/does/not/exist", NULL },
     (const char *const[]){ "-f", NULL },
@@ -310,11 +331,16 @@ main(int argc, char *argv[])
   g_test_add_func("/options/uri-option-wins", test_uri_option_wins);
   g_test_add_func("/options/bandwidth", test_bandwidth);
   g_test_add_func("/options/hole-granularity", test_hole_granularity);
+  g_test_add_func("/options/prefetch", test_prefetch);
   g_test_add_func("/options/help-version", test_help_version);
   g_test_add_func("/options/invalid", test_invalid);
   g_test_add_func("/options/fstab", test_fstab_options);
   g_test_add_func("/options/hosts", test_hosts);
   g_test_add_func("/options/hosts-invalid", test_hosts_invalid);
   g_test_add_func("/options/uri-remote", test_uri_remote);
-  return g_test_run();
+  int r = g_test_run();
+  if (mnt_dir)
+    g_rmdir(mnt_dir);
+  g_free(mnt_dir);
+  return r;
 }

@@ -9,7 +9,9 @@ Against qemu:///embed with real QEMU (TCG):
     taken live with guest writes (through the QEMU monitor) between them.
 For each point and disk: `cp --sparse=always` equals `qemu-img convert -O
 raw` of the point image, the copy is sparse where the chain has holes, and
-SEEK_DATA/SEEK_HOLE match `qemu-img map`.  Also: the tree, modes, times,
+SEEK_DATA/SEEK_HOLE match `qemu-img map`; after a sequential read the
+daemon has stored the data that follows into the page cache (and with
+-o prefetch=0 has not).  Also: the tree, modes, times,
 xattrs, readdir order, unaligned reads, ENXIO past the end, nothing
 writable, other users, mount -t fuse.virtsnapfs, SIGTERM with a file open.
 """
@@ -229,6 +231,48 @@ def check_now(env, dom, targets, oracle_images):
         check.ok(m.files_equal(want, got), "%s: cp --sparse=always == qemu-img convert" % label)
 
 
+def check_prefetch(env, path, image, on):
+    """A sequential read of the first 2 MiB of path, from a cold cache:
+    with prefetch on, the daemon stores the data granules after it into the
+    page cache while the file is open, with the image's bytes, and no page
+    of a hole; with -o prefetch=0 only what the kernel asked for is there."""
+    label = "%s: prefetch %s" % (os.path.relpath(path, env.mnt), "on" if on else "off")
+    size = os.stat(path).st_size
+    page = os.sysconf("SC_PAGE_SIZE")
+    data = m.widen(m.data_ranges_qemu(image), size)
+    # Past the 2 MiB read and the kernel's own readahead after it.
+    far = [(max(s, 4 * MiB), e) for s, e in data if e > 4 * MiB]
+    holes = [(max(a[1], 4 * MiB), b[0]) for a, b in zip(data, data[1:]) if b[0] > 4 * MiB]
+    check.ok(far and holes, "%s: the point has data and holes past 4 MiB" % label)
+
+    def cached(ranges):
+        pages = m.cached_pages(path)
+        return [pages[p] for s, e in ranges for p in range(s // page, e // page)]
+
+    m.drop_cached(path)
+    check.ok(not any(cached(far)), "%s: nothing cached after dropping the file's pages" % label)
+    with open(path, "rb", buffering=0) as f:
+        for _ in range(4):
+            f.read(512 * 1024)
+        if on:
+            # All of it but the tripwire page (prefetch.c), in a few seconds.
+            m.wait_for(lambda: cached(far).count(False) <= 1, timeout=20,
+                       what=label + ": the data granules after the read cached")
+            want = os.path.join(env.dir, "oracle.raw")
+            m.oracle(image, want)
+            with open(want, "rb") as w:
+                for s, e in far:
+                    w.seek(s)
+                    f.seek(s)
+                    check.ok(f.read(e - s) == w.read(e - s),
+                             "%s: stored bytes [%d, %d) == qemu-img convert" % (label, s, e))
+        else:
+            time.sleep(2)
+            check.ok(not any(cached(far)), "%s: nothing stored past the reader" % label)
+        check.ok(not any(cached(holes)), "%s: no page of a hole stored (%d holes)"
+                 % (label, len(holes)))
+
+
 def check_not_writable(env):
     p = os.path.join(env.mnt, "one", "first", "vda.raw")
     d = os.path.join(env.mnt, "one")
@@ -291,6 +335,8 @@ def test(env):
     check_now(env, "one", ["vda"], now_one)
     check_now(env, "two", ["vda", "sdb"], now_two)
     check_not_writable(env)
+    at = os.path.join(env.mnt, "one", escape("@at"), "vda.raw")
+    check_prefetch(env, at, points_one["@at"][1]["vda"], on=True)
 
     p = os.path.join(env.mnt, "one", "first", "vda.raw")
     r = as_nobody("head", "-c", "1", p)
@@ -314,7 +360,7 @@ def test(env):
     else:
         source, fstype = m.VIRTSNAPFS + "#" + env.uri, "fuse"
     subprocess.run(["mount", "-t", fstype, source, env.mnt, "-o",
-                    "allow_other,hole_granularity=0,state_dir=%s,image_dir=%s"
+                    "allow_other,hole_granularity=0,prefetch=0,state_dir=%s,image_dir=%s"
                     % (env.state, env.images)],
                    env=env.env, check=True)
     check.ok(os.path.ismount(env.mnt), "mount -t %s SOURCE MNT works" % fstype)
@@ -326,6 +372,7 @@ def test(env):
             check.ok(m.data_ranges_seek(path) == qmap,
                      "two/%s/%s: exact SEEK_DATA/SEEK_HOLE == qemu-img map (%d extents)"
                      % (name, target, len(qmap)))
+    check_prefetch(env, at, points_one["@at"][1]["vda"], on=False)
     r = as_nobody("cmp", p, os.path.join(env.mnt, "one", "first", "vda.raw"))
     check.ok(r.returncode == 0, "another user reads with allow_other")
     r = as_nobody("sh", "-c", "echo x >> '%s'" % p)
