@@ -271,6 +271,18 @@ def check_prefetch(env, path, image, on):
             check.ok(not any(cached(far)), "%s: nothing stored past the reader" % label)
         check.ok(not any(cached(holes)), "%s: no page of a hole stored (%d holes)"
                  % (label, len(holes)))
+    if on:
+        # Closed while the stores run: release waits for them, and the
+        # file still reads as the image.
+        for i in range(10):
+            m.drop_cached(path)
+            with open(path, "rb", buffering=0) as f:
+                for _ in range(3 + i % 3):
+                    f.read(512 * 1024)
+        got = os.path.join(env.dir, "copy.raw")
+        m.copy_sparse(path, got)
+        check.ok(m.files_equal(want, got),
+                 "%s: after 10 closes during stores, cp == qemu-img convert" % label)
 
 
 def check_not_writable(env):
@@ -385,16 +397,21 @@ def test(env):
     # The daemon is in the background: wait for it to let go of the root.
     time.sleep(2)
 
-    # SIGTERM with an @now file open: exits cleanly, thaws the freeze.
+    # SIGTERM with an @now file open, and a snapshot being prefetched:
+    # exits cleanly, thaws the freeze.
     d = m.Daemon(env, expect=[r"cannot abort"])
     f = open(os.path.join(env.mnt, "two", "@now", "vda.raw"), "rb")
     f.read(4096)
+    m.drop_cached(at)
+    g = open(at, "rb", buffering=0)
+    g.read(2 * MiB)
     check.ok(env.active_image is not None, "@now open during SIGTERM")
     d.stop(signal.SIGTERM)
-    try:
-        f.close()
-    except OSError:
-        pass
+    for h in (f, g):
+        try:
+            h.close()
+        except OSError:
+            pass
     check.ok(sorted(os.listdir(env.images)) == overlays_before,
              "SIGTERM with @now open: temporary overlay committed and removed")
     check.ok(env.active_image("two", "vda") == now_two["vda"],
