@@ -144,13 +144,17 @@ read_xml(Exec *x, unsigned int flags, GError **error)
   return domxml_parse_domain(xml, error);
 }
 
+/* Sets *running to whether the domain runs; FALSE if libvirt cannot say. */
 static gboolean
-is_running(Exec *x, GError **error)
+get_running(Exec *x, gboolean *running, GError **error)
 {
   int active = virDomainIsActive(x->dom);
-  if (active < 0)
+  if (active < 0) {
     backend_set_virt_error(error, "domain %s: state", x->name);
-  return active == 1;
+    return FALSE;
+  }
+  *running = active == 1;
+  return TRUE;
 }
 
 /* TRUE when path is the source or a layer of the running chain of disk. */
@@ -169,12 +173,9 @@ in_live_chain(const DomXmlDisk *disk, const char *path)
 static gboolean
 guard_offline(Exec *x, const PlanStep *step, GError **error)
 {
-  GError *local = NULL;
-  gboolean running = is_running(x, &local);
-  if (local) {
-    g_propagate_error(error, local);
+  gboolean running;
+  if (!get_running(x, &running, error))
     return FALSE;
-  }
   if (!running)
     return TRUE;
   g_autoptr(DomXmlDomain) live = read_xml(x, 0, error);
@@ -573,12 +574,9 @@ step_create_overlay(Exec *x, const PlanStep *step, GError **error)
 static gboolean
 step_set_active(Exec *x, const PlanStep *step, GError **error)
 {
-  GError *local = NULL;
-  gboolean running = is_running(x, &local);
-  if (local) {
-    g_propagate_error(error, local);
+  gboolean running;
+  if (!get_running(x, &running, error))
     return FALSE;
-  }
   if (running) {
     g_autoptr(DomXmlDomain) live = read_xml(x, 0, error);
     DomXmlDisk *disk = live ? live_disk(live, x, step->disk, error) : NULL;
@@ -876,12 +874,9 @@ run_job_step_offline(Exec *x, const PlanStep *step, gboolean *handled, GError **
   *handled = FALSE;
   if (!step->block_job)
     return TRUE;
-  GError *local = NULL;
-  gboolean running = is_running(x, &local);
-  if (local) {
-    g_propagate_error(error, local);
+  gboolean running;
+  if (!get_running(x, &running, error))
     return FALSE;
-  }
   if (running)
     return TRUE;
   *handled = TRUE;
@@ -942,12 +937,9 @@ run_step(Exec *x, const PlanStep *step, GError **error)
 static gboolean
 tidy_inactive_xml(Exec *x, GError **error)
 {
-  GError *local = NULL;
-  gboolean running = is_running(x, &local);
-  if (local) {
-    g_propagate_error(error, local);
+  gboolean running;
+  if (!get_running(x, &running, error))
     return FALSE;
-  }
   if (running)
     return TRUE;
   g_autofree char *xml = virDomainGetXMLDesc(x->dom, VIR_DOMAIN_XML_INACTIVE);

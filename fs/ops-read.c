@@ -25,8 +25,10 @@
  * once it is read sequentially, prefetch.c stores it into the kernel's
  * page cache ahead of the reader, built the same way as a READ reply.
  *
- * Thread model: FUSE workers, many reads of one handle at once.  A handle
- * is immutable after open (the Chain has its own locks); the only shared
+ * Thread model: FUSE workers, many reads of one handle at once, and a
+ * prefetch thread building stores the same way.  A handle is immutable
+ * after open (the Chain has its own locks, the Prefetch its own lock; the
+ * Prefetch is freed at release, after the last READ); the only shared
  * mutable bit is the "error logged" flag, an atomic.  fs->files (the set
  * of open handles, for shutdown) has its own lock, not taken by read().
  */

@@ -16,7 +16,14 @@
  * learn where it is, each window leaves one page out (the tripwire) half a
  * window before its end.  The reader's miss there is a one-page READ,
  * which moves the window on while half of it is still ahead of the
- * reader.  A READ far from the run (a seek) starts a new run.  Holes, as
+ * reader.  A reader faster than the stores (a compressed image, where
+ * building the bytes is the work) catches up with them: its READ sends the
+ * stores a quarter window ahead, and the kernel's readahead READs, on
+ * other threads, serve it until it reaches them.  Without the jump the
+ * next readahead READ asks for the very range being stored, and both
+ * build it: cp of a 2 GiB zlib base took 5.2 s, with it 3.0 to 3.2 s
+ * (qemu-img convert: 4.8 to 5.4 s).  A READ far from the run (a seek)
+ * starts a new run.  Holes, as
  * SEEK_DATA/SEEK_HOLE report them, are skipped and do not count against
  * the window, so a sparse copy's jumps over holes neither store zeros
  * nobody reads nor run out of stores.
@@ -53,6 +60,7 @@ prefetch_pace_init(PrefetchPace *pace, guint64 size, guint64 window, guint64 chu
   *pace = (PrefetchPace){
     .size = size,
     .window = window,
+    .lead = align_down(window / 4, page),
     .chunk = MAX(align_down(chunk, page), page),
     .start = start,
     .page = page,
@@ -83,10 +91,15 @@ prefetch_pace_note_read(PrefetchPace *pace, guint64 off, guint64 len)
     pace->next = pace->limit = end;
     pace->tripwire = NO_TRIPWIRE;
   }
+  gboolean storing = pace->run >= pace->start;
   pace->run += end - off;
   pace->read_end = MAX(pace->read_end, end);
-  /* What READs fetch is not stored again. */
-  pace->next = MAX(pace->next, end);
+  /* What READs fetch is not stored again.  A READ past the stores means
+   * the reader has caught up with them: they jump ahead by a lead, and
+   * the kernel's readahead READs serve the reader in between, so that
+   * READs and stores do not build the same bytes twice. */
+  if (end > pace->next)
+    pace->next = end + (storing ? pace->lead : 0);
   if (pace->run < pace->start)
     return FALSE;
 

@@ -23,6 +23,7 @@ typedef gint64 (*PrefetchSeekFunc)(gpointer data, guint64 off, int whence);
 typedef struct {
   guint64 size;      /* of the file */
   guint64 window;    /* stored ahead of the reader's furthest READ */
+  guint64 lead;      /* how far stores jump past a READ that caught up */
   guint64 chunk;     /* largest single store */
   guint64 start;     /* sequential bytes read before storing begins */
   guint64 page;      /* the kernel's page size: stores are page-aligned */

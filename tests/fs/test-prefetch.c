@@ -130,8 +130,8 @@ test_tripwire_moves_the_window(void)
   g_assert_cmpuint(tripwires, <=, dense.size / (WINDOW / 2) + 1);
 }
 
-/* What READs fetched is not stored again, and a reader that has passed
- * the stores drags them along. */
+/* What READs fetched is not stored again, and a reader that has caught
+ * up with the stores sends them a quarter window past its READ. */
 static void
 test_reads_ahead_of_the_stores(void)
 {
@@ -143,12 +143,16 @@ test_reads_ahead_of_the_stores(void)
   guint64 off, len;
   g_assert_true(prefetch_pace_take(&pace, fake_seek, (gpointer)&dense, &off, &len));
   g_assert_cmpuint(off, ==, 2 * CHUNK);
-  /* Readahead READs beyond what was stored. */
+  /* Readahead READs beyond what was stored: the first has caught up. */
   prefetch_pace_note_read(&pace, 3 * CHUNK, CHUNK);
   prefetch_pace_note_read(&pace, 4 * CHUNK, CHUNK);
   g_assert_true(prefetch_pace_take(&pace, fake_seek, (gpointer)&dense, &off, &len));
-  g_assert_cmpuint(off, ==, 5 * CHUNK);
+  g_assert_cmpuint(off, ==, 4 * CHUNK + WINDOW / 4);
   g_assert_cmpuint(pace.limit, ==, 5 * CHUNK + WINDOW);
+  /* READs in between move nothing. */
+  prefetch_pace_note_read(&pace, 5 * CHUNK, CHUNK);
+  g_assert_true(prefetch_pace_take(&pace, fake_seek, (gpointer)&dense, &off, &len));
+  g_assert_cmpuint(off, ==, 4 * CHUNK + WINDOW / 4 + CHUNK);
 }
 
 /* A READ far behind or far ahead (a seek) starts a new run: nothing is
