@@ -23,10 +23,9 @@
  * next readahead READ asks for the very range being stored, and both
  * build it: cp of a 2 GiB zlib base took 5.2 s, with it 3.0 to 3.2 s
  * (qemu-img convert: 4.8 to 5.4 s).  A READ far from the run (a seek)
- * starts a new run.  Holes, as
- * SEEK_DATA/SEEK_HOLE report them, are skipped and do not count against
- * the window, so a sparse copy's jumps over holes neither store zeros
- * nobody reads nor run out of stores.
+ * starts a new run.  Holes, as SEEK_DATA/SEEK_HOLE report them, are
+ * skipped and do not count against the window, so a sparse copy's jumps
+ * over holes neither store zeros nobody reads nor run out of stores.
  *
  * Only what never changes is prefetched: a point in time (ops-read.c).
  * Stores for a file end before its release is answered, so no store can
