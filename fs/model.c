@@ -94,8 +94,12 @@ raw_read_domain(virDomainPtr dom, BackendRawDomain *out, GError **error)
         ok = FALSE;
       } else {
         g_ptr_array_add(out->snapshot_xmls, xml);
-        if (current == 1)
+        /* Two can say so when the current snapshot changes while they
+         * are listed; the next refresh sees which one it is. */
+        if (current == 1) {
+          g_free(out->current);
           out->current = g_strdup(virDomainSnapshotGetName(snaps[i]));
+        }
       }
     }
     virDomainSnapshotFree(snaps[i]);
