@@ -247,16 +247,6 @@ def hwm_kib(pid):
     return -1
 
 
-def drop_cached(path):
-    """Drops the kernel's cached pages of path (a file on the mount: the
-    next read goes to the daemon again; the images stay cached)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def read_all_and_drop(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -281,7 +271,7 @@ def part_throughput(a, env, mountlib, rows, tmpfs, have_nbd):
             sh("cmp", f, flat)  # the mount reads what QEMU reads
             r = {"label": label, "size": os.path.getsize(f)}
             cp = ["cp", "--sparse=always", f, out]
-            r["mount"] = best_of(a.runs, cp, out, before=lambda: drop_cached(f))
+            r["mount"] = best_of(a.runs, cp, out, before=lambda: mountlib.drop_cached(f))
             r["again"] = best_of(a.runs, cp, out)
             r["convert"] = best_of(a.runs, ["qemu-img", "convert", "-U", "-O", "raw", "-f",
                                             "qcow2", point, out], out)

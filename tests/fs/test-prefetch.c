@@ -47,6 +47,15 @@ pace_new(PrefetchPace *pace, guint64 size)
   prefetch_pace_init(pace, size, WINDOW, CHUNK, 2 * CHUNK, PAGE);
 }
 
+/* A pace whose reader has read the first two chunks: storing from 1 MiB. */
+static void
+pace_started(PrefetchPace *pace, guint64 size)
+{
+  pace_new(pace, size);
+  g_assert_false(prefetch_pace_note_read(pace, 0, CHUNK));
+  g_assert_true(prefetch_pace_note_read(pace, CHUNK, CHUNK));
+}
+
 /* Takes until the pace has nothing left; marks what was stored in a
  * byte-per-page map of the file and checks each range's shape. */
 static guint64
@@ -109,9 +118,7 @@ test_tripwire_moves_the_window(void)
 {
   PrefetchPace pace;
   g_autofree guint8 *stored = g_new0(guint8, dense.size / PAGE);
-  pace_new(&pace, dense.size);
-  prefetch_pace_note_read(&pace, 0, CHUNK);
-  prefetch_pace_note_read(&pace, CHUNK, CHUNK);
+  pace_started(&pace, dense.size);
   guint64 tripwires = 0;
   for (;;) {
     take_all(&pace, &dense, stored);
@@ -137,9 +144,7 @@ test_reads_ahead_of_the_stores(void)
 {
   PrefetchPace pace;
   g_autofree guint8 *stored = g_new0(guint8, dense.size / PAGE);
-  pace_new(&pace, dense.size);
-  prefetch_pace_note_read(&pace, 0, CHUNK);
-  prefetch_pace_note_read(&pace, CHUNK, CHUNK);
+  pace_started(&pace, dense.size);
   guint64 off, len;
   g_assert_true(prefetch_pace_take(&pace, fake_seek, (gpointer)&dense, &off, &len));
   g_assert_cmpuint(off, ==, 2 * CHUNK);
@@ -192,9 +197,7 @@ test_holes_are_skipped(void)
   const FakeFile sparse = { 64 * MiB, runs, G_N_ELEMENTS(runs), 0 };
   PrefetchPace pace;
   g_autofree guint8 *stored = g_new0(guint8, sparse.size / PAGE);
-  pace_new(&pace, sparse.size);
-  prefetch_pace_note_read(&pace, 0, CHUNK);
-  prefetch_pace_note_read(&pace, CHUNK, CHUNK);
+  pace_started(&pace, sparse.size);
   /* Tripwire at 5 MiB: a hole.  The window, 1 MiB to 9 MiB, holds 3 MiB
    * of data; with the holes it reaches past 30 MiB. */
   take_all(&pace, &sparse, stored);
@@ -222,9 +225,7 @@ test_end_of_file(void)
   const FakeFile f = { 3 * MiB + 123, runs, 1, 0 };
   PrefetchPace pace;
   g_autofree guint8 *stored = g_new0(guint8, f.size / PAGE + 1);
-  pace_new(&pace, f.size);
-  prefetch_pace_note_read(&pace, 0, CHUNK);
-  prefetch_pace_note_read(&pace, CHUNK, CHUNK);
+  pace_started(&pace, f.size);
   g_assert_cmpuint(pace.limit, ==, f.size);
   guint64 total = take_all(&pace, &f, stored);
   /* All of it: the window is longer than the file, so no tripwire. */
@@ -241,9 +242,7 @@ test_errors_stop(void)
   broken.fail = EIO;
   PrefetchPace pace;
   g_autofree guint8 *stored = g_new0(guint8, dense.size / PAGE);
-  pace_new(&pace, dense.size);
-  prefetch_pace_note_read(&pace, 0, CHUNK);
-  g_assert_true(prefetch_pace_note_read(&pace, CHUNK, CHUNK));
+  pace_started(&pace, dense.size);
   g_assert_cmpuint(take_all(&pace, &broken, stored), ==, 0);
   g_assert_true(pace.stopped);
   g_assert_false(prefetch_pace_note_read(&pace, 2 * CHUNK, CHUNK));
