@@ -89,16 +89,18 @@ prefetch_pace_note_read(PrefetchPace *pace, guint64 off, guint64 len)
     pace->read_end = end;
     pace->next = pace->limit = end;
     pace->tripwire = NO_TRIPWIRE;
+    pace->taken = FALSE;
   }
-  gboolean storing = pace->run >= pace->start;
   pace->run += end - off;
   pace->read_end = MAX(pace->read_end, end);
-  /* What READs fetch is not stored again.  A READ past the stores means
-   * the reader has caught up with them: they jump ahead by a lead, and
-   * the kernel's readahead READs serve the reader in between, so that
-   * READs and stores do not build the same bytes twice. */
+  /* What READs fetch is not stored again.  A READ past stores already
+   * under way means the reader has caught up with them: they jump ahead
+   * by a lead, and the kernel's readahead READs serve the reader in
+   * between, so that READs and stores do not build the same bytes twice.
+   * A readahead READ that comes before the first store has caught up
+   * with nothing: the stores start right after it. */
   if (end > pace->next)
-    pace->next = end + (storing ? pace->lead : 0);
+    pace->next = end + (pace->taken ? pace->lead : 0);
   if (pace->run < pace->start)
     return FALSE;
 
@@ -159,6 +161,7 @@ prefetch_pace_take(PrefetchPace *pace, PrefetchSeekFunc seek, gpointer seek_data
     *off = pace->next;
     *len = end - pace->next;
     pace->next = end;
+    pace->taken = TRUE;
     return TRUE;
   }
   return FALSE;

@@ -34,6 +34,7 @@ typedef struct {
   guint64 next;      /* next offset to store */
   guint64 limit;     /* stores stay below this */
   guint64 tripwire;  /* a page left out, G_MAXUINT64 if none (prefetch.c) */
+  gboolean taken;    /* a store has been taken in this run */
   /* The data run around next, from the last two seeks. */
   guint64 data_start, data_end;
   gboolean stopped;  /* a store failed: never store again */

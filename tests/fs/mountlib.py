@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -142,29 +143,42 @@ class Env:
     # -- libvirt ---------------------------------------------------------
     READ_ONLY = ("domblklist", "snapshot-list", "snapshot-dumpxml", "dumpxml", "domstate",
                  "list")
+    # Each virsh on an embed root starts a QEMU driver of its own, which
+    # reconnects to every running VM in a thread.  A command that needs no
+    # job (domblklist, list, ...) can finish first; virsh then exits under
+    # that thread, whose host CPU probe reads a libnuma mask that exit has
+    # freed: SIGSEGV (libvirt 9.0).  `domstats --block` takes a job on every
+    # running domain, so it returns only when every reconnect is done.  It
+    # runs first in the same virsh and its output is dropped; virsh's exit
+    # status is the last command's.
+    SYNC_MARK = "@virtsnapfs-reconnected@"
+    SYNC = "domstats --block --list-active; echo " + SYNC_MARK + "; "
 
     def virsh(self, *args, check=True):
-        """virsh on the env's URI.  virsh on an embed root sometimes dies of
-        SIGSEGV while exiting, after the command did its work (libvirt 9.0):
-        a read-only command is run again; for others the crash is logged
-        and the command's effect is checked by the caller's next steps.
-        The crash is a race with the driver's reconnect threads at exit, far
-        more likely on a loaded machine: hence many tries, with a pause."""
-        cmd = ["virsh", "-q", "-c", self.uri] + [str(a) for a in args]
-        for attempt in range(10):
-            if attempt:
-                time.sleep(0.2 * attempt)
+        """virsh on the env's URI, after the embed driver's reconnects (see
+        SYNC).  Should virsh still die of a signal, a read-only command is
+        run again; for others the crash is logged and the command's effect
+        is checked by the caller's next steps."""
+        args = [str(a) for a in args]
+        embed = self.uri.startswith("qemu:///embed")
+        if embed:
+            cmd = ["virsh", "-q", "-c", self.uri, self.SYNC + " ".join(map(shlex.quote, args))]
+        else:
+            cmd = ["virsh", "-q", "-c", self.uri] + args
+        rerun = args[0] in self.READ_ONLY or args[0].startswith("qemu-monitor")
+        for attempt in range(3):
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=self.env)
+            out = p.stdout.split(self.SYNC_MARK, 1)[-1] if embed else p.stdout
             if p.returncode >= 0:
                 break
             log("virsh %s died of signal %d (attempt %d)" % (args[0], -p.returncode, attempt))
-            if args[0] not in self.READ_ONLY and not args[0].startswith("qemu-monitor"):
-                return p.stdout
+            if not rerun:
+                return out
         if check and p.returncode != 0:
-            raise AssertionError("%s: exit %d\n%s%s" % (" ".join(cmd), p.returncode, p.stdout,
+            raise AssertionError("%s: exit %d\n%s%s" % (" ".join(cmd), p.returncode, out,
                                                          p.stderr))
-        return p.stdout
+        return out
 
     def define(self, name, disks, start=False):
         """disks: list of (target, bus, path, fmt)."""
@@ -555,6 +569,17 @@ class PrivateLibvirtd:
                                         stderr=subprocess.DEVNULL).returncode == 0,
                  timeout=30, what="private libvirtd")
         log("private libvirtd at", env.uri)
+        self.forget_leftovers()
+
+    def forget_leftovers(self):
+        """Undefines the "vsfs-" domains that a killed run left in the
+        system's config directory, which a private libvirtd shares: this
+        run's define of the same name would fail."""
+        for name in self.env.virsh("list", "--all", "--name").split():
+            if name.startswith("vsfs-"):
+                log("undefining %s, left by an earlier run" % name)
+                self.env.virsh("destroy", name, check=False)
+                self.env.virsh("undefine", name, "--snapshots-metadata")
 
     @staticmethod
     def other_libvirtd():

@@ -160,6 +160,23 @@ test_reads_ahead_of_the_stores(void)
   g_assert_cmpuint(off, ==, 4 * CHUNK + WINDOW / 4 + CHUNK);
 }
 
+/* A readahead READ that comes before the first store is not a reader
+ * catching up: the stores begin right after it, with no jump. */
+static void
+test_read_before_the_first_store(void)
+{
+  PrefetchPace pace;
+  pace_started(&pace, dense.size);
+  guint64 off, len;
+  prefetch_pace_note_read(&pace, 2 * CHUNK, CHUNK);
+  g_assert_true(prefetch_pace_take(&pace, fake_seek, (gpointer)&dense, &off, &len));
+  g_assert_cmpuint(off, ==, 3 * CHUNK);
+  /* Once stores are under way, the same READ is a catching up. */
+  prefetch_pace_note_read(&pace, 4 * CHUNK, CHUNK);
+  g_assert_true(prefetch_pace_take(&pace, fake_seek, (gpointer)&dense, &off, &len));
+  g_assert_cmpuint(off, ==, 5 * CHUNK + WINDOW / 4);
+}
+
 /* A READ far behind or far ahead (a seek) starts a new run: nothing is
  * stored until it is two chunks long. */
 static void
@@ -256,6 +273,7 @@ main(int argc, char **argv)
   g_test_add_func("/prefetch/starts-after-a-run", test_starts_after_a_run);
   g_test_add_func("/prefetch/tripwire-moves-the-window", test_tripwire_moves_the_window);
   g_test_add_func("/prefetch/reads-ahead-of-the-stores", test_reads_ahead_of_the_stores);
+  g_test_add_func("/prefetch/read-before-the-first-store", test_read_before_the_first_store);
   g_test_add_func("/prefetch/seek-starts-a-new-run", test_seek_starts_a_new_run);
   g_test_add_func("/prefetch/holes-are-skipped", test_holes_are_skipped);
   g_test_add_func("/prefetch/end-of-file", test_end_of_file);
