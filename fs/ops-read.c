@@ -21,9 +21,11 @@
  * thread's buffers have grown to the largest request.  A .delta reads
  * the same way inside its data extents and as zeros in its holes.
  *
- * A snapshot's <target>.raw, which never changes, is also prefetched:
- * once it is read sequentially, prefetch.c stores it into the kernel's
- * page cache ahead of the reader, built the same way as a READ reply.
+ * A <target>.raw, a snapshot's or @now's, is also prefetched: once it
+ * is read sequentially, prefetch.c stores it into the kernel's page cache
+ * ahead of the reader, built the same way as a READ reply.  Its stores
+ * end at release, before an @now freeze may be thawed, and the next
+ * freeze's open drops the cache (keep_cache 0).
  *
  * Thread model: FUSE workers, many reads of one handle at once, and a
  * prefetch thread building stores the same way.  A handle is immutable
@@ -53,7 +55,7 @@ struct _VirtsnapfsFile {
   char *pinned_domain;  /* the chain is pinned in the backend (DESIGN.md
                          * 4.3): unpinned at release */
   gint error_logged;    /* atomic: a data error was logged */
-  Prefetch *prefetch;   /* a snapshot's .raw, unless -o prefetch=0 */
+  Prefetch *prefetch;   /* a .raw, unless -o prefetch=0 */
 };
 
 static void
@@ -248,8 +250,6 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
      * opens (invalidate.c drops it if the name is reused), and fill it
      * ahead of a sequential reader. */
     fi->keep_cache = 1;
-    if (node->kind == TREE_DISK && fs->opts->prefetch_kib > 0)
-      file->prefetch = file_prefetch_new(fs, file, ino);
     if (node->kind == TREE_DELTA) {
       /* Pinned before the delta reads it, as long as the handle lives. */
       backend_pin_chain(host->backend, node->domain, file->chain);
@@ -270,6 +270,12 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
       fi->keep_cache = 0;
     }
   }
+  /* Fill the kernel's cache ahead of a sequential reader of a disk: a
+   * snapshot's or @now's, whose bytes stay the same as long as the handle
+   * is open (every open @now handle shares one freeze).  Not a .delta:
+   * two handles open at once may have different parents. */
+  if (node->kind == TREE_DISK && fs->opts->prefetch_kib > 0)
+    file->prefetch = file_prefetch_new(fs, file, ino);
   fi->direct_io = 0;
   fi->nonseekable = 0;
   /* No plan may write what this handle reads (DESIGN.md 4.3): deleting
@@ -482,7 +488,7 @@ read_fill(VirtsnapfsFile *file, guint64 off, gsize len, struct fuse_bufvec **buf
   return 0;
 }
 
-/* prefetch.c's view of a snapshot's .raw. */
+/* prefetch.c's view of a .raw. */
 static int
 prefetch_fill(gpointer data, guint64 off, gsize len, struct fuse_bufvec **bufv)
 {

@@ -438,7 +438,7 @@ options_print_help(const char *argv0)
          "                           that holds any data is data (its holes read as\n"
          "                           zeros); 0 reports every hole exactly as qemu-img\n"
          "                           map does (default: %u)\n"
-         "    -o prefetch=KIB        when a snapshot's disk is read sequentially, store\n"
+         "    -o prefetch=KIB        when a disk file is read sequentially, store\n"
          "                           up to KIB KiB ahead of the reader into the kernel's\n"
          "                           page cache from daemon threads; 0: only what the\n"
          "                           kernel asks for (default: %u)\n"

@@ -361,9 +361,11 @@ def drop_cached(path):
         os.close(fd)
 
 
-def cached_pages(path):
+def cached_pages(path, fd=None):
     """Which pages of path are in the kernel's page cache (mincore(2) of a
-    shared mapping): a list of booleans, one per page."""
+    shared mapping): a list of booleans, one per page.  Through fd, an open
+    descriptor of path, if given: opening an @now file again drops its
+    pages (it is not kept across opens)."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
@@ -374,7 +376,9 @@ def cached_pages(path):
     size = os.stat(path).st_size
     page = os.sysconf("SC_PAGE_SIZE")
     vec = (ctypes.c_ubyte * ((size + page - 1) // page))()
-    fd = os.open(path, os.O_RDONLY)
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_RDONLY)
     try:
         addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
         if addr in (None, ctypes.c_void_p(-1).value):
@@ -385,7 +389,8 @@ def cached_pages(path):
         finally:
             libc.munmap(addr, size)
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
     return [bool(b & 1) for b in vec]
 
 
