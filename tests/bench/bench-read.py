@@ -13,7 +13,9 @@ images with qemu-img and qemu-io in a libvirt embed root under /var/tmp:
   zstd   the same disk as one zstd-compressed image (depth 1)
   zlib   the same disk as one zlib-compressed image (depth 1)
   c2m    2 MiB clusters, depth 8
-  xl2    extended L2 (64 KiB clusters, 2 KiB subclusters), depth 8
+  xl2    extended L2 (64 KiB clusters, 2 KiB subclusters), depth 8; its
+         @now too (every open freezes the shut-off domain: a temporary
+         overlay over the active image, committed back at close)
 
 and mounts virtsnapfs on it.  For every point measured it times, with the
 page cache warm (each command runs once before timing; the best of N runs
@@ -23,7 +25,8 @@ is kept; outputs go to a tmpfs):
            file's pages in the mount's page cache are dropped before each
            run (the images' pages stay cached), so the daemon serves it
   again    the same cp from the mount's page cache (a point in time never
-           changes, so the kernel keeps its pages across opens)
+           changes, so the kernel keeps its pages across opens; @now's
+           are dropped at each open, so its "again" is another first read)
   convert  qemu-img convert -O raw POINT OUT
   qsd      qemu-storage-daemon --export type=fuse of POINT; cp --sparse=always
   nbdfuse  nbdfuse over qemu-nbd of POINT; cp --sparse=always (if installed:
@@ -31,7 +34,8 @@ is kept; outputs go to a tmpfs):
   flat     cp --sparse=always of a flat raw copy of POINT on /var/tmp
 
 and prints one table of times and ratios (other / mount: above 1 means the
-mount is faster).  Then: first-open latency at each depth (a fresh mount,
+mount is faster), and the depth-200 / depth-1 throughput ratio from first
+reads of the two alternated 2N times.  Then: first-open latency at each depth (a fresh mount,
 `dd bs=4k count=1` of the file, against `qemu-io -c 'read 0 4k'` of the
 point, median of N), `ls -l` / `ls -lR` of the domain with 200 snapshots on
 a fresh mount against `virsh snapshot-list`, and the daemon's peak resident
@@ -297,6 +301,29 @@ def part_throughput(a, env, mountlib, rows, tmpfs, have_nbd):
     return results
 
 
+def part_depth_ratio(a, env, mountlib, tmpfs, top):
+    """First reads of the depth-1 and the depth-top point, alternately,
+    2 x runs times each after a warm-up: the depth goal's ratio from reads
+    seconds apart, not rows minutes apart (this VM's speed drifts by a
+    third between minutes).  Returns the best times (depth 1, depth top)."""
+    out = os.path.join(tmpfs, "out.raw")
+    files = [os.path.join(env.mnt, "deep", f"s{dep:03d}", "vda.raw") for dep in (1, top)]
+    times = [[], []]
+    d = mountlib.Daemon(env, expect=DEPTH_WARNING)
+    try:
+        os.sync()
+        for r in range(2 * a.runs + 1):
+            for i, f in enumerate(files):
+                mountlib.drop_cached(f)
+                t = timed(["cp", "--sparse=always", f, out])
+                os.unlink(out)
+                if r:
+                    times[i].append(t)
+    finally:
+        d.stop()
+    return min(times[0]), min(times[1])
+
+
 def part_first_open(a, env, mountlib, depths, points):
     res = {}
     for depth in depths:
@@ -444,8 +471,12 @@ def main():
         rows += [("zstd base", "zstd", "s001", chains["zstd"][0]),
                  ("zlib base", "zlib", "s001", chains["zlib"][0]),
                  ("2M clusters d8", "c2m", "s008", chains["c2m"][7]),
-                 ("ext. L2 d8", "xl2", "s008", chains["xl2"][7])]
+                 ("ext. L2 d8", "xl2", "s008", chains["xl2"][7]),
+                 # The present of a shut-off domain: every open freezes it
+                 # (a temporary overlay over the active image, depth 9).
+                 ("@now ext. L2 d9", "xl2", "@now", chains["xl2"][8])]
         res = [] if a.no_throughput else part_throughput(a, env, mountlib, rows, tmpfs, have_nbd)
+        ratio = None if a.no_throughput else part_depth_ratio(a, env, mountlib, tmpfs, top)
         first = part_first_open(a, env, mountlib, depths,
                                 {dep: deep[dep - 1] for dep in depths})
         ls = part_ls(a, env, mountlib)
@@ -459,11 +490,11 @@ def main():
     gbs = lambda r, k: r["size"] / r[k] / 1e9
     say("")
     if res:
-        print_table(a, res, have_nbd, top)
+        print_table(a, res, have_nbd, top, ratio)
     print_rest(a, first, ls, mem, top, n_dom, n_snap)
 
 
-def print_table(a, res, have_nbd, top):
+def print_table(a, res, have_nbd, top, ratio):
     gbs = lambda r, k: r["size"] / r[k] / 1e9
     say(f"## cp of a point in time, {a.size} MiB virtual, ~60% allocated; best of {a.runs};"
         f" load after: {sh('uptime').strip().split('load average: ')[1]}")
@@ -483,7 +514,9 @@ def print_table(a, res, have_nbd, top):
     by = {r["label"]: r for r in res}
     d1, dt = by["depth 1"], by[f"depth {top}"]
     say(f"\nthroughput depth {top} / depth 1 through the mount: {d1['mount'] / dt['mount']:.2f}"
-        f" (qemu-img convert: {d1['convert'] / dt['convert']:.2f})")
+        f" (qemu-img convert: {d1['convert'] / dt['convert']:.2f}); from first reads"
+        f" alternated {2 * a.runs} times each: {ratio[0] / ratio[1]:.2f}"
+        f" (best {ratio[0]:.3f} s at depth 1, {ratio[1]:.3f} s at depth {top})")
 
 
 def print_rest(a, first, ls, mem, top, n_dom, n_snap):
