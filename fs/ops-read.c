@@ -247,8 +247,7 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
     file->size = chain_virtual_size(file->chain);
     /* A point in time never changes: keep the kernel's cache across
-     * opens (invalidate.c drops it if the name is reused), and fill it
-     * ahead of a sequential reader. */
+     * opens (invalidate.c drops it if the name is reused). */
     fi->keep_cache = 1;
     if (node->kind == TREE_DELTA) {
       /* Pinned before the delta reads it, as long as the handle lives. */
