@@ -305,7 +305,8 @@ in_chain_below(const DomXmlDisk *d, const char *path)
   return FALSE;
 }
 
-/* Commits one overlay back into its frozen image and deletes it. */
+/* Commits one overlay back into its frozen image, which the disk reads
+ * again; the overlay stays until delete_overlay(). */
 static gboolean
 thaw_disk(Backend *backend, virConnectPtr conn, virDomainPtr dom, const char *uuid,
           const BackendFreezeDisk *disk, GError **error)
@@ -367,19 +368,42 @@ thaw_disk(Backend *backend, virConnectPtr conn, virDomainPtr dom, const char *uu
                 disk->target, disk->overlay);
     return FALSE;
   }
-  /* Nothing reads from the overlay any more (or it never came to be). */
+  g_debug("domain %s disk %s: overlay %s committed", name, disk->target, disk->overlay);
+  return TRUE;
+}
+
+/* Deletes an overlay that nothing reads from any more (or that never came
+ * to be). */
+static gboolean
+delete_overlay(const BackendFreezeDisk *disk, GError **error)
+{
   if (unlink(disk->overlay) < 0 && errno != ENOENT) {
     int err = errno;
     g_set_error(error, BACKEND_ERROR, err, "cannot delete overlay %s: %s", disk->overlay,
                 g_strerror(err));
     return FALSE;
   }
-  g_debug("domain %s disk %s: overlay %s committed and deleted", name, disk->target,
-          disk->overlay);
+  g_debug("disk %s: overlay %s deleted", disk->target, disk->overlay);
   return TRUE;
 }
 
-/* Thaws what record describes; the record goes when every disk is done. */
+/* Keeps the first error of several in *error and logs the others. */
+static void
+keep_first_error(gboolean *ok, GError **error, GError *local)
+{
+  if (*ok)
+    g_propagate_error(error, local);
+  else {
+    g_warning("%s", local->message);
+    g_error_free(local);
+  }
+  *ok = FALSE;
+}
+
+/* Thaws what record describes; the record goes when every disk is done.
+ * The overlays are deleted after the model has been refreshed: until
+ * then it names them as the active images, and a stat or open of @now
+ * meanwhile would find them gone. */
 static gboolean
 thaw_record(Backend *backend, BackendFreezeRecord *record, GError **error)
 {
@@ -390,16 +414,21 @@ thaw_record(Backend *backend, BackendFreezeRecord *record, GError **error)
   if (!dom)
     return FALSE;
   gboolean ok = TRUE;
+  g_autoptr(GPtrArray) thawed = g_ptr_array_new();
   for (guint i = 0; i < record->disks->len; i++) {
     BackendFreezeDisk *disk = g_ptr_array_index(record->disks, i);
-    g_autoptr(GError) local = NULL;
-    if (!thaw_disk(backend, conn, dom, record->uuid, disk, &local)) {
-      if (ok)
-        g_propagate_error(error, g_steal_pointer(&local));
-      else
-        g_warning("%s", local->message);
-      ok = FALSE;
-    }
+    GError *local = NULL;
+    if (thaw_disk(backend, conn, dom, record->uuid, disk, &local))
+      g_ptr_array_add(thawed, disk);
+    else
+      keep_first_error(&ok, error, local);
+  }
+  if (thawed->len > 0)
+    refresh_quietly(backend);
+  for (guint i = 0; i < thawed->len; i++) {
+    GError *local = NULL;
+    if (!delete_overlay(g_ptr_array_index(thawed, i), &local))
+      keep_first_error(&ok, error, local);
   }
   return ok && backend_freeze_record_remove(record, error);
 }

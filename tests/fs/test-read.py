@@ -13,7 +13,8 @@ SEEK_DATA/SEEK_HOLE match `qemu-img map`; after a sequential read the
 daemon has stored the data that follows into the page cache (and with
 -o prefetch=0 has not).  Also: the tree, modes, times,
 xattrs, readdir order, unaligned reads, ENXIO past the end, nothing
-writable, other users, mount -t fuse.virtsnapfs, SIGTERM with a file open.
+writable, other users, mount -t fuse.virtsnapfs, SIGTERM with a file open,
+stat of @now while its freezes are thawed.
 """
 
 import errno
@@ -24,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 
@@ -289,6 +291,35 @@ def check_prefetch(env, path, image, on):
                  "%s: after 10 closes during stores, cp == qemu-img convert" % label)
 
 
+def check_now_stat_during_thaw(env, dom, cycles):
+    """stat of @now while opens of it come and go: each close thaws the
+    freeze (commits the overlay back, deletes it), and no stat meanwhile
+    may fail, nor the daemon log a missing image.  Run with -o timeout=0,
+    so that every stat reaches the daemon."""
+    path = os.path.join(env.mnt, dom, "@now", "vda.raw")
+    errors, stats = [], [0]
+    done = threading.Event()
+
+    def stat_loop():
+        while not done.is_set():
+            try:
+                os.stat(path)
+                stats[0] += 1
+            except OSError as e:
+                errors.append(e.strerror)
+    t = threading.Thread(target=stat_loop)
+    t.start()
+    try:
+        for _ in range(cycles):
+            with open(path, "rb") as f:
+                f.read(4096)
+    finally:
+        done.set()
+        t.join()
+    check.ok(stats[0] > cycles and not errors, "%s/@now: %d stats during %d freezes and thaws,"
+             " no error %s" % (dom, stats[0], cycles, errors[:3]))
+
+
 def check_not_writable(env):
     p = os.path.join(env.mnt, "one", "first", "vda.raw")
     d = os.path.join(env.mnt, "one")
@@ -367,6 +398,11 @@ def test(env):
              "no temporary overlay left after unmount")
     check.ok(env.active_image("two", "vda") == now_two["vda"],
              "two runs on its original active image after @now reads")
+
+    d = m.Daemon(env, "timeout=0")
+    check_now_stat_during_thaw(env, "one", 20)
+    check_now_stat_during_thaw(env, "two", 3)
+    d.stop()
 
     # mount(8) through mount.fuse3, in the background, with allow_other.
     # mount.fuse3 runs the helper with a fixed PATH, so an uninstalled build
