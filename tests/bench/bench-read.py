@@ -35,9 +35,9 @@ is kept; outputs go to a tmpfs):
 
 and prints one table of times and ratios (other / mount: above 1 means the
 mount is faster), and the depth-200 / depth-1 throughput ratio from first
-reads of the two alternated 2N times.  Then: first-open latency at each depth (a fresh mount,
-`dd bs=4k count=1` of the file, against `qemu-io -c 'read 0 4k'` of the
-point, median of N), `ls -l` / `ls -lR` of the domain with 200 snapshots on
+reads of the two alternated 2N times.  Then: first-open latency at each
+depth (a fresh mount, `dd bs=4k count=1` of the file, against `qemu-io -c
+'read 0 4k'` of the point, median of N), `ls -l` / `ls -lR` of the domain with 200 snapshots on
 a fresh mount against `virsh snapshot-list`, and the daemon's peak resident
 memory (VmHWM) with 20 domains of 50 snapshots (16 MiB disks), every file
 listed (`ls -lR`) and every point read once.
