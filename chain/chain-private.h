@@ -108,7 +108,7 @@ struct _Chain {
 };
 
 /* chain.c */
-/* What a visitor of chain_walk() reports about the layer it was given. */
+/* What a visitor of chain_follow() reports about the layer it was given. */
 typedef struct {
   dev_t dev;
   ino_t ino;
@@ -117,15 +117,16 @@ typedef struct {
   ChainFormat backing_format; /* from the backing-format extension */
 } ChainWalkStep;
 /* Called for each layer, top first, with its canonical path (already
- * checked against the policy's directories) and format; check_fd says the
- * policy restricts directories (then an opened descriptor must still name
- * canonical). */
+ * checked against the policy) and format; check_fd says the policy
+ * restricts places (then an opened descriptor must still name canonical).
+ * The identity it reports must be the one the policy checked. */
 typedef gboolean (*ChainWalkVisit)(const char *canonical, ChainFormat format, gboolean check_fd,
                                    gpointer data, ChainWalkStep *step, GError **error);
-/* The walk of chain_open(), with its policy and errors, for any visitor. */
-gboolean chain_walk(const char *path, ChainFormat format, const ChainFormat *backing_formats,
-                    const ChainPolicy *policy, ChainWalkVisit visit, gpointer data,
-                    GError **error);
+/* The walk of chain_walk() (see there for limit, rest and rest_format,
+ * which may be NULL), with its policy and errors, for any visitor. */
+gboolean chain_follow(const ChainImage *image, const ChainPolicy *policy, guint limit,
+                      ChainWalkVisit visit, gpointer data, char **rest,
+                      ChainFormat *rest_format, GError **error);
 
 /* error.c */
 void chain_layer_report(ChainLayer *layer, const char *format, ...) G_GNUC_PRINTF(2, 3);

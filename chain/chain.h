@@ -1,9 +1,11 @@
 /* chain.h: the public interface of the chain reader.
  *
  * chain/ opens disk images (qcow2 v2/v3 and raw), validates them as untrusted
- * input, follows their backing names under a strict policy (DESIGN.md 4.1) and
- * answers "what does the guest see at this offset" for a whole chain.  It
- * knows nothing of FUSE or libvirt.
+ * input, follows their backing names under a strict policy (the image policy
+ * of the specification's reading section, chain.c) and answers "what does
+ * the guest see at this offset" for a whole chain.  chain_walk() is the one
+ * place in the daemon that follows a backing name.  It knows nothing of FUSE
+ * or libvirt.
  *
  * Thread model: after chain_open() returns, a Chain is immutable except for
  * its caches, which have their own locks; every function taking a Chain or a
@@ -19,8 +21,9 @@
  *               external data files, unknown incompatible features or
  *               compression types
  *   EACCES      refused by policy: a layer outside the image directories,
- *               not a regular file or block device, a json:/protocol
- *               backing name, a backing file of unknown format
+ *               a block device the policy does not name, not a regular
+ *               file or block device, a json:/protocol backing name, a
+ *               backing file of unknown format
  *   ELOOP       a backing loop, or a chain deeper than the policy allows
  *   EINVAL      the caller passed no format for the top layer
  *   others      from open(2)/realpath(3), e.g. ENOENT for a missing layer
@@ -46,7 +49,7 @@ G_BEGIN_DECLS
 #define CHAIN_ERROR (chain_error_quark())
 GQuark chain_error_quark(void);
 
-/* Deepest chain the reader follows (DESIGN.md 4.1). */
+/* Deepest chain the reader follows. */
 #define CHAIN_MAX_DEPTH 200
 
 typedef enum {
@@ -60,12 +63,19 @@ const char *chain_format_name(ChainFormat format);
 ChainFormat chain_format_from_name(const char *name);
 
 /* Where layers may live and how deep a chain may go.  Borrowed by
- * chain_open() for the duration of the call only. */
+ * chain_open(), chain_walk() and the others for the duration of the call
+ * only. */
 typedef struct {
-  /* NULL-terminated list of absolute directories; every layer must be a
-   * regular file or block device whose canonical path lies under one of
-   * them.  NULL means "no restriction" and is for tools and tests only. */
+  /* NULL-terminated list of absolute directories; every layer that is a
+   * regular file must have its canonical path under one of them.  NULL
+   * means "no restriction" (devices included) and is for tools and tests
+   * only. */
   const char *const *image_dirs;
+  /* NULL-terminated list of block device nodes (may be NULL: none); a layer
+   * that is a block device must be one of them (the same device number),
+   * whatever directory it is in: an image directory does not allow the
+   * device nodes under it.  Ignored when image_dirs is NULL. */
+  const char *const *devices;
   /* 0 means CHAIN_MAX_DEPTH; larger values are clamped to it. */
   guint max_depth;
 } ChainPolicy;
@@ -132,6 +142,53 @@ guint64 chain_bitmap_next(const ChainBitmap *bitmap, guint64 from, gboolean set)
  * disk).  granularity must be a power of two; a cluster marks every granule
  * it touches.  Returns a new bitmap, or NULL with EIO for corrupt tables. */
 ChainBitmap *chain_layer_allocation(ChainLayer *layer, guint64 granularity, GError **error);
+
+/* ------------------------------------------------------------------ */
+/* Following backing names.                                            */
+
+/* A chain named by its top image, as chain_open() takes it: the top's
+ * format, and optionally the formats libvirt knows for the layers below
+ * (entry i for layer i + 1, CHAIN_FORMAT_UNKNOWN-terminated). */
+typedef struct {
+  const char *path;
+  ChainFormat format;
+  const ChainFormat *backing_formats;
+} ChainImage;
+
+/* What chain_walk() found. */
+typedef struct {
+  GPtrArray *layers;       /* of ChainLayer (owned), top first: layer i + 1
+                            * is the backing file of layer i */
+  char *rest;              /* a walk its limit stopped: the backing file the
+                            * last layer names, resolved against the
+                            * directory that layer was reached in (absolute,
+                            * not canonical), neither opened nor checked;
+                            * NULL when the chain ends at the last layer */
+  ChainFormat rest_format; /* the format rest would be read as */
+} ChainWalk;
+
+/* Frees what a ChainWalk holds and zeroes it. */
+void chain_walk_clear(ChainWalk *walk);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(ChainWalk, chain_walk_clear)
+
+/* Follows the backing chain of image under policy, as chain_open() and
+ * chain_summarize() do (all three are this one walk): names resolve, are
+ * checked and are refused exactly as chain.c describes.  Each layer is
+ * opened read-only and its header validated; no table is read.  limit 0
+ * walks to the bottom; limit n > 0 stops after n layers (rest then says
+ * what lies below, unchecked; the depth limit of the policy still holds).
+ * walk must be zeroed; on failure it keeps the layers walked before the
+ * one that failed (each of them passed the policy) and the error is as
+ * chain_open()'s. */
+gboolean chain_walk(const ChainImage *image, const ChainPolicy *policy, guint limit,
+                    ChainWalk *walk, GError **error);
+
+/* For a file the caller is about to create, rename or delete at path: its
+ * directory, resolved, must lie under one of the policy's image
+ * directories, and what is at path now, if anything, must be a regular
+ * file (not a symlink, a device or a directory).  EACCES otherwise; TRUE
+ * without a check when policy->image_dirs is NULL. */
+gboolean chain_policy_check_place(const ChainPolicy *policy, const char *path, GError **error);
 
 /* ------------------------------------------------------------------ */
 /* A point in time: a top layer and everything under it.               */
@@ -204,7 +261,7 @@ gint64 chain_seek_granular(Chain *chain, guint64 offset, int whence, guint64 gra
 gint64 chain_allocated_bytes(Chain *chain);
 
 /* ------------------------------------------------------------------ */
-/* Deltas between two points in time (DESIGN.md 4.1: .delta files).    */
+/* Deltas between two points in time (.delta files).                   */
 
 /* A ChainDelta says which guest ranges of a point in time differ from its
  * parent point in time, as a set of granules of one size: granularity is
@@ -275,13 +332,6 @@ G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(ChainSummary, chain_summary_clear)
  * Any thread. */
 gboolean chain_summarize(const char *path, ChainFormat format, const ChainFormat *backing_formats,
                          const ChainPolicy *policy, ChainSummary *summary, GError **error);
-
-/* A chain named by its top image, as chain_open() takes it. */
-typedef struct {
-  const char *path;
-  ChainFormat format;
-  const ChainFormat *backing_formats;
-} ChainImage;
 
 /* chain_delta_bytes() of chain_delta_candidates() of point against
  * parent, from the same cache as chain_summarize() and without opening

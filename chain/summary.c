@@ -12,7 +12,7 @@
  * the gaps).  Summaries live in one process-wide cache keyed by canonical
  * path and checked against the file's identity (device, inode, size, mtime,
  * ctime): an image that changed is summarized again.  A chain's summary is
- * then a walk under the same policy as chain_open() (chain_walk(): one
+ * then a walk under the same policy as chain_open() (chain_follow(): one
  * realpath and one stat per layer) and a merge of the layers' runs from
  * the top down, as map.c merges them, without any I/O for known images.
  *
@@ -203,7 +203,7 @@ summarize_layer(const char *canonical, ChainFormat format, const struct stat *st
   return s;
 }
 
-/* chain_walk() visitor: the layer's summary, from the cache or fresh. */
+/* chain_follow() visitor: the layer's summary, from the cache or fresh. */
 static gboolean
 summary_visit(const char *canonical, ChainFormat format, gboolean check_fd, gpointer data,
               ChainWalkStep *step, GError **error)
@@ -301,7 +301,8 @@ chain_summarize(const char *path, ChainFormat format, const ChainFormat *backing
                 const ChainPolicy *policy, ChainSummary *summary, GError **error)
 {
   g_autoptr(GPtrArray) layers = g_ptr_array_new_with_free_func((GDestroyNotify)summary_unref);
-  if (!chain_walk(path, format, backing_formats, policy, summary_visit, layers, error))
+  ChainImage image = {path, format, backing_formats};
+  if (!chain_follow(&image, policy, 0, summary_visit, layers, NULL, NULL, error))
     return FALSE;
   const LayerSummary *top = layers->pdata[0];
   gint64 allocated = merge_allocated(layers, top->virtual_size);
@@ -353,10 +354,8 @@ chain_summarize_delta(const ChainImage *point, const ChainImage *parent,
 {
   g_autoptr(GPtrArray) a = g_ptr_array_new_with_free_func((GDestroyNotify)summary_unref);
   g_autoptr(GPtrArray) b = g_ptr_array_new_with_free_func((GDestroyNotify)summary_unref);
-  if (!chain_walk(point->path, point->format, point->backing_formats, policy, summary_visit, a,
-                  error) ||
-      !chain_walk(parent->path, parent->format, parent->backing_formats, policy, summary_visit,
-                  b, error))
+  if (!chain_follow(point, policy, 0, summary_visit, a, NULL, NULL, error) ||
+      !chain_follow(parent, policy, 0, summary_visit, b, NULL, NULL, error))
     return FALSE;
 
   /* The layers both share, counted from the bottom (as delta.c does). */

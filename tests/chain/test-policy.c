@@ -1,12 +1,15 @@
-/* test-policy: how chain_open() follows backing names (DESIGN.md 4.1),
- * and the small public helpers (format names, layer accessors, per-layer
- * allocation bitmaps).
+/* test-policy: how chain_walk() and chain_open() follow backing names
+ * under the image policy, the policy's block devices and its check of a
+ * place to create or delete a file, and the small public helpers (format
+ * names, layer accessors, per-layer allocation bitmaps).
  *
  * Images live in DIR/images (the policy's only image directory); DIR/outside
- * holds files a hostile backing name may try to reach.
+ * holds files a hostile backing name may try to reach.  The block device
+ * cases use loop devices (losetup), so they need root.
  */
 #include <errno.h>
 #include <glib/gstdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "chain.h"
@@ -224,6 +227,256 @@ test_refs(void)
   chain_layer_unref(layer);
 }
 
+/* chain_walk() over sub/top -> ../base/b.qcow2 -> b.raw. */
+static void
+test_walk_layers(void)
+{
+  g_autofree char *top = g_build_filename(images, "sub", "top.qcow2", NULL);
+  const char *dirs[] = {images, NULL};
+  ChainPolicy policy = {.image_dirs = dirs};
+  ChainImage image = {top, CHAIN_FORMAT_QCOW2, NULL};
+  g_autoptr(GError) error = NULL;
+  g_auto(ChainWalk) walk = {0};
+  g_assert_true(chain_walk(&image, &policy, 0, &walk, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(walk.layers->len, ==, 3);
+  g_assert_null(walk.rest);
+  ChainLayer *bottom = walk.layers->pdata[2];
+  g_assert_true(g_str_has_suffix(chain_layer_path(bottom), "/base/b.raw"));
+  g_assert_cmpint(chain_layer_format(bottom), ==, CHAIN_FORMAT_RAW);
+  g_assert_true(g_str_has_suffix(chain_layer_path(walk.layers->pdata[1]), "/base/b.qcow2"));
+
+  /* limit 1: the top only, and what it names below, resolved against the
+   * directory it was reached in but not canonical and not opened. */
+  g_auto(ChainWalk) one = {0};
+  g_assert_true(chain_walk(&image, &policy, 1, &one, &error));
+  g_assert_cmpuint(one.layers->len, ==, 1);
+  g_autofree char *named = g_build_filename(images, "sub", "..", "base", "b.qcow2", NULL);
+  g_assert_cmpstr(one.rest, ==, named);
+  g_assert_cmpint(one.rest_format, ==, CHAIN_FORMAT_QCOW2);
+
+  /* limit 3 on a chain of 3 layers: the bottom has nothing below. */
+  g_auto(ChainWalk) three = {0};
+  g_assert_true(chain_walk(&image, &policy, 3, &three, &error));
+  g_assert_cmpuint(three.layers->len, ==, 3);
+  g_assert_null(three.rest);
+}
+
+/* A walk that fails keeps the layers above the failing one; limit 1
+ * names an outside file without opening it, limit 2 refuses it. */
+static void
+test_walk_partial(void)
+{
+  sh("qemu-img create -q -f qcow2 -u -b /etc/passwd -F raw pmid.qcow2 1M && "
+     "qemu-img create -q -f qcow2 -b pmid.qcow2 -F qcow2 ptop.qcow2");
+  g_autofree char *top = g_build_filename(images, "ptop.qcow2", NULL);
+  const char *dirs[] = {images, NULL};
+  ChainPolicy policy = {.image_dirs = dirs};
+  ChainImage image = {top, CHAIN_FORMAT_QCOW2, NULL};
+  g_autoptr(GError) error = NULL;
+  g_auto(ChainWalk) walk = {0};
+  g_assert_false(chain_walk(&image, &policy, 0, &walk, &error));
+  g_assert_error(error, CHAIN_ERROR, EACCES);
+  g_assert_nonnull(strstr(error->message, "/etc/passwd is not under an image directory"));
+  g_assert_cmpuint(walk.layers->len, ==, 2);
+
+  g_autofree char *mid = g_build_filename(images, "pmid.qcow2", NULL);
+  ChainImage mid_image = {mid, CHAIN_FORMAT_QCOW2, NULL};
+  g_auto(ChainWalk) one = {0};
+  g_clear_error(&error);
+  g_assert_true(chain_walk(&mid_image, &policy, 1, &one, &error));
+  g_assert_cmpstr(one.rest, ==, "/etc/passwd");
+  g_assert_cmpint(one.rest_format, ==, CHAIN_FORMAT_RAW);
+  g_auto(ChainWalk) two = {0};
+  g_assert_false(chain_walk(&mid_image, &policy, 2, &two, &error));
+  g_assert_error(error, CHAIN_ERROR, EACCES);
+}
+
+/* A symlink out of the image directory is refused wherever it sits in the
+ * chain; one that stays inside reads as its target. */
+static void
+test_walk_symlinks(void)
+{
+  sh("qemu-img create -q -f qcow2 ../outside/victim.qcow2 1M && "
+     "qemu-img create -q -f qcow2 lbase.qcow2 1M && "
+     "qemu-img create -q -f qcow2 -b lbase.qcow2 -F qcow2 lmid.qcow2 && "
+     "qemu-img create -q -f qcow2 -b lmid.qcow2 -F qcow2 ltop.qcow2 && "
+     /* the same chain with each layer in turn a symlink to outside */
+     "ln -s ../outside/victim.qcow2 xbase.qcow2 && "
+     "qemu-img create -q -f qcow2 -u -b xbase.qcow2 -F qcow2 xmid-ok.qcow2 1M && "
+     "qemu-img create -q -f qcow2 -u -b xmid-ok.qcow2 -F qcow2 xtop1.qcow2 1M && "
+     "cp ../outside/victim.qcow2 ../outside/mid.qcow2 && "
+     "qemu-img rebase -u -b \"$PWD/lbase.qcow2\" -F qcow2 ../outside/mid.qcow2 && "
+     "ln -s ../outside/mid.qcow2 xmid.qcow2 && "
+     "qemu-img create -q -f qcow2 -u -b xmid.qcow2 -F qcow2 xtop2.qcow2 1M && "
+     "ln -s ../outside/victim.qcow2 xtop3.qcow2 && "
+     "ln -s lmid.qcow2 inner-link.qcow2 && "
+     "qemu-img create -q -f qcow2 -u -b inner-link.qcow2 -F qcow2 itop.qcow2 1M");
+  expect_refusal("xtop1.qcow2", EACCES, "victim.qcow2 is not under an image directory");
+  expect_refusal("xtop2.qcow2", EACCES, "mid.qcow2 is not under an image directory");
+  expect_refusal("xtop3.qcow2", EACCES, "victim.qcow2 is not under an image directory");
+
+  g_autoptr(GError) error = NULL;
+  g_autoptr(Chain) chain = open_in("itop.qcow2", CHAIN_FORMAT_QCOW2, NULL, &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(chain_depth(chain), ==, 3);
+  g_assert_true(g_str_has_suffix(chain_layer_path(chain_get_layer(chain, 1)), "/lmid.qcow2"));
+}
+
+/* A FIFO named as a backing file is refused before anything opens it
+ * (open(2) of a FIFO would block), with or without directories. */
+static void
+test_walk_fifo(void)
+{
+  sh("mkfifo fifo.raw && qemu-img create -q -f qcow2 -u -b fifo.raw -F raw fifo.qcow2 1M");
+  expect_refusal("fifo.qcow2", EACCES, "not a regular file or block device");
+  g_autofree char *top = g_build_filename(images, "fifo.qcow2", NULL);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(Chain) chain = chain_open(top, CHAIN_FORMAT_QCOW2, NULL, NULL, &error);
+  g_assert_null(chain);
+  g_assert_error(error, CHAIN_ERROR, EACCES);
+}
+
+/* losetup of a file in the images directory; the device node's path. */
+static char *
+loop_attach(const char *file)
+{
+  g_autofree char *path = g_build_filename(images, file, NULL);
+  g_autofree char *cmd = g_strdup_printf("losetup -f --show '%s'", path);
+  g_autofree char *out = NULL;
+  g_autofree char *err = NULL;
+  gint status;
+  g_autoptr(GError) error = NULL;
+  g_assert_true(g_spawn_command_line_sync(cmd, &out, &err, &status, &error));
+  if (!g_spawn_check_wait_status(status, &error))
+    g_error("%s: %s\n%s", cmd, error->message, err);
+  return g_strdup(g_strstrip(out));
+}
+
+static void
+loop_detach(const char *dev)
+{
+  g_autofree char *cmd = g_strdup_printf("losetup -d %s", dev);
+  g_spawn_command_line_sync(cmd, NULL, NULL, NULL, NULL);
+}
+
+/* Block devices are layers only when the policy names their node: not
+ * because an image directory holds them, whatever the spelling. */
+static void
+test_walk_devices(void)
+{
+  if (geteuid() != 0) {
+    g_test_skip("loop devices need root");
+    return;
+  }
+  sh("qemu-img create -q -f raw dev0.raw 1M && qemu-io -f raw -c 'write -P 9 0 4k' dev0.raw && "
+     "qemu-img create -q -f raw dev1.raw 1M");
+  g_autofree char *dev0 = loop_attach("dev0.raw");
+  g_autofree char *dev1 = loop_attach("dev1.raw");
+  g_autofree char *cmd = g_strdup_printf(
+      "qemu-img create -q -f qcow2 -u -b %s -F raw ondev.qcow2 1M && ln -sf %s devlink && "
+      "qemu-img create -q -f qcow2 -u -b devlink -F raw ondevlink.qcow2 1M", dev0, dev0);
+  sh(cmd);
+  g_autofree char *top = g_build_filename(images, "ondev.qcow2", NULL);
+  g_autofree char *linked = g_build_filename(images, "ondevlink.qcow2", NULL);
+  g_autoptr(GError) error = NULL;
+
+  /* Not named: refused, even with /dev as an image directory. */
+  const char *dirs[] = {images, NULL};
+  const char *dev_dirs[] = {images, "/dev", NULL};
+  const char *other[] = {dev1, NULL};
+  const char *named[] = {dev0, NULL};
+  ChainPolicy refusals[] = {{.image_dirs = dirs},
+                            {.image_dirs = dev_dirs},
+                            {.image_dirs = dirs, .devices = other}};
+  for (guint i = 0; i < G_N_ELEMENTS(refusals); i++) {
+    g_autoptr(Chain) chain = chain_open(top, CHAIN_FORMAT_QCOW2, NULL, &refusals[i], &error);
+    g_assert_null(chain);
+    g_assert_error(error, CHAIN_ERROR, EACCES);
+    g_assert_nonnull(strstr(error->message, "is not a device node the image policy names"));
+    g_clear_error(&error);
+  }
+
+  /* Named: read through the chain, also when reached by a symlink or
+   * opened as the top itself. */
+  ChainPolicy policy = {.image_dirs = dirs, .devices = named};
+  const char *tops[] = {top, linked};
+  for (guint i = 0; i < G_N_ELEMENTS(tops); i++) {
+    g_autoptr(Chain) chain = chain_open(tops[i], CHAIN_FORMAT_QCOW2, NULL, &policy, &error);
+    g_assert_no_error(error);
+    g_assert_cmpuint(chain_depth(chain), ==, 2);
+    g_assert_cmpstr(chain_layer_path(chain_get_layer(chain, 1)), ==, dev0);
+    guint8 buf[2];
+    g_assert_cmpint(chain_read(chain, buf, sizeof(buf), 4095), ==, 2);
+    g_assert_cmpint(buf[0], ==, 9);
+    g_assert_cmpint(buf[1], ==, 0);
+  }
+  g_autoptr(Chain) bare = chain_open(dev0, CHAIN_FORMAT_RAW, NULL, &policy, &error);
+  g_assert_no_error(error);
+  g_autoptr(Chain) bare1 = chain_open(dev1, CHAIN_FORMAT_RAW, NULL, &policy, &error);
+  g_assert_null(bare1);
+  g_assert_error(error, CHAIN_ERROR, EACCES);
+  g_clear_error(&error);
+
+  /* chain_summarize() is the same walk. */
+  g_auto(ChainSummary) summary = {0};
+  g_assert_true(chain_summarize(top, CHAIN_FORMAT_QCOW2, NULL, &policy, &summary, &error));
+  g_assert_cmpuint(summary.depth, ==, 2);
+  g_auto(ChainSummary) refused = {0};
+  g_assert_false(chain_summarize(top, CHAIN_FORMAT_QCOW2, NULL, &refusals[1], &refused, &error));
+  g_assert_error(error, CHAIN_ERROR, EACCES);
+  g_clear_error(&error);
+
+  /* A device is never a place to create or delete a file. */
+  g_assert_false(chain_policy_check_place(&policy, dev0, &error));
+  g_assert_error(error, CHAIN_ERROR, EACCES);
+  loop_detach(dev0);
+  loop_detach(dev1);
+}
+
+static void
+expect_place(const char *path, gboolean allowed, const char *what)
+{
+  const char *dirs[] = {images, NULL};
+  ChainPolicy policy = {.image_dirs = dirs};
+  g_autoptr(GError) error = NULL;
+  gboolean ok = chain_policy_check_place(&policy, path, &error);
+  g_test_message("%s: %s", path, error ? error->message : "allowed");
+  g_assert_cmpint(ok, ==, allowed);
+  if (!allowed) {
+    g_assert_error(error, CHAIN_ERROR, EACCES);
+    if (strstr(error->message, what) == NULL)
+      g_error("message \"%s\" lacks \"%s\"", error->message, what);
+  }
+}
+
+/* Where a file may be created, renamed or deleted. */
+static void
+test_place(void)
+{
+  sh("ln -s ../outside escape && ln -s plain.qcow2 plain-link.qcow2 && mkdir -p place-dir");
+  g_autofree char *fresh = g_build_filename(images, "fresh.qcow2", NULL);
+  g_autofree char *existing = g_build_filename(images, "plain.qcow2", NULL);
+  g_autofree char *deeper = g_build_filename(images, "sub", "..", "sub", "new.qcow2", NULL);
+  g_autofree char *link = g_build_filename(images, "plain-link.qcow2", NULL);
+  g_autofree char *escaped = g_build_filename(images, "escape", "new.qcow2", NULL);
+  g_autofree char *outside = g_build_filename(tmpdir, "outside", "new.qcow2", NULL);
+  g_autofree char *dir = g_build_filename(images, "place-dir", NULL);
+  g_autofree char *dotdot = g_build_filename(images, "..", NULL);
+  expect_place(fresh, TRUE, NULL);
+  expect_place(existing, TRUE, NULL);
+  expect_place(deeper, TRUE, NULL);
+  expect_place(link, FALSE, "a symlink");
+  expect_place(escaped, FALSE, "not under an image directory");
+  expect_place(outside, FALSE, "not under an image directory");
+  expect_place(dir, FALSE, "not a regular file");
+  expect_place(dotdot, FALSE, "not under an image directory");
+  expect_place("/etc/passwd", FALSE, "not under an image directory");
+  g_autoptr(GError) error = NULL;
+  ChainPolicy open_policy = {0};
+  g_assert_true(chain_policy_check_place(&open_policy, "/etc/passwd", &error));
+}
+
 int
 main(int argc, char **argv)
 {
@@ -251,6 +504,12 @@ main(int argc, char **argv)
   g_test_add_func("/policy/formats-needed", test_formats_needed);
   g_test_add_func("/policy/allocation", test_allocation);
   g_test_add_func("/policy/refs", test_refs);
+  g_test_add_func("/policy/walk-layers", test_walk_layers);
+  g_test_add_func("/policy/walk-partial", test_walk_partial);
+  g_test_add_func("/policy/walk-symlinks", test_walk_symlinks);
+  g_test_add_func("/policy/walk-fifo", test_walk_fifo);
+  g_test_add_func("/policy/walk-devices", test_walk_devices);
+  g_test_add_func("/policy/place", test_place);
   int status = g_test_run();
 
   g_autofree char *rm = g_strdup_printf("rm -rf '%s'", tmpdir);
