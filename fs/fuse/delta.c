@@ -177,8 +177,7 @@ points_ids(const DeltaPoints *p, FileId *point_id, FileId *parent_id, GError **e
 static Chain *
 open_chain(const BackendDisk *disk, BackendModel *model, GError **error)
 {
-  ChainPolicy policy = {.image_dirs = (const char *const *)model->image_dirs};
-  return chain_open(disk->image_path, disk->format, disk->backing_formats, &policy, error);
+  return chain_open(disk->image_path, disk->format, disk->backing_formats, &model->policy, error);
 }
 
 /* ------------------------------------------------------------------ */
@@ -332,12 +331,11 @@ stat_bytes(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const Imag
     /* From the per-image summaries that listings use: opening both
      * chains for every .delta of a long chain of snapshots would open
      * each layer as many times as there are snapshots above it. */
-    ChainPolicy policy = {.image_dirs = (const char *const *)model->image_dirs};
     ChainImage point = {p.disk->image_path, p.disk->format, p.disk->backing_formats};
     ChainImage parent = {p.parent_disk->image_path, p.parent_disk->format,
                          p.parent_disk->backing_formats};
     guint64 bound;
-    if (!chain_summarize_delta(&point, &parent, &policy, &bound, error))
+    if (!chain_summarize_delta(&point, &parent, &model->policy, &bound, error))
       return -1;
     store(fs->deltas, p.key, &point_id, &parent_id, NULL, (gint64)bound);
     return (gint64)bound;
@@ -374,7 +372,7 @@ delta_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct sta
   st->st_mtim.tv_sec = snap->creation_time;
   st->st_mtim.tv_nsec = 0;
   st->st_ctim = st->st_atim = st->st_mtim;
-  if (!info_cache_get(hosts_of_node(fs, node)->info, disk, (const char *const *)model->image_dirs, FALSE, &info,
+  if (!info_cache_get(hosts_of_node(fs, node)->info, disk, &model->policy, FALSE, &info,
                       &error)) {
     *err = EIO; /* logged once by info.c */
     return FALSE;
@@ -422,7 +420,7 @@ delta_xattr(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const cha
     return g_strdup(p.parent_disk ? p.parent_disk->image_path : "");
   if (g_str_equal(key, "granularity") || g_str_equal(key, "delta_bytes")) {
     ImageInfo info;
-    if (!info_cache_get(hosts_of_node(fs, node)->info, p.disk, (const char *const *)model->image_dirs, FALSE, &info,
+    if (!info_cache_get(hosts_of_node(fs, node)->info, p.disk, &model->policy, FALSE, &info,
                         &error)) {
       *err = EIO;
       return NULL;

@@ -79,12 +79,11 @@ same_file(const InfoEntry *e, const struct stat *st)
 }
 
 static gboolean
-info_compute(const BackendDisk *disk, const char *const *image_dirs, ImageInfo *info,
+info_compute(const BackendDisk *disk, const ChainPolicy *policy, ImageInfo *info,
              GError **error)
 {
-  ChainPolicy policy = { .image_dirs = image_dirs, .max_depth = 0 };
   g_auto(ChainSummary) summary = {0};
-  if (!chain_summarize(disk->image_path, disk->format, disk->backing_formats, &policy,
+  if (!chain_summarize(disk->image_path, disk->format, disk->backing_formats, policy,
                        &summary, error) ||
       !backend_disk_check_layers(disk, (const char *const *)summary.layer_paths, error))
     return FALSE;
@@ -96,7 +95,7 @@ info_compute(const BackendDisk *disk, const char *const *image_dirs, ImageInfo *
 }
 
 static gboolean
-info_lookup(InfoCache *cache, const BackendDisk *disk, const char *const *image_dirs,
+info_lookup(InfoCache *cache, const BackendDisk *disk, const ChainPolicy *policy,
             gboolean live, ImageInfo *info, GError **error)
 {
   struct stat st;
@@ -117,7 +116,7 @@ info_lookup(InfoCache *cache, const BackendDisk *disk, const char *const *image_
   }
 
   g_autofree InfoEntry *e = g_new0(InfoEntry, 1);
-  if (!info_compute(disk, image_dirs, &e->info, error))
+  if (!info_compute(disk, policy, &e->info, error))
     return FALSE;
   e->dev = st.st_dev;
   e->ino = st.st_ino;
@@ -134,11 +133,11 @@ info_lookup(InfoCache *cache, const BackendDisk *disk, const char *const *image_
 }
 
 gboolean
-info_cache_get(InfoCache *cache, const BackendDisk *disk, const char *const *image_dirs,
+info_cache_get(InfoCache *cache, const BackendDisk *disk, const ChainPolicy *policy,
                gboolean live, ImageInfo *info, GError **error)
 {
   g_autoptr(GError) local = NULL;
-  if (info_lookup(cache, disk, image_dirs, live, info, &local))
+  if (info_lookup(cache, disk, policy, live, info, &local))
     return TRUE;
   gboolean not_visible = cache->remote && local->domain == CHAIN_ERROR &&
                          (local->code == ENOENT || local->code == ENOTDIR);

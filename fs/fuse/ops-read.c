@@ -118,9 +118,8 @@ static Prefetch *file_prefetch_new(Virtsnapfs *fs, VirtsnapfsFile *file, fuse_in
 static Chain *
 open_disk_chain(const BackendDisk *disk, BackendModel *model, GError **error)
 {
-  ChainPolicy policy = { .image_dirs = (const char *const *)model->image_dirs };
   g_autoptr(Chain) chain = chain_open(disk->image_path, disk->format, disk->backing_formats,
-                                      &policy, error);
+                                      &model->policy, error);
   if (!chain || !backend_disk_check_chain(disk, chain, error))
     return NULL;
   return g_steal_pointer(&chain);
@@ -140,7 +139,7 @@ disk_not_visible(VirtsnapfsHost *host, const TreeNode *node, BackendModel *model
   ImageInfo info;
   g_autoptr(GError) error = NULL;
   gboolean live = node->point == NULL && dom->running;
-  return !info_cache_get(host->info, disk, (const char *const *)model->image_dirs, live, &info,
+  return !info_cache_get(host->info, disk, &model->policy, live, &info,
                          &error) &&
          g_error_matches(error, CHAIN_ERROR, EREMOTE);
 }

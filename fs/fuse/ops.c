@@ -177,7 +177,7 @@ ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct stat 
     g_autoptr(GError) error = NULL;
     st->st_mode = S_IFREG | 0444;
     st->st_nlink = 1;
-    if (!info_cache_get(host->info, disk, (const char *const *)model->image_dirs, live,
+    if (!info_cache_get(host->info, disk, &model->policy, live,
                         &info, &error)) {
       /* Logged once by info.c.  A disk that is not visible here (remote
        * host) is listed with the size libvirt knows and fails to open;

@@ -232,7 +232,7 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(InfoCache, info_cache_free)
  * visible": code EREMOTE, the reason as message, logged once as a message
  * rather than a warning. */
 gboolean info_cache_get(InfoCache *cache, const BackendDisk *disk,
-                        const char *const *image_dirs, gboolean live,
+                        const ChainPolicy *policy, gboolean live,
                         ImageInfo *info, GError **error);
 
 /* ------------------------------------------------------------------ */

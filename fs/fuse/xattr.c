@@ -85,7 +85,7 @@ xattr_value(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const cha
   if (!known)
     return NULL;
   if (!info_cache_get(hosts_of_node(fs, node)->info, disk,
-                      (const char *const *)model->image_dirs, live, &info, &error)) {
+                      &model->policy, live, &info, &error)) {
     if (g_error_matches(error, CHAIN_ERROR, EREMOTE))
       return unavailable ? g_strdup(error->message) : NULL;
     *err = EIO;

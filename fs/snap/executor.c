@@ -28,6 +28,10 @@
  * qemu-img never runs on an image the running QEMU has open: an offline
  * step on a running domain is refused when its image is in the live chain
  * (the planner never asks for that; this is the last line of defence).
+ * Nor does anything run on a file outside the image policy: before each
+ * step, fresh or rolled forward by recovery, guard.c checks every path the
+ * step will touch, walking the chains again (headers may have changed
+ * since the plan was made).
  *
  * Thread model: runs on the thread of the operation (or of recovery), under
  * the domain's lock.  Block job completion is observed through the
@@ -42,6 +46,7 @@
 #include <unistd.h>
 
 #include "exec.h"
+#include "guard.h"
 
 #define JOB_TIMEOUT_S 900
 #define JOB_POLL_US (G_USEC_PER_SEC / 5)
@@ -53,6 +58,7 @@ typedef struct {
   const char *name;
   char uuid[VIR_UUID_STRING_BUFLEN];
   BackendJournal *journal;
+  BackendGuard *guard;          /* the policy, fresh for each step */
   gboolean stop_in_job;         /* test hook: stop once the job started */
 } Exec;
 
@@ -109,19 +115,15 @@ file_exists(const char *path)
 
 /* The backing file of image as a canonical path, NULL when it has none. */
 static gboolean
-read_backing(const char *image, ChainFormat format, char **backing, GError **error)
+read_backing(Exec *x, const char *image, ChainFormat format, char **backing, GError **error)
 {
   *backing = NULL;
   if (format != CHAIN_FORMAT_QCOW2)
     return TRUE;
-  g_autoptr(GError) local = NULL;
-  ChainFormat backing_format;
-  g_autofree char *path = backend_image_backing(image, format, &backing_format, &local);
-  if (local) {
-    g_set_error(error, BACKEND_ERROR, EIO, "%s", local->message);
+  g_auto(ChainWalk) walk = {0};
+  if (!backend_guard_chain(x->guard, image, format, NULL, 1, &walk, error))
     return FALSE;
-  }
-  *backing = path ? backend_exec_canonical(path) : NULL;
+  *backing = walk.rest ? backend_exec_canonical(walk.rest) : NULL;
   return TRUE;
 }
 
@@ -317,7 +319,7 @@ step_commit_offline(Exec *x, const PlanStep *step, GError **error)
   if (!guard_offline(x, step, error))
     return FALSE;
   g_autofree char *backing = NULL;
-  if (!read_backing(step->image, step->format, &backing, error))
+  if (!read_backing(x, step->image, step->format, &backing, error))
     return FALSE;
   if (!same_file(backing, step->backing)) {
     g_set_error(error, BACKEND_ERROR, EIO, "disk %s: cannot commit %s into %s: its backing file "
@@ -452,7 +454,7 @@ step_pull_offline(Exec *x, const PlanStep *step, GError **error)
   if (!guard_offline(x, step, error))
     return FALSE;
   g_autofree char *backing = NULL;
-  if (!read_backing(step->image, step->format, &backing, error))
+  if (!read_backing(x, step->image, step->format, &backing, error))
     return FALSE;
   if (same_file(backing, step->backing))
     return TRUE;
@@ -522,7 +524,7 @@ step_rebase_unsafe(Exec *x, const PlanStep *step, GError **error)
   if (!guard_offline(x, step, error))
     return FALSE;
   g_autofree char *backing = NULL;
-  if (!read_backing(step->image, step->format, &backing, error))
+  if (!read_backing(x, step->image, step->format, &backing, error))
     return FALSE;
   if (same_file(backing, step->backing))
     return TRUE;
@@ -537,7 +539,7 @@ step_create_overlay(Exec *x, const PlanStep *step, GError **error)
 {
   if (file_exists(step->image)) {
     g_autofree char *backing = NULL;
-    if (!read_backing(step->image, CHAIN_FORMAT_QCOW2, &backing, error))
+    if (!read_backing(x, step->image, CHAIN_FORMAT_QCOW2, &backing, error))
       return FALSE;
     if (same_file(backing, step->backing))
       return TRUE;
@@ -547,13 +549,14 @@ step_create_overlay(Exec *x, const PlanStep *step, GError **error)
   }
   /* -u with the size read here: qemu-img then never opens the backing
    * file, which a running QEMU may hold locked. */
-  g_autoptr(GError) local = NULL;
-  g_autoptr(ChainLayer) backing = chain_layer_open(step->backing, step->backing_format, &local);
-  if (!backing) {
-    g_set_error(error, BACKEND_ERROR, EIO, "disk %s: %s", step->disk, local->message);
+  g_auto(ChainWalk) backing = {0};
+  if (!backend_guard_chain(x->guard, step->backing, step->backing_format, NULL, 1, &backing,
+                           error)) {
+    g_prefix_error(error, "disk %s: ", step->disk);
     return FALSE;
   }
-  g_autofree char *size = g_strdup_printf("%" G_GUINT64_FORMAT, chain_layer_virtual_size(backing));
+  g_autofree char *size = g_strdup_printf("%" G_GUINT64_FORMAT,
+                                          chain_layer_virtual_size(backing.layers->pdata[0]));
   g_autofree char *tmp = g_strdup_printf("%s.virtsnapfs-tmp", step->image);
   unlink(tmp);
   const char *argv[] = {"create", "-q", "-f", "qcow2", "-u", "-b", step->backing, "-F",
@@ -815,27 +818,14 @@ defined_child(Exec *x, const char *target, const char *image, ChainFormat *forma
   DomXmlDisk *disk = def ? live_disk(def, x, target, error) : NULL;
   if (!disk)
     return NULL;
-  g_autofree char *current = g_strdup(disk->source);
-  ChainFormat current_format = disk->format;
-  for (guint depth = 0; depth < CHAIN_MAX_DEPTH && current_format == CHAIN_FORMAT_QCOW2;
-       depth++) {
-    g_autoptr(GError) local = NULL;
-    ChainFormat backing_format = CHAIN_FORMAT_UNKNOWN;
-    g_autofree char *backing = backend_image_backing(current, current_format, &backing_format,
-                                                     &local);
-    if (local) {
-      g_set_error(error, BACKEND_ERROR, EIO, "%s", local->message);
-      return NULL;
+  g_auto(ChainWalk) walk = {0};
+  if (!backend_guard_chain(x->guard, disk->source, disk->format, NULL, 0, &walk, error))
+    return NULL;
+  for (guint i = 0; i + 1 < walk.layers->len; i++) {
+    if (same_file(chain_layer_path(walk.layers->pdata[i + 1]), image)) {
+      *format = chain_layer_format(walk.layers->pdata[i]);
+      return g_strdup(chain_layer_path(walk.layers->pdata[i]));
     }
-    if (!backing)
-      break;
-    if (same_file(backing, image)) {
-      *format = current_format;
-      return g_steal_pointer(&current);
-    }
-    g_free(current);
-    current = g_steal_pointer(&backing);
-    current_format = backing_format == CHAIN_FORMAT_UNKNOWN ? CHAIN_FORMAT_QCOW2 : backing_format;
   }
   return NULL;
 }
@@ -955,30 +945,19 @@ tidy_inactive_xml(Exec *x, GError **error)
     DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
     if (!disk->backing)
       continue;
-    /* Compare what the XML lists with the headers, layer by layer. */
-    gboolean stale = FALSE;
-    g_autofree char *image = g_strdup(disk->source);
-    ChainFormat format = disk->format;
-    for (guint j = 0; !stale && j <= disk->backing->len; j++) {
-      g_autofree char *backing = NULL;
-      g_autoptr(GError) ignored = NULL;
-      if (!read_backing(image, format, &backing, &ignored)) {
-        stale = TRUE;
-        break;
-      }
-      DomXmlLayer *listed = j < disk->backing->len ? g_ptr_array_index(disk->backing, j) : NULL;
-      if (!listed) {
-        stale = backing != NULL && disk->backing_complete;
-        break;
-      }
-      if (!same_file(backing, listed->path)) {
-        stale = TRUE;
-        break;
-      }
-      g_free(image);
-      image = g_steal_pointer(&backing);
-      format = listed->format;
+    /* Compare what the XML lists with the headers, layer by layer; a
+     * chain the policy refuses is stale too (libvirt then looks again). */
+    g_auto(ChainWalk) walk = {0};
+    g_autoptr(GError) ignored = NULL;
+    gboolean stale = !backend_guard_chain(x->guard, disk->source, disk->format, NULL, 0, &walk,
+                                          &ignored);
+    for (guint j = 0; !stale && j < disk->backing->len; j++) {
+      DomXmlLayer *listed = g_ptr_array_index(disk->backing, j);
+      stale = j + 1 >= walk.layers->len ||
+              !same_file(chain_layer_path(walk.layers->pdata[j + 1]), listed->path);
     }
+    if (!stale && disk->backing_complete)
+      stale = walk.layers->len > disk->backing->len + 1;
     if (!stale)
       continue;
     g_autofree char *next = domxml_set_disk_source(fixed ? fixed : xml, disk->target, disk->source,
@@ -1048,14 +1027,18 @@ backend_exec_run(Backend *backend, virDomainPtr dom, BackendJournal *journal, GE
                             step->block_job ? step->disk : NULL);
     g_debug("domain %s: %s: step %u/%u %s", journal->domain, op_title, journal->done + 1, n,
             title);
-    if (!run_step(&x, step, error)) {
+    g_autoptr(BackendGuard) guard = backend_guard_new(backend, error);
+    x.guard = guard;
+    if (!guard || !backend_guard_step(guard, step, error) || !run_step(&x, step, error)) {
       g_prefix_error(error, "%s: step %u/%u %s: ", op_title, journal->done + 1, n, title);
       return FALSE;
     }
     if (!backend_journal_step_done(journal, error))
       return FALSE;
   }
-  if (!tidy_inactive_xml(&x, error)) {
+  g_autoptr(BackendGuard) guard = backend_guard_new(backend, error);
+  x.guard = guard;
+  if (!guard || !tidy_inactive_xml(&x, error)) {
     g_prefix_error(error, "%s: after the last step: ", op_title);
     return FALSE;
   }

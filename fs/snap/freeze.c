@@ -22,6 +22,12 @@
  * finish the work after a crash without losing a guest write: an overlay
  * is deleted only once no disk of the domain reads from it.
  *
+ * The image policy (guard.h) is checked before a freeze creates anything
+ * (every disk's chain, every overlay's place: a chain that fails makes
+ * the open of @now EIO), before a thaw commits (the overlay's chain, read
+ * again: its header may have changed meanwhile) and before an overlay is
+ * deleted.
+ *
  * Thread model: callers block; operations on one domain are serialised by
  * backend_domain_lock(); freeze_lock guards the table of open freezes.
  */
@@ -30,6 +36,7 @@
 #include <unistd.h>
 
 #include "backend-private.h"
+#include "guard.h"
 
 typedef struct {
   BackendFreezeRecord *record;  /* NULL when the domain has no disk to freeze */
@@ -110,7 +117,7 @@ overlay_path(Backend *backend, const char *uuid, const DomXmlDisk *disk, const c
 
 /* After a failed snapshot: deletes the overlays the domain does not use. */
 static void
-discard_overlays(virDomainPtr dom, BackendFreezeRecord *record)
+discard_overlays(Backend *backend, virDomainPtr dom, BackendFreezeRecord *record)
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(DomXmlDomain) now = read_domain(dom, 0, &error);
@@ -128,10 +135,20 @@ discard_overlays(virDomainPtr dom, BackendFreezeRecord *record)
       return;
     }
   }
-  for (guint i = 0; i < record->disks->len; i++) {
+  g_autoptr(BackendGuard) guard = backend_guard_new(backend, &error);
+  for (guint i = 0; guard && i < record->disks->len; i++) {
     BackendFreezeDisk *disk = g_ptr_array_index(record->disks, i);
-    if (unlink(disk->overlay) == 0)
+    g_autoptr(GError) refused = NULL;
+    if (!backend_guard_place(guard, disk->overlay, &refused))
+      g_warning("domain %s: overlay %s of a failed freeze left in place: %s", record->domain,
+                disk->overlay, refused->message);
+    else if (unlink(disk->overlay) == 0)
       g_debug("removed overlay %s of a failed freeze", disk->overlay);
+  }
+  if (!guard) {
+    g_warning("domain %s: overlays of a failed freeze left in place: %s", record->domain,
+              error->message);
+    return;
   }
   g_autoptr(GError) rm = NULL;
   if (!backend_freeze_record_remove(record, &rm))
@@ -174,9 +191,18 @@ freeze_create(Backend *backend, const char *name, GError **error)
   g_autoptr(BackendFreezeRecord) record = backend_freeze_record_new(name, uuid);
   g_autofree char *tag = g_strdup_printf("%" G_GINT64_FORMAT "-%d", g_get_real_time(), getpid());
   g_autoptr(GArray) overlays = g_array_new(FALSE, FALSE, sizeof(DomXmlOverlay));
+  g_autoptr(BackendGuard) guard = backend_guard_new(backend, error);
+  if (!guard)
+    return NULL;
   for (guint i = 0; i < parsed->disks->len; i++) {
     DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
     g_autofree char *overlay = overlay_path(backend, uuid, disk, tag);
+    g_autofree ChainFormat *formats = backend_layer_formats(disk->backing, 0);
+    if (!backend_guard_chain(guard, disk->source, disk->format, formats, 0, NULL, error) ||
+        !backend_guard_place(guard, overlay, error)) {
+      g_prefix_error(error, "domain %s disk %s: cannot freeze: ", name, disk->target);
+      return NULL;
+    }
     backend_freeze_record_add_disk(record, disk->target, disk->source, disk->format, overlay);
     BackendFreezeDisk *rdisk = g_ptr_array_index(record->disks, record->disks->len - 1);
     DomXmlOverlay o = {rdisk->target, rdisk->overlay};
@@ -219,7 +245,7 @@ freeze_create(Backend *backend, const char *name, GError **error)
   }
   if (!snap) {
     backend_set_virt_error(error, "domain %s: cannot freeze", name);
-    discard_overlays(dom, record);
+    discard_overlays(backend, dom, record);
     return NULL;
   }
   virDomainSnapshotFree(snap);
@@ -276,7 +302,7 @@ qemu_img_commit(Backend *backend, const char *overlay, GError **error)
 
 /* TRUE when path is below the disk's top image (not the top itself). */
 static gboolean
-in_chain_below(const DomXmlDisk *d, const char *path)
+in_chain_below(const BackendGuard *guard, const DomXmlDisk *d, const char *path)
 {
   if (d->backing) {
     for (guint i = 0; i < d->backing->len; i++)
@@ -285,23 +311,14 @@ in_chain_below(const DomXmlDisk *d, const char *path)
     if (d->backing_complete)
       return FALSE;
   }
-  /* No chain from libvirt (inactive XML): follow the headers. */
-  g_autofree char *image = g_strdup(d->source);
-  ChainFormat format = d->format;
-  for (guint depth = 0; depth < CHAIN_MAX_DEPTH; depth++) {
-    g_autoptr(GError) error = NULL;
-    ChainFormat backing_format = CHAIN_FORMAT_UNKNOWN;
-    char *backing = backend_image_backing(image, format, &backing_format, &error);
-    if (!backing)
-      return FALSE;
-    g_free(image);
-    image = backing;
-    if (backend_path_same(image, path))
+  /* No chain from libvirt (inactive XML): follow the headers, as far as
+   * the policy lets them lead. */
+  g_auto(ChainWalk) walk = {0};
+  g_autoptr(GError) error = NULL;
+  backend_guard_chain(guard, d->source, d->format, NULL, 0, &walk, &error);
+  for (guint i = 1; i < walk.layers->len; i++)
+    if (backend_path_same(chain_layer_path(walk.layers->pdata[i]), path))
       return TRUE;
-    if (backing_format == CHAIN_FORMAT_UNKNOWN)
-      return FALSE;
-    format = backing_format;
-  }
   return FALSE;
 }
 
@@ -325,6 +342,16 @@ thaw_disk(Backend *backend, virConnectPtr conn, virDomainPtr dom, const char *uu
   DomXmlDisk *d = domxml_domain_find_disk(now, disk->target);
   gboolean on_top = d && (strcmp(d->source, disk->overlay) == 0 ||
                           backend_path_same(d->source, disk->overlay));
+  g_autoptr(BackendGuard) guard = backend_guard_new(backend, error);
+  if (!guard)
+    return FALSE;
+  /* The commit writes into what the overlay's header names now. */
+  if (on_top && !backend_guard_chain(guard, disk->overlay, CHAIN_FORMAT_QCOW2, NULL, 0, NULL,
+                                     error)) {
+    g_prefix_error(error, "domain %s disk %s: refusing to commit overlay %s: ", name,
+                   disk->target, disk->overlay);
+    return FALSE;
+  }
 
   if (on_top && active) {
     if (!backend_job_active_commit(backend, dom, uuid, disk->target, error))
@@ -362,7 +389,7 @@ thaw_disk(Backend *backend, virConnectPtr conn, virDomainPtr dom, const char *uu
     g_set_error(error, BACKEND_ERROR, EBUSY, "domain %s has no disk %s any more; overlay %s "
                 "left in place", name, disk->target, disk->overlay);
     return FALSE;
-  } else if (d && in_chain_below(d, disk->overlay)) {
+  } else if (d && in_chain_below(guard, d, disk->overlay)) {
     g_set_error(error, BACKEND_ERROR, EBUSY, "domain %s disk %s: overlay %s is no longer the "
                 "active image (a snapshot was taken on top of it); left in place", name,
                 disk->target, disk->overlay);
@@ -375,8 +402,11 @@ thaw_disk(Backend *backend, virConnectPtr conn, virDomainPtr dom, const char *uu
 /* Deletes an overlay that nothing reads from any more (or that never came
  * to be). */
 static gboolean
-delete_overlay(const BackendFreezeDisk *disk, GError **error)
+delete_overlay(Backend *backend, const BackendFreezeDisk *disk, GError **error)
 {
+  g_autoptr(BackendGuard) guard = backend_guard_new(backend, error);
+  if (!guard || !backend_guard_place(guard, disk->overlay, error))
+    return FALSE;
   if (unlink(disk->overlay) < 0 && errno != ENOENT) {
     int err = errno;
     g_set_error(error, BACKEND_ERROR, err, "cannot delete overlay %s: %s", disk->overlay,
@@ -427,7 +457,7 @@ thaw_record(Backend *backend, BackendFreezeRecord *record, GError **error)
     refresh_quietly(backend);
   for (guint i = 0; i < thawed->len; i++) {
     GError *local = NULL;
-    if (!delete_overlay(g_ptr_array_index(thawed, i), &local))
+    if (!delete_overlay(backend, g_ptr_array_index(thawed, i), &local))
       keep_first_error(&ok, error, local);
   }
   return ok && backend_freeze_record_remove(record, error);
@@ -547,6 +577,24 @@ backend_freeze_settle(Backend *backend, const char *domain, GError **error)
               "failed is still the active image; it is tried again at the next operation",
               domain);
   return FALSE;
+}
+
+char **
+backend_freeze_frozen_images(Backend *backend)
+{
+  GStrvBuilder *builder = g_strv_builder_new();
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) records = backend_freeze_records_load(backend->state_dir, &error);
+  if (!records)
+    g_debug("freeze records: %s", error->message);
+  for (guint i = 0; records && i < records->len; i++) {
+    BackendFreezeRecord *record = g_ptr_array_index(records, i);
+    for (guint j = 0; j < record->disks->len; j++)
+      g_strv_builder_add(builder, ((BackendFreezeDisk *)g_ptr_array_index(record->disks, j))->frozen);
+  }
+  char **images = g_strv_builder_end(builder);
+  g_strv_builder_unref(builder);
+  return images;
 }
 
 void

@@ -3,9 +3,10 @@
  *
  * For each disk the graph holds every image reachable from the active
  * image and from the overlay of every snapshot, so files of other branches
- * (left by a revert) are in it too.  Backing names come from the headers
- * (chain/), formats from the qcow2 backing-format extension or, failing
- * that, from libvirt's <backingStore>.  Allocation bitmaps use one
+ * (left by a revert) are in it too.  Every chain is walked by chain/ under
+ * the image policy (guard.h): one that fails makes the whole operation EIO
+ * before anything is planned.  Formats come from the qcow2 backing-format
+ * extension or, for a running domain, from libvirt's <backingStore>.  Allocation bitmaps use one
  * granularity per disk: the smallest qcow2 cluster size among its images.
  * A layer is pinned when an open reader holds it (dev/ino, registered by
  * the front end), shared when its disk is <readonly/> or <shareable/> or
@@ -23,6 +24,8 @@
 #include <sys/stat.h>
 
 #include "exec.h"
+#include "guard.h"
+#include "policy.h"
 
 #define DEFAULT_GRANULARITY 65536
 
@@ -56,9 +59,22 @@ identity(dev_t dev, ino_t ino)
   return g_strdup_printf("%ju:%ju", (uintmax_t)dev, (uintmax_t)ino);
 }
 
-/* Identities of every layer of every chain of the other domains. */
+/* Whether path is a file whose identity set holds. */
+static gboolean
+known(GHashTable *set, const char *path)
+{
+  struct stat st;
+  if (stat(path, &st) < 0)
+    return FALSE;
+  g_autofree char *key = identity(st.st_dev, st.st_ino);
+  return g_hash_table_contains(set, key);
+}
+
+/* Identities of every layer of every chain of the other domains.  A chain
+ * that fails the policy contributes the layers above the failing one: the
+ * rest is read as EIO, and never reached from a chain that passes. */
 static GHashTable *
-foreign_layers(Backend *backend, const char *domain)
+foreign_layers(Backend *backend, const ChainPolicy *policy, const char *domain)
 {
   GHashTable *set = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   g_autoptr(BackendModel) model = backend_get_model(backend);
@@ -66,33 +82,27 @@ foreign_layers(Backend *backend, const char *domain)
     BackendDomain *d = g_ptr_array_index(model->domains, i);
     if (strcmp(d->name, domain) == 0)
       continue;
+    /* The present first, then the newest points: an older point's chain
+     * is usually part of one walked already, and is then skipped. */
     g_autoptr(GPtrArray) tops = g_ptr_array_new();
     for (guint j = 0; j < d->disks->len; j++)
       g_ptr_array_add(tops, g_ptr_array_index(d->disks, j));
-    for (guint s = 0; s < d->snapshots->len; s++) {
+    for (guint s = d->snapshots->len; s-- > 0;) {
       BackendSnapshot *snapshot = g_ptr_array_index(d->snapshots, s);
       for (guint j = 0; j < snapshot->disks->len; j++)
         g_ptr_array_add(tops, g_ptr_array_index(snapshot->disks, j));
     }
     for (guint t = 0; t < tops->len; t++) {
       BackendDisk *disk = g_ptr_array_index(tops, t);
-      g_autofree char *path = g_strdup(disk->image_path);
-      ChainFormat format = disk->format;
-      for (guint depth = 0; path && depth < CHAIN_MAX_DEPTH; depth++) {
-        struct stat st;
-        if (stat(path, &st) < 0)
-          break;
-        char *key = identity(st.st_dev, st.st_ino);
-        if (!g_hash_table_add(set, key))
-          break; /* seen: so is everything below */
-        if (format != CHAIN_FORMAT_QCOW2)
-          break;
-        g_autoptr(GError) error = NULL;
-        ChainFormat backing_format = CHAIN_FORMAT_UNKNOWN;
-        char *backing = backend_image_backing(path, format, &backing_format, &error);
-        g_free(path);
-        path = backing;
-        format = backing_format != CHAIN_FORMAT_UNKNOWN ? backing_format : CHAIN_FORMAT_RAW;
+      if (known(set, disk->image_path))
+        continue;
+      g_auto(ChainWalk) walk = {0};
+      g_autoptr(GError) error = NULL;
+      backend_walk(policy, disk->image_path, disk->format, disk->backing_formats, 0, &walk,
+                   &error);
+      for (guint k = 0; k < walk.layers->len; k++) {
+        ChainLayer *layer = walk.layers->pdata[k];
+        g_hash_table_add(set, identity(chain_layer_dev(layer), chain_layer_ino(layer)));
       }
     }
   }
@@ -118,67 +128,55 @@ found_image_free(FoundImage *found)
   g_free(found);
 }
 
-/* The format libvirt reports for path in the disk's chain, or UNKNOWN. */
-static ChainFormat
-libvirt_format(const DomXmlDisk *disk, const char *path)
+/* The formats libvirt reports for the layers below top, when top is in
+ * the running chain of disk (NULL otherwise: the headers say). */
+static ChainFormat *
+libvirt_formats(const DomXmlDisk *disk, gboolean running, const char *top)
 {
-  for (guint i = 0; disk->backing && i < disk->backing->len; i++) {
+  if (!running || !disk->backing)
+    return NULL;
+  if (backend_path_same(disk->source, top))
+    return backend_layer_formats(disk->backing, 0);
+  for (guint i = 0; i < disk->backing->len; i++) {
     DomXmlLayer *layer = g_ptr_array_index(disk->backing, i);
-    if (backend_path_same(layer->path, path))
-      return layer->format;
+    if (backend_path_same(layer->path, top))
+      return backend_layer_formats(disk->backing, i + 1);
   }
-  return CHAIN_FORMAT_UNKNOWN;
+  return NULL;
 }
 
-/* Walks down from top, adding every image not yet in found (by path). */
+/* Walks the chain of top under the policy, adding every image not yet in
+ * found (by canonical path); a top already found adds nothing. */
 static gboolean
-walk_chain(const DomXmlDomain *domain, const DomXmlDisk *disk, const char *top,
-           ChainFormat format, GHashTable *found, GError **error)
+walk_chain(const BackendGuard *guard, const DomXmlDomain *domain, const DomXmlDisk *disk,
+           gboolean running, const char *top, ChainFormat format, GHashTable *found,
+           GError **error)
 {
   g_autofree char *path = backend_exec_canonical(top);
-  for (guint depth = 0; depth <= CHAIN_MAX_DEPTH; depth++) {
-    if (g_hash_table_contains(found, path))
-      return TRUE;
-    if (format == CHAIN_FORMAT_UNKNOWN) {
-      g_set_error(error, BACKEND_ERROR, EOPNOTSUPP, "domain %s disk %s: the format of %s is "
-                  "recorded neither in its overlay nor by libvirt", domain->name, disk->target, path);
-      return FALSE;
-    }
-    g_autoptr(GError) local = NULL;
-    ChainLayer *layer = chain_layer_open(path, format, &local);
-    if (!layer) {
-      g_set_error(error, BACKEND_ERROR, EIO, "domain %s disk %s: %s", domain->name, disk->target,
-                  local->message);
-      return FALSE;
-    }
-    FoundImage *image = g_new0(FoundImage, 1);
-    image->layer = layer;
-    image->path = g_strdup(path);
-    image->format = format;
-    g_hash_table_insert(found, image->path, image);
-
-    const char *name = chain_layer_backing_name(layer);
-    if (!name)
-      return TRUE;
-    ChainFormat backing_format = CHAIN_FORMAT_UNKNOWN;
-    char *backing = backend_image_backing(path, format, &backing_format, &local);
-    if (!backing) {
-      g_set_error(error, BACKEND_ERROR, EOPNOTSUPP, "domain %s disk %s: %s", domain->name,
-                  disk->target, local ? local->message : "backing file vanished");
-      return FALSE;
-    }
-    image->backing = backend_exec_canonical(backing);
-    g_free(backing);
-    if (backing_format == CHAIN_FORMAT_UNKNOWN)
-      backing_format = libvirt_format(disk, image->backing);
-    image->backing_format = backing_format;
-    g_free(path);
-    path = g_strdup(image->backing);
-    format = backing_format;
+  if (g_hash_table_contains(found, path))
+    return TRUE;
+  g_autofree ChainFormat *formats = libvirt_formats(disk, running, top);
+  g_auto(ChainWalk) walk = {0};
+  if (!backend_guard_chain(guard, top, format, formats, 0, &walk, error)) {
+    g_prefix_error(error, "domain %s disk %s: ", domain->name, disk->target);
+    return FALSE;
   }
-  g_set_error(error, BACKEND_ERROR, EOPNOTSUPP, "domain %s disk %s: chain deeper than %d",
-              domain->name, disk->target, CHAIN_MAX_DEPTH);
-  return FALSE;
+  for (guint i = 0; i < walk.layers->len; i++) {
+    ChainLayer *layer = walk.layers->pdata[i];
+    if (g_hash_table_contains(found, chain_layer_path(layer)))
+      continue;
+    FoundImage *image = g_new0(FoundImage, 1);
+    image->layer = chain_layer_ref(layer);
+    image->path = g_strdup(chain_layer_path(layer));
+    image->format = chain_layer_format(layer);
+    if (i + 1 < walk.layers->len) {
+      ChainLayer *below = walk.layers->pdata[i + 1];
+      image->backing = g_strdup(chain_layer_path(below));
+      image->backing_format = chain_layer_format(below);
+    }
+    g_hash_table_insert(found, image->path, image);
+  }
+  return TRUE;
 }
 
 static gint
@@ -205,13 +203,14 @@ snapshot_disk_target(const DomXmlDomain *domain, const char *name)
 }
 
 static gboolean
-add_disk(Backend *backend, BackendPlanInput *input, const DomXmlDomain *domain,
-         const DomXmlDisk *disk, GPtrArray *snapshots, GHashTable *shared_targets,
-         GHashTable *foreign, GError **error)
+add_disk(Backend *backend, const BackendGuard *guard, BackendPlanInput *input,
+         const DomXmlDomain *domain, const DomXmlDisk *disk, GPtrArray *snapshots,
+         GHashTable *shared_targets, GHashTable *foreign, GError **error)
 {
   g_autoptr(GHashTable) found =
       g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)found_image_free);
-  if (!walk_chain(domain, disk, disk->source, disk->format, found, error))
+  gboolean running = input->state->running;
+  if (!walk_chain(guard, domain, disk, running, disk->source, disk->format, found, error))
     return FALSE;
   for (guint s = 0; s < snapshots->len; s++) {
     DomXmlSnapshot *snapshot = g_ptr_array_index(snapshots, s);
@@ -220,7 +219,7 @@ add_disk(Backend *backend, BackendPlanInput *input, const DomXmlDomain *domain,
       if (sd->mode != DOMXML_SNAPSHOT_DISK_EXTERNAL || !sd->source ||
           snapshot_disk_target(domain, sd->name) != disk)
         continue;
-      if (!walk_chain(domain, disk, sd->source, sd->format, found, error)) {
+      if (!walk_chain(guard, domain, disk, running, sd->source, sd->format, found, error)) {
         g_prefix_error(error, "snapshot %s: ", snapshot->name);
         return FALSE;
       }
@@ -344,10 +343,13 @@ backend_plan_input_read(Backend *backend, virDomainPtr dom, GError **error)
   input->uuid = g_strdup(uuid);
   input->unsupported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
 
+  g_autoptr(BackendGuard) guard = backend_guard_new(backend, error);
+  if (!guard)
+    return NULL;
   g_autoptr(GHashTable) shared_targets = exec_xml_shared_targets(xml);
-  g_autoptr(GHashTable) foreign = foreign_layers(backend, name);
+  g_autoptr(GHashTable) foreign = foreign_layers(backend, backend_guard_policy(guard), name);
   for (guint i = 0; i < domain->disks->len; i++) {
-    if (!add_disk(backend, input, domain, g_ptr_array_index(domain->disks, i), snapshots,
+    if (!add_disk(backend, guard, input, domain, g_ptr_array_index(domain->disks, i), snapshots,
                   shared_targets, foreign, error))
       return NULL;
   }

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "exec.h"
+#include "guard.h"
 
 /* How long a delete refused for an open file waits for releases that
  * close(2) left in flight (see backend_snapshot_delete). */
@@ -635,22 +636,11 @@ escape_for_file(const char *name)
 }
 
 /* "<dir of active>/<stem of the chain's base image>.<name>.qcow2", with a
- * counter when that file exists: never an existing file. */
+ * counter when that file exists: never an existing file.  base is the
+ * bottom layer of the disk's chain. */
 static char *
-overlay_path(const DomXmlDisk *disk, const char *escaped, GHashTable *taken)
+overlay_path(const DomXmlDisk *disk, const char *base, const char *escaped, GHashTable *taken)
 {
-  g_autofree char *base = g_strdup(disk->source);
-  ChainFormat format = disk->format;
-  for (guint depth = 0; depth < CHAIN_MAX_DEPTH && format == CHAIN_FORMAT_QCOW2; depth++) {
-    ChainFormat backing_format = CHAIN_FORMAT_UNKNOWN;
-    g_autoptr(GError) error = NULL;
-    char *backing = backend_image_backing(base, format, &backing_format, &error);
-    if (!backing)
-      break;
-    g_free(base);
-    base = backing;
-    format = backing_format;
-  }
   g_autofree char *file = g_path_get_basename(base);
   char *dot = strchr(file, '.');
   if (dot && dot != file)
@@ -705,6 +695,9 @@ backend_snapshot_create(Backend *backend, const char *domain, const char *name, 
     return FALSE;
   }
 
+  g_autoptr(BackendGuard) guard = backend_guard_new(backend, error);
+  if (!guard)
+    return FALSE;
   g_autofree char *escaped = escape_for_file(name);
   g_autoptr(GHashTable) taken = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   g_autoptr(GPtrArray) targets = g_ptr_array_new();
@@ -724,8 +717,21 @@ backend_snapshot_create(Backend *backend, const char *domain, const char *name, 
                   "directory for its overlay", domain, disk->target);
       return FALSE;
     }
-    char *overlay = overlay_path(disk, escaped, taken);
+    /* A chain the policy refuses is changed by nothing: libvirt would
+     * write the new overlay's header onto it and qemu-img read it. */
+    g_auto(ChainWalk) walk = {0};
+    g_autofree ChainFormat *formats = active == 1 ? backend_layer_formats(disk->backing, 0) : NULL;
+    if (!backend_guard_chain(guard, disk->source, disk->format, formats, 0, &walk, error)) {
+      g_prefix_error(error, "domain %s disk %s: ", domain, disk->target);
+      return FALSE;
+    }
+    ChainLayer *bottom = walk.layers->pdata[walk.layers->len - 1];
+    char *overlay = overlay_path(disk, chain_layer_path(bottom), escaped, taken);
     g_hash_table_add(taken, overlay);
+    if (!backend_guard_place(guard, overlay, error)) {
+      g_prefix_error(error, "domain %s disk %s: ", domain, disk->target);
+      return FALSE;
+    }
     g_ptr_array_add(targets, disk->target);
     g_ptr_array_add(overlays, overlay);
   }

@@ -87,11 +87,15 @@ BackendRaw *backend_raw_read(virConnectPtr conn, gboolean *no_pools, GError **er
 /* A checksum of everything in raw: equal fingerprints, equal models. */
 const char *backend_raw_fingerprint(const BackendRaw *raw);
 /* Parses and resolves raw into a model (generation 0; the caller sets it).
- * Disks left out for what the XML says are logged once, remembered in
- * logged; snapshot disks whose point image cannot be found are left out
- * and added to unresolved (key -> log message) for the caller to judge. */
+ * Its image policy (policy.h) allows what raw names, extra_dirs, and
+ * extra_images (images open freezes read: a block device among them is
+ * allowed as itself).  Disks left out for what the XML says are logged
+ * once, remembered in logged; snapshot disks whose point image cannot be
+ * found are left out and added to unresolved (key -> log message) for the
+ * caller to judge. */
 BackendModel *backend_model_build(const BackendRaw *raw, const char *const *extra_dirs,
-                                  GHashTable *logged, GHashTable *unresolved);
+                                  const char *const *extra_images, GHashTable *logged,
+                                  GHashTable *unresolved);
 BackendModel *backend_model_new_empty(void);
 /* UNKNOWN-terminated formats of layers[from..] (of DomXmlLayer), for
  * BackendDisk.backing_formats; NULL when layers is NULL or too short. */
@@ -99,11 +103,6 @@ ChainFormat *backend_layer_formats(GPtrArray *layers, guint from);
 /* TRUE when both paths name the same existing file (device and inode), or
  * are equal strings. */
 gboolean backend_path_same(const char *a, const char *b);
-/* The backing file of image (opened with chain/) as an absolute path, and
- * its format (UNKNOWN when the image does not record it); NULL with no
- * error when the image has no backing file. */
-char *backend_image_backing(const char *image, ChainFormat format, ChainFormat *backing_format,
-                            GError **error);
 
 /* blockjob.c */
 /* Records a BLOCK_JOB_2 event (called on the event thread). */
@@ -168,6 +167,10 @@ void backend_freeze_repair(Backend *backend);
  * (the domain still runs on a temporary overlay: a snapshot or plan on
  * top of it would strand it). */
 gboolean backend_freeze_settle(Backend *backend, const char *domain, GError **error);
+/* The frozen image of every disk of every freeze record under the state
+ * directory, for the image policy: a block device frozen for @now is no
+ * longer named by libvirt while the domain runs on the overlay above it. */
+char **backend_freeze_frozen_images(Backend *backend);
 /* Thaws every open freeze (backend_free). */
 void backend_freeze_thaw_all(Backend *backend);
 void backend_freeze_table_free(Backend *backend);

@@ -304,7 +304,9 @@ refresh(Backend *backend, gboolean force, GError **error)
     return TRUE;
 
   g_autoptr(GHashTable) unresolved = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  g_auto(GStrv) frozen = backend_freeze_frozen_images(backend);
   g_autoptr(BackendModel) built = backend_model_build(raw, (const char *const *)backend->image_dirs,
+                                                      (const char *const *)frozen,
                                                       backend->logged, unresolved);
   /* The first model is published at once, settled or not: otherwise a
    * single unresolvable snapshot hides every domain for SETTLE_US after

@@ -79,8 +79,12 @@ typedef struct {
   gint ref_count;
   guint64 generation;      /* increases with every new model */
   GPtrArray *domains;      /* of BackendDomain, sorted by name */
-  char **image_dirs;       /* policy for chain_open(): pool targets, the
-                            * directories of configured disks, -o image_dir */
+  char **image_dirs;       /* pool targets, the directories of the images
+                            * libvirt names, -o image_dir (policy.h) */
+  char **image_devices;    /* the block device nodes libvirt names, and
+                            * those an open @now freeze reads */
+  ChainPolicy policy;      /* both as the policy of every chain walk
+                            * (borrows them from this model) */
 } BackendModel;
 
 BackendModel *backend_model_ref(BackendModel *model);

@@ -375,6 +375,26 @@ domxml_parse_pool_target(const char *xml, GError **error)
   return path;
 }
 
+char **
+domxml_parse_pool_devices(const char *xml, GError **error)
+{
+  g_autoptr(xmlDoc) doc = parse_doc(xml, "pool", error);
+  if (!doc)
+    return NULL;
+  GStrvBuilder *builder = g_strv_builder_new();
+  xmlNode *source = domxml_child(xmlDocGetRootElement(doc), "source");
+  for (xmlNode *n = source ? source->children : NULL; n; n = n->next) {
+    if (!domxml_node_is(n, "device"))
+      continue;
+    g_autofree char *path = domxml_attr(n, "path");
+    if (path && g_path_is_absolute(path))
+      g_strv_builder_add(builder, path);
+  }
+  char **devices = g_strv_builder_end(builder);
+  g_strv_builder_unref(builder);
+  return devices;
+}
+
 /* ------------------------------------------------------------------ */
 /* Writing                                                             */
 

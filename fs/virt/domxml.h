@@ -83,6 +83,9 @@ DomXmlDomain *domxml_parse_domain(const char *xml, GError **error);
 DomXmlSnapshot *domxml_parse_snapshot(const char *xml, GError **error);
 /* The <target><path> of a storage pool, or NULL (no error) when it has none. */
 char *domxml_parse_pool_target(const char *xml, GError **error);
+/* The absolute <source><device path=...> nodes of a storage pool (a disk
+ * or logical pool's devices), NULL-terminated and possibly empty. */
+char **domxml_parse_pool_devices(const char *xml, GError **error);
 
 DomXmlDisk *domxml_domain_find_disk(DomXmlDomain *domain, const char *target);
 /* Drops every disk's backing chain (for inactive XML, whose chain may be

@@ -3,10 +3,11 @@
  * Two steps.  backend_raw_read() makes every libvirt call (domain list,
  * domain XML, snapshot XML, current snapshot, storage pools) and
  * fingerprints the answers, so the poll can tell cheaply whether anything
- * changed.  backend_model_build() parses that material and resolves each
- * snapshot's point image P(S) = backing(O(S)): from libvirt's own
- * <backingStore> when O(S) is in the running chain, otherwise from the
- * overlay's header through chain/.  fs/ never parses qcow2 itself.
+ * changed.  backend_model_build() parses that material, collects the image
+ * policy from it (policy.c), and resolves each snapshot's point image
+ * P(S) = backing(O(S)): from libvirt's own <backingStore> when O(S) is in
+ * the running chain, otherwise from the overlay's header through the chain
+ * walk under that policy.  fs/ never parses qcow2 itself.
  *
  * Thread model: called from the backend's worker (or a backend_refresh()
  * caller) under Backend.build_lock; the result is immutable once published.
@@ -17,6 +18,7 @@
 #include <sys/stat.h>
 
 #include "backend-private.h"
+#include "policy.h"
 
 typedef struct {
   char *name;
@@ -296,7 +298,8 @@ backend_model_new_empty(void)
   BackendModel *model = g_new0(BackendModel, 1);
   model->ref_count = 1;
   model->domains = g_ptr_array_new_with_free_func((GDestroyNotify)domain_free);
-  model->image_dirs = g_new0(char *, 1);
+  g_autoptr(BackendPlaces) none = backend_places_new();
+  backend_places_apply(none, model);
   return model;
 }
 
@@ -314,6 +317,7 @@ backend_model_unref(BackendModel *model)
     return;
   g_ptr_array_unref(model->domains);
   g_strfreev(model->image_dirs);
+  g_strfreev(model->image_devices);
   g_free(model);
 }
 
@@ -352,52 +356,6 @@ backend_path_same(const char *a, const char *b)
   struct stat sa, sb;
   return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
          sa.st_ino == sb.st_ino;
-}
-
-char *
-backend_image_backing(const char *image, ChainFormat format, ChainFormat *backing_format,
-                      GError **error)
-{
-  g_autoptr(ChainLayer) layer = chain_layer_open(image, format, error);
-  if (!layer)
-    return NULL;
-  const char *name = chain_layer_backing_name(layer);
-  *backing_format = chain_layer_backing_format(layer);
-  if (!name)
-    return NULL;
-  /* Only literal local paths: "json:{...}" or "nbd:..." name no file. */
-  const char *colon = strchr(name, ':'), *slash = strchr(name, '/');
-  if (colon && (!slash || colon < slash)) {
-    g_set_error(error, BACKEND_ERROR, EINVAL, "%s: backing name '%s' is not a local path",
-                image, name);
-    return NULL;
-  }
-  if (g_path_is_absolute(name))
-    return g_canonicalize_filename(name, NULL);
-  g_autofree char *dir = g_path_get_dirname(image);
-  return g_canonicalize_filename(name, dir);
-}
-
-/* An existing directory through realpath(), otherwise lexically. */
-static char *
-canonical_dir(const char *dir)
-{
-  char *real = realpath(dir, NULL);
-  if (real) {
-    char *copy = g_strdup(real);
-    free(real);
-    return copy;
-  }
-  return g_canonicalize_filename(dir, "/");
-}
-
-static void
-add_dir_of(GHashTable *dirs, const char *path)
-{
-  if (!path || !g_path_is_absolute(path))
-    return;
-  g_autofree char *dir = g_path_get_dirname(path);
-  g_hash_table_add(dirs, canonical_dir(dir));
 }
 
 /* ------------------------------------------------------------------ */
@@ -457,7 +415,7 @@ add_unresolved(GHashTable *unresolved, const char *domain, const char *snapshot,
  * when it cannot be known. */
 static BackendDisk *
 resolve_point(DomXmlDomain *domain, const char *snapshot, DomXmlSnapshotDisk *sdisk,
-              GHashTable *logged, GHashTable *unresolved)
+              const ChainPolicy *policy, GHashTable *logged, GHashTable *unresolved)
 {
   DomXmlDisk *disk = find_domain_disk(domain, sdisk->name);
   const char *target = disk ? disk->target : sdisk->name;
@@ -499,23 +457,19 @@ resolve_point(DomXmlDomain *domain, const char *snapshot, DomXmlSnapshotDisk *sd
     }
   }
 
-  /* Otherwise ask the overlay's header. */
+  /* Otherwise ask the overlay's header: the walk checks the overlay and
+   * names what lies below it without opening it (the reader checks P(S)
+   * and its chain under the same policy: one that fails reads as EIO). */
   g_autoptr(GError) error = NULL;
-  ChainFormat format = CHAIN_FORMAT_UNKNOWN;
-  point->image_path = backend_image_backing(overlay, sdisk->format, &format, &error);
-  if (!point->image_path) {
+  g_auto(ChainWalk) walk = {0};
+  if (!backend_walk(policy, overlay, sdisk->format, NULL, 1, &walk, &error) || !walk.rest) {
     g_autofree char *reason =
         error ? g_strdup(error->message) : g_strdup_printf("overlay %s has no backing file", overlay);
     add_unresolved(unresolved, domain->name, snapshot, target, reason);
     return NULL;
   }
-  if (format == CHAIN_FORMAT_UNKNOWN) {
-    g_autofree char *reason = g_strdup_printf("overlay %s does not record the format of %s",
-                                              overlay, point->image_path);
-    add_unresolved(unresolved, domain->name, snapshot, target, reason);
-    return NULL;
-  }
-  point->format = format;
+  point->image_path = g_canonicalize_filename(walk.rest, "/");
+  point->format = walk.rest_format;
   return g_steal_pointer(&point);
 }
 
@@ -542,19 +496,89 @@ compare_domains(gconstpointer a, gconstpointer b)
   return strcmp(x->name, y->name);
 }
 
-static BackendDomain *
-build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged,
-             GHashTable *unresolved)
+/* A domain of raw, parsed: what the first pass of a build makes. */
+typedef struct {
+  const BackendRawDomain *raw;
+  DomXmlDomain *domain;
+  GPtrArray *snapshots;     /* of DomXmlSnapshot, those that parse */
+  GPtrArray *snapshot_xmls; /* their XML (borrowed from raw), same order */
+} ParsedDomain;
+
+static void
+parsed_domain_free(ParsedDomain *parsed)
+{
+  domxml_domain_free(parsed->domain);
+  g_ptr_array_unref(parsed->snapshots);
+  g_ptr_array_unref(parsed->snapshot_xmls);
+  g_free(parsed);
+}
+
+/* The first pass over one domain: parses it and its snapshots and adds
+ * the places its images are in to the policy.  NULL (logged once) when
+ * the domain XML does not parse. */
+static ParsedDomain *
+parse_domain(const BackendRawDomain *raw, BackendPlaces *places, GHashTable *logged)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(DomXmlDomain) parsed = domxml_parse_domain(raw->xml, &error);
-  if (!parsed) {
+  DomXmlDomain *domain = domxml_parse_domain(raw->xml, &error);
+  if (!domain) {
     g_autofree char *key = g_strdup_printf("%s: %s", raw->name, error->message);
     if (g_hash_table_add(logged, g_steal_pointer(&key)))
       g_warning("domain %s left out: %s", raw->name, error->message);
     return NULL;
   }
+  ParsedDomain *parsed = g_new0(ParsedDomain, 1);
+  parsed->raw = raw;
+  parsed->domain = domain;
+  parsed->snapshots = g_ptr_array_new_with_free_func((GDestroyNotify)domxml_snapshot_free);
+  parsed->snapshot_xmls = g_ptr_array_new();
 
+  /* Every image libvirt names, live or in the inactive XML, is in a place
+   * the policy allows.  But the inactive XML's chain is the one libvirt
+   * saw when it last looked; only the live one is authoritative for P(S),
+   * so a shut-off domain's chains are read from the headers. */
+  for (guint i = 0; i < domain->disks->len; i++) {
+    DomXmlDisk *disk = g_ptr_array_index(domain->disks, i);
+    backend_places_add_image(places, disk->source);
+    for (guint j = 0; disk->backing && j < disk->backing->len; j++)
+      backend_places_add_image(places, ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->path);
+  }
+  if (!raw->running)
+    domxml_domain_forget_backing(domain);
+
+  for (guint i = 0; i < raw->snapshot_xmls->len; i++) {
+    const char *xml = g_ptr_array_index(raw->snapshot_xmls, i);
+    g_autoptr(GError) serror = NULL;
+    DomXmlSnapshot *snapshot = domxml_parse_snapshot(xml, &serror);
+    if (!snapshot) {
+      g_autofree char *key = g_strdup_printf("%s: %s", domain->name, serror->message);
+      if (g_hash_table_add(logged, g_steal_pointer(&key)))
+        g_warning("domain %s: a snapshot is left out: %s", domain->name, serror->message);
+      continue;
+    }
+    /* Only what libvirt names widens the policy: the overlay.  P(S) of a
+     * shut-off domain comes from the overlay's header, which anyone who
+     * can write an image controls (a backing name /etc/shadow would
+     * otherwise allow /etc); a running domain's P(S) is in the live
+     * chain, whose places are added above. */
+    for (guint j = 0; j < snapshot->disks->len; j++) {
+      DomXmlSnapshotDisk *sdisk = g_ptr_array_index(snapshot->disks, j);
+      if (sdisk->mode == DOMXML_SNAPSHOT_DISK_EXTERNAL)
+        backend_places_add_image(places, sdisk->source);
+    }
+    g_ptr_array_add(parsed->snapshots, snapshot);
+    g_ptr_array_add(parsed->snapshot_xmls, (gpointer)xml);
+  }
+  return parsed;
+}
+
+/* The second pass: the model's domain, under the finished policy. */
+static BackendDomain *
+build_domain(const ParsedDomain *parsed_domain, const ChainPolicy *policy, GHashTable *logged,
+             GHashTable *unresolved)
+{
+  const BackendRawDomain *raw = parsed_domain->raw;
+  DomXmlDomain *parsed = parsed_domain->domain;
   BackendDomain *domain = g_new0(BackendDomain, 1);
   domain->name = g_strdup(parsed->name);
   domain->uuid = g_strdup(parsed->uuid);
@@ -562,18 +586,6 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged,
   domain->disks = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
   domain->snapshots = g_ptr_array_new_with_free_func((GDestroyNotify)snapshot_free);
 
-  /* Every image libvirt names, live or in the inactive XML, is in a
-   * directory the policy allows.  But the inactive XML's chain is the one
-   * libvirt saw when it last looked; only the live one is authoritative
-   * for P(S), so a shut-off domain's chains are read from the headers. */
-  for (guint i = 0; i < parsed->disks->len; i++) {
-    DomXmlDisk *disk = g_ptr_array_index(parsed->disks, i);
-    add_dir_of(dirs, disk->source);
-    for (guint j = 0; disk->backing && j < disk->backing->len; j++)
-      add_dir_of(dirs, ((DomXmlLayer *)g_ptr_array_index(disk->backing, j))->path);
-  }
-  if (!raw->running)
-    domxml_domain_forget_backing(parsed);
   for (guint i = 0; i < parsed->skipped->len; i++) {
     DomXmlSkipped *skipped = g_ptr_array_index(parsed->skipped, i);
     log_once(logged, parsed->name, skipped->target, skipped->reason);
@@ -585,41 +597,27 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged,
     out->image_path = g_strdup(disk->source);
     out->format = disk->format;
     out->backing_formats = backend_layer_formats(disk->backing, 0);
-    if (disk->backing_complete) /* never when shut off: forgotten above */
+    if (disk->backing_complete) /* never when shut off: forgotten in parse_domain() */
       out->backing_paths = layer_paths(disk->backing, 0);
     g_ptr_array_add(domain->disks, out);
   }
   g_ptr_array_sort(domain->disks, compare_disks);
 
-  for (guint i = 0; i < raw->snapshot_xmls->len; i++) {
-    const char *xml = g_ptr_array_index(raw->snapshot_xmls, i);
-    g_autoptr(GError) serror = NULL;
-    g_autoptr(DomXmlSnapshot) parsed_snap = domxml_parse_snapshot(xml, &serror);
-    if (!parsed_snap) {
-      g_autofree char *key = g_strdup_printf("%s: %s", parsed->name, serror->message);
-      if (g_hash_table_add(logged, g_steal_pointer(&key)))
-        g_warning("domain %s: a snapshot is left out: %s", parsed->name, serror->message);
-      continue;
-    }
+  for (guint i = 0; i < parsed_domain->snapshots->len; i++) {
+    DomXmlSnapshot *parsed_snap = g_ptr_array_index(parsed_domain->snapshots, i);
     BackendSnapshot *snapshot = g_new0(BackendSnapshot, 1);
     snapshot->name = g_strdup(parsed_snap->name);
     snapshot->parent = g_strdup(parsed_snap->parent);
     snapshot->creation_time = parsed_snap->creation_time;
     snapshot->current = g_strcmp0(raw->current, parsed_snap->name) == 0;
-    snapshot->xml = g_strdup(xml);
+    snapshot->xml = g_strdup(g_ptr_array_index(parsed_domain->snapshot_xmls, i));
     snapshot->disks = g_ptr_array_new_with_free_func((GDestroyNotify)backend_disk_free);
     for (guint j = 0; j < parsed_snap->disks->len; j++) {
       DomXmlSnapshotDisk *sdisk = g_ptr_array_index(parsed_snap->disks, j);
-      BackendDisk *point = resolve_point(parsed, parsed_snap->name, sdisk, logged, unresolved);
-      if (!point)
-        continue;
-      /* Only what libvirt names widens the policy: the overlay.  P(S) of a
-       * shut-off domain comes from the overlay's header, which anyone who
-       * can write an image controls (a backing name /etc/shadow would
-       * otherwise allow /etc); a running domain's P(S) is in the live
-       * chain, whose directories are added above. */
-      add_dir_of(dirs, sdisk->source);
-      g_ptr_array_add(snapshot->disks, point);
+      BackendDisk *point = resolve_point(parsed, parsed_snap->name, sdisk, policy, logged,
+                                         unresolved);
+      if (point)
+        g_ptr_array_add(snapshot->disks, point);
     }
     g_ptr_array_sort(snapshot->disks, compare_disks);
     g_ptr_array_add(domain->snapshots, snapshot);
@@ -628,47 +626,39 @@ build_domain(const BackendRawDomain *raw, GHashTable *dirs, GHashTable *logged,
   return domain;
 }
 
-static gint
-compare_strings(gconstpointer a, gconstpointer b)
-{
-  return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 BackendModel *
-backend_model_build(const BackendRaw *raw, const char *const *extra_dirs, GHashTable *logged,
-                    GHashTable *unresolved)
+backend_model_build(const BackendRaw *raw, const char *const *extra_dirs,
+                    const char *const *extra_images, GHashTable *logged, GHashTable *unresolved)
 {
   BackendModel *model = backend_model_new_empty();
-  g_autoptr(GHashTable) dirs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_autoptr(BackendPlaces) places = backend_places_new();
 
+  g_autoptr(GPtrArray) parsed = g_ptr_array_new_with_free_func((GDestroyNotify)parsed_domain_free);
   for (guint i = 0; i < raw->domains->len; i++) {
-    BackendDomain *domain = build_domain(g_ptr_array_index(raw->domains, i), dirs, logged,
-                                          unresolved);
+    ParsedDomain *domain = parse_domain(g_ptr_array_index(raw->domains, i), places, logged);
     if (domain)
-      g_ptr_array_add(model->domains, domain);
+      g_ptr_array_add(parsed, domain);
   }
-  g_ptr_array_sort(model->domains, compare_domains);
-
   for (guint i = 0; i < raw->pool_xmls->len; i++) {
+    const char *xml = g_ptr_array_index(raw->pool_xmls, i);
     g_autoptr(GError) error = NULL;
-    g_autofree char *target = domxml_parse_pool_target(g_ptr_array_index(raw->pool_xmls, i), &error);
-    if (target && g_path_is_absolute(target))
-      g_hash_table_add(dirs, canonical_dir(target));
-    else if (error)
+    g_autofree char *target = domxml_parse_pool_target(xml, &error);
+    g_auto(GStrv) devices = error ? NULL : domxml_parse_pool_devices(xml, &error);
+    if (error)
       g_debug("storage pool XML: %s", error->message);
+    backend_places_add_dir(places, target);
+    for (char **d = devices; d && *d; d++)
+      backend_places_add_device(places, *d);
   }
   for (const char *const *d = extra_dirs; d && *d; d++)
-    g_hash_table_add(dirs, canonical_dir(*d));
+    backend_places_add_dir(places, *d);
+  for (const char *const *p = extra_images; p && *p; p++)
+    backend_places_add_image(places, *p);
+  backend_places_apply(places, model);
 
-  GPtrArray *sorted = g_ptr_array_new();
-  GHashTableIter iter;
-  gpointer dir;
-  g_hash_table_iter_init(&iter, dirs);
-  while (g_hash_table_iter_next(&iter, &dir, NULL))
-    g_ptr_array_add(sorted, g_strdup(dir));
-  g_ptr_array_sort(sorted, compare_strings);
-  g_ptr_array_add(sorted, NULL);
-  g_strfreev(model->image_dirs);
-  model->image_dirs = (char **)g_ptr_array_free(sorted, FALSE);
+  for (guint i = 0; i < parsed->len; i++)
+    g_ptr_array_add(model->domains, build_domain(g_ptr_array_index(parsed, i), &model->policy,
+                                                 logged, unresolved));
+  g_ptr_array_sort(model->domains, compare_domains);
   return model;
 }

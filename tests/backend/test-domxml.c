@@ -243,6 +243,20 @@ test_pool(void)
   g_autofree char *none = domxml_parse_pool_target("<pool type='rbd'><name>x</name></pool>", &error);
   g_assert_no_error(error);
   g_assert_null(none);
+  /* A logical pool names its physical devices: exact nodes for the image
+   * policy; a relative or missing path is none. */
+  g_auto(GStrv) devices = domxml_parse_pool_devices(
+      "<pool type='logical'><name>vg</name><source><device path='/dev/sdb1'/>"
+      "<device path='/dev/disk/by-id/x'/><device path='rel'/><device/><name>vg</name></source>"
+      "<target><path>/dev/vg</path></target></pool>", &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(g_strv_length(devices), ==, 2);
+  g_assert_cmpstr(devices[0], ==, "/dev/sdb1");
+  g_assert_cmpstr(devices[1], ==, "/dev/disk/by-id/x");
+  g_auto(GStrv) no_devices = domxml_parse_pool_devices("<pool type='dir'><name>d</name></pool>",
+                                                       &error);
+  g_assert_no_error(error);
+  g_assert_cmpuint(g_strv_length(no_devices), ==, 0);
 }
 
 static void

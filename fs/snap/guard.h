@@ -1,0 +1,45 @@
+/* guard.h: the image policy on the change path.
+ *
+ * Nothing outside the image directories may be opened for writing,
+ * created, renamed or deleted, by the daemon or by qemu-img or libvirt on
+ * its behalf, whatever a header says.  Headers can change at any time
+ * (between planning and a step, between a crash and the restart), so the
+ * executor checks every step right before running it, the same way for a
+ * fresh plan and for one that recovery rolls forward; freezes and thaws
+ * check what they will create, commit into or delete.  A refusal is EIO
+ * with chain/'s reason, which names the file.
+ *
+ * Thread model: a BackendGuard is used by one thread (an operation under
+ * its domain's lock); it holds a reference on the model whose policy it
+ * extends.
+ */
+#pragma once
+
+#include "backend-private.h"
+#include "planner.h"
+
+G_BEGIN_DECLS
+
+typedef struct _BackendGuard BackendGuard;
+
+/* The policy of the published model (refreshed first when none was built
+ * yet: recovery at start-up runs before the first model), plus
+ * STATE_DIR/now, where @now overlays of block devices live. */
+BackendGuard *backend_guard_new(Backend *backend, GError **error);
+void backend_guard_free(BackendGuard *guard);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendGuard, backend_guard_free)
+const ChainPolicy *backend_guard_policy(const BackendGuard *guard);
+
+/* Walks the chain of path under the policy (backend_walk(); limit 0: to
+ * the bottom).  walk may be NULL when the layers are not needed. */
+gboolean backend_guard_chain(const BackendGuard *guard, const char *path, ChainFormat format,
+                             const ChainFormat *backing_formats, guint limit, ChainWalk *walk,
+                             GError **error);
+/* A file about to be created or deleted at path (chain_policy_check_place()). */
+gboolean backend_guard_place(const BackendGuard *guard, const char *path, GError **error);
+/* Everything step will touch: the chains it reads or writes into, the
+ * chain it points an image or the domain at, the files it creates or
+ * deletes.  Metadata-only steps touch no file. */
+gboolean backend_guard_step(const BackendGuard *guard, const PlanStep *step, GError **error);
+
+G_END_DECLS
