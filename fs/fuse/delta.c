@@ -174,10 +174,24 @@ points_ids(const DeltaPoints *p, FileId *point_id, FileId *parent_id, GError **e
          (p->parent_disk == NULL || file_id(p->parent_disk->image_path, parent_id, error));
 }
 
+/* A chain that cannot be read, whatever the reason (the image policy, a
+ * loop, a malformed header), makes its delta EIO as it makes its .raw
+ * file; the message keeps the reason. */
+static void
+chain_failed(GError **error)
+{
+  if (error && *error && (*error)->domain == CHAIN_ERROR)
+    (*error)->code = EIO;
+}
+
 static Chain *
 open_chain(const BackendDisk *disk, BackendModel *model, GError **error)
 {
-  return chain_open(disk->image_path, disk->format, disk->backing_formats, &model->policy, error);
+  Chain *chain = chain_open(disk->image_path, disk->format, disk->backing_formats,
+                            &model->policy, error);
+  if (!chain)
+    chain_failed(error);
+  return chain;
 }
 
 /* ------------------------------------------------------------------ */
@@ -276,8 +290,10 @@ delta_get(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, Chain *chai
   ChainDelta *delta = chain_delta_compute(chain, parent, error);
   if (parent != NULL)
     backend_unpin_chain(hosts_of_node(fs, node)->backend, node->domain, parent);
-  if (delta == NULL)
+  if (delta == NULL) {
+    chain_failed(error);
     return NULL;
+  }
   store(fs->deltas, p.key, &point_id, &parent_id, delta, -1);
   g_debug("DELTA %s against %s: %" G_GUINT64_FORMAT " bytes of data in %" G_GINT64_FORMAT " ms",
           node->display, p.parent_disk ? p.parent->name : "nothing (first point)",
@@ -335,8 +351,10 @@ stat_bytes(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const Imag
     ChainImage parent = {p.parent_disk->image_path, p.parent_disk->format,
                          p.parent_disk->backing_formats};
     guint64 bound;
-    if (!chain_summarize_delta(&point, &parent, &model->policy, &bound, error))
+    if (!chain_summarize_delta(&point, &parent, &model->policy, &bound, error)) {
+      chain_failed(error);
       return -1;
+    }
     store(fs->deltas, p.key, &point_id, &parent_id, NULL, (gint64)bound);
     return (gint64)bound;
   }
@@ -345,8 +363,10 @@ stat_bytes(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const Imag
   if (chain == NULL)
     return -1;
   g_autoptr(ChainDelta) cand = chain_delta_candidates(chain, NULL, error);
-  if (cand == NULL)
+  if (cand == NULL) {
+    chain_failed(error);
     return -1;
+  }
   estimate = (gint64)chain_delta_bytes(cand);
   store(fs->deltas, p.key, &point_id, &parent_id, cand, estimate);
   return estimate;
