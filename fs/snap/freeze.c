@@ -302,7 +302,7 @@ qemu_img_commit(Backend *backend, const char *overlay, GError **error)
 
 /* TRUE when path is below the disk's top image (not the top itself). */
 static gboolean
-in_chain_below(const BackendGuard *guard, const DomXmlDisk *d, const char *path)
+in_chain_below(BackendGuard *guard, const DomXmlDisk *d, const char *path)
 {
   if (d->backing) {
     for (guint i = 0; i < d->backing->len; i++)

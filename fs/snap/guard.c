@@ -14,6 +14,10 @@
  * A walk that fails, or a place that is not in an image directory, is EIO
  * naming the file and the reason.
  *
+ * The published model can be a poll behind libvirt (a domain defined or
+ * moved to another directory a moment ago): a refusal is checked once
+ * more against a model read afresh before it stands.
+ *
  * Thread model: see guard.h.
  */
 #include <errno.h>
@@ -22,31 +26,59 @@
 #include "policy.h"
 
 struct _BackendGuard {
+  Backend *backend;
+  gboolean fresh;     /* the model was read for this guard */
   BackendModel *model;
   GPtrArray *dirs;    /* the model's directories and STATE_DIR/now, NULL-terminated */
   ChainPolicy policy; /* dirs, and the model's devices */
 };
 
+/* Takes the policy of the published model. */
+static void
+load(BackendGuard *guard)
+{
+  g_clear_pointer(&guard->model, backend_model_unref);
+  g_clear_pointer(&guard->dirs, g_ptr_array_unref);
+  guard->model = backend_get_model(guard->backend);
+  guard->dirs = g_ptr_array_new_with_free_func(g_free);
+  for (char **d = guard->model->image_dirs; *d; d++)
+    g_ptr_array_add(guard->dirs, g_strdup(*d));
+  g_ptr_array_add(guard->dirs, g_build_filename(guard->backend->state_dir, "now", NULL));
+  g_ptr_array_add(guard->dirs, NULL);
+  guard->policy = guard->model->policy;
+  guard->policy.image_dirs = (const char *const *)guard->dirs->pdata;
+}
+
+/* After a refusal: TRUE when the policy was reloaded from a model read
+ * now, and the check should run again. */
+static gboolean
+refresh(BackendGuard *guard)
+{
+  if (guard->fresh)
+    return FALSE;
+  guard->fresh = TRUE;
+  g_autoptr(GError) error = NULL;
+  if (!backend_refresh(guard->backend, &error)) {
+    g_debug("image policy: %s", error->message);
+    return FALSE;
+  }
+  load(guard);
+  return TRUE;
+}
+
 BackendGuard *
 backend_guard_new(Backend *backend, GError **error)
 {
-  g_autoptr(BackendModel) model = backend_get_model(backend);
-  if (model->generation == 0) {
+  g_autoptr(BackendGuard) guard = g_new0(BackendGuard, 1);
+  guard->backend = backend;
+  load(guard);
+  if (guard->model->generation == 0) {
     if (!backend_refresh(backend, error))
       return NULL;
-    g_clear_pointer(&model, backend_model_unref);
-    model = backend_get_model(backend);
+    guard->fresh = TRUE;
+    load(guard);
   }
-  BackendGuard *guard = g_new0(BackendGuard, 1);
-  guard->dirs = g_ptr_array_new_with_free_func(g_free);
-  for (char **d = model->image_dirs; *d; d++)
-    g_ptr_array_add(guard->dirs, g_strdup(*d));
-  g_ptr_array_add(guard->dirs, g_build_filename(backend->state_dir, "now", NULL));
-  g_ptr_array_add(guard->dirs, NULL);
-  guard->policy = model->policy;
-  guard->policy.image_dirs = (const char *const *)guard->dirs->pdata;
-  guard->model = g_steal_pointer(&model);
-  return guard;
+  return g_steal_pointer(&guard);
 }
 
 void
@@ -54,8 +86,8 @@ backend_guard_free(BackendGuard *guard)
 {
   if (!guard)
     return;
-  g_ptr_array_unref(guard->dirs);
-  backend_model_unref(guard->model);
+  g_clear_pointer(&guard->dirs, g_ptr_array_unref);
+  g_clear_pointer(&guard->model, backend_model_unref);
   g_free(guard);
 }
 
@@ -66,27 +98,40 @@ backend_guard_policy(const BackendGuard *guard)
 }
 
 gboolean
-backend_guard_chain(const BackendGuard *guard, const char *path, ChainFormat format,
+backend_guard_chain(BackendGuard *guard, const char *path, ChainFormat format,
                     const ChainFormat *backing_formats, guint limit, ChainWalk *walk,
                     GError **error)
 {
   g_auto(ChainWalk) own = {0};
-  return backend_walk(&guard->policy, path, format, backing_formats, limit, walk ? walk : &own,
-                      error);
+  ChainWalk *into = walk ? walk : &own;
+  for (;;) {
+    g_autoptr(GError) local = NULL;
+    if (backend_walk(&guard->policy, path, format, backing_formats, limit, into, &local))
+      return TRUE;
+    chain_walk_clear(into);
+    if (!refresh(guard)) {
+      g_propagate_error(error, g_steal_pointer(&local));
+      return FALSE;
+    }
+  }
 }
 
 gboolean
-backend_guard_place(const BackendGuard *guard, const char *path, GError **error)
+backend_guard_place(BackendGuard *guard, const char *path, GError **error)
 {
-  g_autoptr(GError) local = NULL;
-  if (chain_policy_check_place(&guard->policy, path, &local))
-    return TRUE;
-  g_set_error_literal(error, BACKEND_ERROR, EIO, local->message);
-  return FALSE;
+  for (;;) {
+    g_autoptr(GError) local = NULL;
+    if (chain_policy_check_place(&guard->policy, path, &local))
+      return TRUE;
+    if (!refresh(guard)) {
+      g_set_error_literal(error, BACKEND_ERROR, EIO, local->message);
+      return FALSE;
+    }
+  }
 }
 
 gboolean
-backend_guard_step(const BackendGuard *guard, const PlanStep *step, GError **error)
+backend_guard_step(BackendGuard *guard, const PlanStep *step, GError **error)
 {
   switch (step->kind) {
   case PLAN_STEP_COMMIT:

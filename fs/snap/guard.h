@@ -11,7 +11,7 @@
  *
  * Thread model: a BackendGuard is used by one thread (an operation under
  * its domain's lock); it holds a reference on the model whose policy it
- * extends.
+ * extends, and may publish a new model (backend_refresh()).
  */
 #pragma once
 
@@ -24,7 +24,8 @@ typedef struct _BackendGuard BackendGuard;
 
 /* The policy of the published model (refreshed first when none was built
  * yet: recovery at start-up runs before the first model), plus
- * STATE_DIR/now, where @now overlays of block devices live. */
+ * STATE_DIR/now, where @now overlays of block devices live.  A check that
+ * fails is tried once more under the policy of a model read afresh. */
 BackendGuard *backend_guard_new(Backend *backend, GError **error);
 void backend_guard_free(BackendGuard *guard);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendGuard, backend_guard_free)
@@ -32,14 +33,14 @@ const ChainPolicy *backend_guard_policy(const BackendGuard *guard);
 
 /* Walks the chain of path under the policy (backend_walk(); limit 0: to
  * the bottom).  walk may be NULL when the layers are not needed. */
-gboolean backend_guard_chain(const BackendGuard *guard, const char *path, ChainFormat format,
+gboolean backend_guard_chain(BackendGuard *guard, const char *path, ChainFormat format,
                              const ChainFormat *backing_formats, guint limit, ChainWalk *walk,
                              GError **error);
 /* A file about to be created or deleted at path (chain_policy_check_place()). */
-gboolean backend_guard_place(const BackendGuard *guard, const char *path, GError **error);
+gboolean backend_guard_place(BackendGuard *guard, const char *path, GError **error);
 /* Everything step will touch: the chains it reads or writes into, the
  * chain it points an image or the domain at, the files it creates or
  * deletes.  Metadata-only steps touch no file. */
-gboolean backend_guard_step(const BackendGuard *guard, const PlanStep *step, GError **error);
+gboolean backend_guard_step(BackendGuard *guard, const PlanStep *step, GError **error);
 
 G_END_DECLS

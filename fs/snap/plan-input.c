@@ -148,7 +148,7 @@ libvirt_formats(const DomXmlDisk *disk, gboolean running, const char *top)
 /* Walks the chain of top under the policy, adding every image not yet in
  * found (by canonical path); a top already found adds nothing. */
 static gboolean
-walk_chain(const BackendGuard *guard, const DomXmlDomain *domain, const DomXmlDisk *disk,
+walk_chain(BackendGuard *guard, const DomXmlDomain *domain, const DomXmlDisk *disk,
            gboolean running, const char *top, ChainFormat format, GHashTable *found,
            GError **error)
 {
@@ -203,7 +203,7 @@ snapshot_disk_target(const DomXmlDomain *domain, const char *name)
 }
 
 static gboolean
-add_disk(Backend *backend, const BackendGuard *guard, BackendPlanInput *input,
+add_disk(Backend *backend, BackendGuard *guard, BackendPlanInput *input,
          const DomXmlDomain *domain, const DomXmlDisk *disk, GPtrArray *snapshots,
          GHashTable *shared_targets, GHashTable *foreign, GError **error)
 {
