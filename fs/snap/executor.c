@@ -1,4 +1,4 @@
-/* executor.c: running the steps of a plan (planner.h, DESIGN.md 5).
+/* executor.c: running the steps of a plan (planner.h says what each does).
  *
  * Each step first looks at the real state (backing pointers read from the
  * image headers, the live or inactive domain XML, libvirt's snapshot

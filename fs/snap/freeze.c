@@ -1,4 +1,5 @@
-/* freeze.c: @now (DESIGN.md 4.2): temporary overlays, shared per domain.
+/* freeze.c: @now (the present, frozen while read): temporary overlays,
+ * shared per domain.
  *
  * The first freeze of a domain creates an external qcow2 overlay on every
  * disk the tree shows (virDomainSnapshotCreateXML with DISK_ONLY,
