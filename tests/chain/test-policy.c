@@ -227,17 +227,25 @@ test_refs(void)
   chain_layer_unref(layer);
 }
 
+/* chain_walk() of the qcow2 image name in the images directory, under
+ * the policy that allows that directory only. */
+static gboolean
+walk_in(const char *name, guint limit, ChainWalk *walk, GError **error)
+{
+  g_autofree char *path = g_build_filename(images, name, NULL);
+  const char *dirs[] = {images, NULL};
+  ChainPolicy policy = {.image_dirs = dirs};
+  ChainImage image = {path, CHAIN_FORMAT_QCOW2, NULL};
+  return chain_walk(&image, &policy, limit, walk, error);
+}
+
 /* chain_walk() over sub/top -> ../base/b.qcow2 -> b.raw. */
 static void
 test_walk_layers(void)
 {
-  g_autofree char *top = g_build_filename(images, "sub", "top.qcow2", NULL);
-  const char *dirs[] = {images, NULL};
-  ChainPolicy policy = {.image_dirs = dirs};
-  ChainImage image = {top, CHAIN_FORMAT_QCOW2, NULL};
   g_autoptr(GError) error = NULL;
   g_auto(ChainWalk) walk = {0};
-  g_assert_true(chain_walk(&image, &policy, 0, &walk, &error));
+  g_assert_true(walk_in("sub/top.qcow2", 0, &walk, &error));
   g_assert_no_error(error);
   g_assert_cmpuint(walk.layers->len, ==, 3);
   g_assert_null(walk.rest);
@@ -249,7 +257,7 @@ test_walk_layers(void)
   /* limit 1: the top only, and what it names below, resolved against the
    * directory it was reached in but not canonical and not opened. */
   g_auto(ChainWalk) one = {0};
-  g_assert_true(chain_walk(&image, &policy, 1, &one, &error));
+  g_assert_true(walk_in("sub/top.qcow2", 1, &one, &error));
   g_assert_cmpuint(one.layers->len, ==, 1);
   g_autofree char *named = g_build_filename(images, "sub", "..", "base", "b.qcow2", NULL);
   g_assert_cmpstr(one.rest, ==, named);
@@ -257,7 +265,7 @@ test_walk_layers(void)
 
   /* limit 3 on a chain of 3 layers: the bottom has nothing below. */
   g_auto(ChainWalk) three = {0};
-  g_assert_true(chain_walk(&image, &policy, 3, &three, &error));
+  g_assert_true(walk_in("sub/top.qcow2", 3, &three, &error));
   g_assert_cmpuint(three.layers->len, ==, 3);
   g_assert_null(three.rest);
 }
@@ -269,26 +277,20 @@ test_walk_partial(void)
 {
   sh("qemu-img create -q -f qcow2 -u -b /etc/passwd -F raw pmid.qcow2 1M && "
      "qemu-img create -q -f qcow2 -b pmid.qcow2 -F qcow2 ptop.qcow2");
-  g_autofree char *top = g_build_filename(images, "ptop.qcow2", NULL);
-  const char *dirs[] = {images, NULL};
-  ChainPolicy policy = {.image_dirs = dirs};
-  ChainImage image = {top, CHAIN_FORMAT_QCOW2, NULL};
   g_autoptr(GError) error = NULL;
   g_auto(ChainWalk) walk = {0};
-  g_assert_false(chain_walk(&image, &policy, 0, &walk, &error));
+  g_assert_false(walk_in("ptop.qcow2", 0, &walk, &error));
   g_assert_error(error, CHAIN_ERROR, EACCES);
   g_assert_nonnull(strstr(error->message, "/etc/passwd is not under an image directory"));
   g_assert_cmpuint(walk.layers->len, ==, 2);
 
-  g_autofree char *mid = g_build_filename(images, "pmid.qcow2", NULL);
-  ChainImage mid_image = {mid, CHAIN_FORMAT_QCOW2, NULL};
   g_auto(ChainWalk) one = {0};
   g_clear_error(&error);
-  g_assert_true(chain_walk(&mid_image, &policy, 1, &one, &error));
+  g_assert_true(walk_in("pmid.qcow2", 1, &one, &error));
   g_assert_cmpstr(one.rest, ==, "/etc/passwd");
   g_assert_cmpint(one.rest_format, ==, CHAIN_FORMAT_RAW);
   g_auto(ChainWalk) two = {0};
-  g_assert_false(chain_walk(&mid_image, &policy, 2, &two, &error));
+  g_assert_false(walk_in("pmid.qcow2", 2, &two, &error));
   g_assert_error(error, CHAIN_ERROR, EACCES);
 }
 
