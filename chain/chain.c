@@ -180,8 +180,9 @@ chain_follow(const ChainImage *image, const ChainPolicy *policy, guint limit,
   g_autoptr(GPtrArray) paths = g_ptr_array_new_with_free_func(g_free);
   g_autoptr(GArray) ids = g_array_new(FALSE, FALSE, sizeof(ChainWalkStep));
   g_autofree char *cwd = g_get_current_dir();
-  g_autofree char *named = g_path_is_absolute(image->path) ? g_strdup(image->path)
-                                                           : g_build_filename(cwd, image->path, NULL);
+  g_autofree char *named = g_path_is_absolute(image->path)
+                              ? g_strdup(image->path)
+                              : g_build_filename(cwd, image->path, NULL);
   ChainFormat format = image->format;
   const ChainFormat *backing_formats = image->backing_formats;
   gboolean formats_left = backing_formats != NULL;

@@ -590,8 +590,10 @@ backend_freeze_frozen_images(Backend *backend)
     g_debug("freeze records: %s", error->message);
   for (guint i = 0; records && i < records->len; i++) {
     BackendFreezeRecord *record = g_ptr_array_index(records, i);
-    for (guint j = 0; j < record->disks->len; j++)
-      g_strv_builder_add(builder, ((BackendFreezeDisk *)g_ptr_array_index(record->disks, j))->frozen);
+    for (guint j = 0; j < record->disks->len; j++) {
+      BackendFreezeDisk *disk = g_ptr_array_index(record->disks, j);
+      g_strv_builder_add(builder, disk->frozen);
+    }
   }
   char **images = g_strv_builder_end(builder);
   g_strv_builder_unref(builder);

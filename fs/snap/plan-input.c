@@ -6,8 +6,9 @@
  * (left by a revert) are in it too.  Every chain is walked by chain/ under
  * the image policy (guard.h): one that fails makes the whole operation EIO
  * before anything is planned.  Formats come from the qcow2 backing-format
- * extension or, for a running domain, from libvirt's <backingStore>.  Allocation bitmaps use one
- * granularity per disk: the smallest qcow2 cluster size among its images.
+ * extension or, for a running domain, from libvirt's <backingStore>.
+ * Allocation bitmaps use one granularity per disk: the smallest qcow2
+ * cluster size among its images.
  * A layer is pinned when an open reader holds it (dev/ino, registered by
  * the front end), shared when its disk is <readonly/> or <shareable/> or
  * the chain of another domain in the model reaches it.
@@ -71,8 +72,9 @@ known(GHashTable *set, const char *path)
 }
 
 /* Identities of every layer of every chain of the other domains.  A chain
- * that fails the policy contributes the layers above the failing one: the
- * rest is read as EIO, and never reached from a chain that passes. */
+ * that fails the policy contributes the layers above the failing one; what
+ * lies below is reached only through a file the policy refuses (that
+ * domain reads the chain as EIO) and is not followed. */
 static GHashTable *
 foreign_layers(Backend *backend, const ChainPolicy *policy, const char *domain)
 {

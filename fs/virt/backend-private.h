@@ -88,8 +88,8 @@ BackendRaw *backend_raw_read(virConnectPtr conn, gboolean *no_pools, GError **er
 const char *backend_raw_fingerprint(const BackendRaw *raw);
 /* Parses and resolves raw into a model (generation 0; the caller sets it).
  * Its image policy (policy.h) allows what raw names, extra_dirs, and
- * extra_images (images open freezes read: a block device among them is
- * allowed as itself).  Disks left out for what the XML says are logged
+ * extra_images (the frozen images of @now freeze records: a block device
+ * among them is allowed as itself).  Disks left out for what the XML says are logged
  * once, remembered in logged; snapshot disks whose point image cannot be
  * found are left out and added to unresolved (key -> log message) for the
  * caller to judge. */

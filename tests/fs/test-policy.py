@@ -21,8 +21,13 @@ of 4 MiB.  Shapes (shut off unless said):
   dev-plant        o1's backing name is a loop device libvirt never named
   run-plant        running: o1 replaced by a file whose header names an
                    outside file (QEMU keeps the old one open)
-Operations on each: mkdir, rmdir, rm -r, mv (rename), mv to @now (revert)
-and an open of @now/vda.raw: EIO with one log line each.  Afterwards every
+The attacks are made while the tree is mounted and was listed, as an
+attacker would: the listing had found the present's chain sound, so the
+open of @now reaches the freeze, which refuses it.  Operations on each:
+mkdir, rmdir, rm -r, mv (rename), mv to @now (revert) and an open of
+@now/vda.raw: EIO with one log line each (rm -r and the open fail at the
+stat of a file whose chain the listing already found refused and logged,
+once per image, when the attack lies in that chain).  Afterwards every
 file in the image and outside directories is byte for byte as before,
 every point in time reads as `qemu-img convert -O raw` said before, and
 nothing is parked in the journal or frozen.
