@@ -95,12 +95,23 @@ merge_costs(const PlanDisk *disk, const PlanImage *f, const PlanImage *c, guint6
   return TRUE;
 }
 
+/* Why target may not be written by merging it with other, or NULL: one
+ * of them is used outside this domain, or a reader reaches target
+ * without passing keep (NULL: any reader of target). */
 static char *
-open_for_reading(const char *path, const char *reader)
+unsafe_to_write(const PlanWork *w, const PlanDisk *disk, const PlanImage *target,
+                const PlanImage *other, const char *keep)
 {
-  if (strcmp(path, reader) == 0)
-    return g_strdup_printf("%s is open for reading", path);
-  return g_strdup_printf("%s is open for reading (under %s)", path, reader);
+  const PlanImage *layers[] = { target, other };
+  for (guint i = 0; i < G_N_ELEMENTS(layers); i++)
+    if (layers[i]->shared)
+      return g_strdup_printf("%s is used outside this domain", layers[i]->path);
+  const char *reader = reader_of(w, disk, target->path, keep);
+  if (reader == NULL)
+    return NULL;
+  if (strcmp(target->path, reader) == 0)
+    return g_strdup_printf("%s is open for reading", target->path);
+  return g_strdup_printf("%s is open for reading (under %s)", target->path, reader);
 }
 
 /* Why commit (writes c's clusters into f, drops c) may not run now, or
@@ -110,14 +121,7 @@ open_for_reading(const char *path, const char *reader)
 static char *
 commit_unsafe(const PlanWork *w, const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
 {
-  if (f->shared)
-    return g_strdup_printf("%s is used outside this domain", f->path);
-  if (c->shared)
-    return g_strdup_printf("%s is used outside this domain", c->path);
-  const char *reader = reader_of(w, disk, f->path, c->path);
-  if (reader != NULL)
-    return open_for_reading(f->path, reader);
-  return NULL;
+  return unsafe_to_write(w, disk, f, c, c->path);
 }
 
 /* Why pull (writes into c, drops f) may not run now, or NULL.  The data
@@ -126,13 +130,9 @@ commit_unsafe(const PlanWork *w, const PlanDisk *disk, const PlanImage *f, const
 static char *
 pull_unsafe(const PlanWork *w, const PlanDisk *disk, const PlanImage *f, const PlanImage *c)
 {
-  if (c->shared)
-    return g_strdup_printf("%s is used outside this domain", c->path);
-  if (f->shared)
-    return g_strdup_printf("%s is used outside this domain", f->path);
-  const char *reader = reader_of(w, disk, c->path, NULL);
-  if (reader != NULL)
-    return open_for_reading(c->path, reader);
+  char *why = unsafe_to_write(w, disk, c, f, NULL);
+  if (why != NULL)
+    return why;
   if (w->st->running && g_strcmp0(disk->active, c->path) != 0 && plan_disk_in_active_chain(disk, c->path))
     return g_strdup_printf("libvirt cannot pull into %s, an intermediate layer of the running domain",
                            c->path);

@@ -1,8 +1,12 @@
 /* virtsnapfs.h: the private header of the FUSE front end.
  *
- * A map of the daemon: each group of prototypes below belongs to one file
- * and names what that file is for.  The libvirt side is behind backend.h,
- * the image reader behind chain.h.
+ * A map of the FUSE front: each group of prototypes below belongs to one
+ * file and names what that file is for.  The libvirt side is behind
+ * backend.h, the image reader behind chain.h.  Uses go one way: ops.c (the
+ * table) uses the ops-*.c files and xattr.c; ops-change.c, ops-open.c,
+ * ops-dir.c and xattr.c use ops-entry.c; ops-open.c uses ops-read.c; all
+ * of them use the helpers above them in this header (names, log, errors,
+ * tree, info, delta, hosts, invalidate), and no helper uses an operation.
  */
 #pragma once
 
@@ -15,6 +19,7 @@
 
 #include "backend.h"
 #include "chain.h"
+#include "prefetch.h"
 
 G_BEGIN_DECLS
 
@@ -306,9 +311,15 @@ guint64 hosts_unavailable_size(VirtsnapfsHost *host, const char *domain, gboolea
                                const BackendDisk *disk);
 
 /* ------------------------------------------------------------------ */
-/* ops.c: the FUSE low-level operations table; metadata operations.   */
+/* ops.c: the FUSE low-level operations table, init, statfs, access.  */
 
 extern const struct fuse_lowlevel_ops ops_table;
+
+/* ------------------------------------------------------------------ */
+/* ops-entry.c: the node of a request, attributes, lookup, getattr.   */
+
+/* The node of ino, a new reference; NULL after replying ESTALE. */
+TreeNode *ops_node_get(fuse_req_t req, fuse_ino_t ino);
 /* Fills st for node from model; FALSE with ENOENT/EIO in *err. */
 gboolean ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model,
                   struct stat *st, int *err);
@@ -317,6 +328,18 @@ gboolean ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model,
  * goes up) or fuse_reply_err.  lookup and mkdir. */
 void ops_reply_entry(fuse_req_t req, Virtsnapfs *fs, BackendModel *model,
                      const TreeNode *pnode, const char *name);
+void ops_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
+void ops_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
+void ops_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets);
+void ops_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* ------------------------------------------------------------------ */
+/* ops-dir.c: directory listings, taken at opendir from one model.    */
+
+void ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void ops_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                 struct fuse_file_info *fi);
+void ops_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 
 /* delta.c, continued: what needs Virtsnapfs. */
 
@@ -338,19 +361,46 @@ char *delta_xattr(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, con
                   int *err);
 
 /* ------------------------------------------------------------------ */
-/* ops-read.c: open, read, lseek, release of files.                   */
+/* ops-open.c: open and release of files: what a handle pins and owns. */
 
-typedef struct _VirtsnapfsFile VirtsnapfsFile;
+/* An open file; immutable after open, so reads need no lock. */
+typedef struct {
+  TreeKind kind;
+  VirtsnapfsHost *host; /* whose backend pinned and froze (lives as long
+                         * as the mount) */
+  char *display;        /* "demo/s1/vda.raw", for log lines */
+  Chain *chain;         /* TREE_DISK, TREE_DELTA */
+  ChainDelta *delta;    /* TREE_DELTA */
+  guint64 size;
+  GBytes *bytes;        /* TREE_XML */
+  char *frozen_domain;  /* @now: the domain to thaw at release */
+  char *pinned_domain;  /* the chain is pinned in the backend (no plan
+                         * writes what it reads): unpinned at release */
+  gint error_logged;    /* atomic: a data error was logged */
+  Prefetch *prefetch;   /* a .raw, unless -o prefetch=0 */
+} VirtsnapfsFile;
+
+static inline VirtsnapfsFile *
+ops_file(struct fuse_file_info *fi)
+{
+  return (VirtsnapfsFile *)(uintptr_t)fi->fh;
+}
 
 void ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
-void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-              struct fuse_file_info *fi);
-void ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
-               struct fuse_file_info *fi);
 void ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 /* At shutdown, after the FUSE loop ended: closes what the kernel did not
  * release (and thaws their freezes). */
 void ops_release_all(Virtsnapfs *fs);
+
+/* ------------------------------------------------------------------ */
+/* ops-read.c: read and lseek of open files; the prefetch of a .raw.  */
+
+void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+              struct fuse_file_info *fi);
+void ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+               struct fuse_file_info *fi);
+/* A prefetch of file (a .raw, open as ino) into the kernel's cache. */
+Prefetch *read_prefetch_new(Virtsnapfs *fs, VirtsnapfsFile *file, fuse_ino_t ino);
 
 /* ------------------------------------------------------------------ */
 /* ops-change.c: mkdir, rmdir, rename change snapshots; the rest EPERM. */

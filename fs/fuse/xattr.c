@@ -126,13 +126,11 @@ void
 xattr_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
+  g_autoptr(TreeNode) node = ops_node_get(req, ino);
   int err;
 
-  if (node == NULL) {
-    fuse_reply_err(req, ESTALE);
+  if (node == NULL)
     return;
-  }
   g_autoptr(BackendModel) model = hosts_node_model(fs, node);
   if (model == NULL) {
     fuse_reply_err(req, ENODATA); /* the root of several hosts */
@@ -151,14 +149,12 @@ void
 xattr_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
+  g_autoptr(TreeNode) node = ops_node_get(req, ino);
   const char *const *names = NULL;
   gsize n = 0;
 
-  if (node == NULL) {
-    fuse_reply_err(req, ESTALE);
+  if (node == NULL)
     return;
-  }
   if (node->kind == TREE_DISK) {
     names = disk_names;
     n = G_N_ELEMENTS(disk_names);
