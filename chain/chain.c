@@ -1,4 +1,4 @@
-/* chain.c: building a chain from its top image down (DESIGN.md 4.1).
+/* chain.c: building a chain from its top image down, under the policy.
  *
  * The policy, strictest first: formats are never probed (the top's comes
  * from the caller, a backing file's from the caller or from the parent's

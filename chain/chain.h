@@ -1,7 +1,7 @@
 /* chain.h: the public interface of the chain reader.
  *
  * chain/ opens disk images (qcow2 v2/v3 and raw), validates them as untrusted
- * input, follows their backing names under a strict policy (DESIGN.md 4.1) and
+ * input, follows their backing names under a strict policy (chain.c) and
  * answers "what does the guest see at this offset" for a whole chain.  It
  * knows nothing of FUSE or libvirt.
  *
@@ -46,7 +46,7 @@ G_BEGIN_DECLS
 #define CHAIN_ERROR (chain_error_quark())
 GQuark chain_error_quark(void);
 
-/* Deepest chain the reader follows (DESIGN.md 4.1). */
+/* Deepest chain the reader follows; deeper is an error, like a loop. */
 #define CHAIN_MAX_DEPTH 200
 
 typedef enum {
@@ -204,7 +204,7 @@ gint64 chain_seek_granular(Chain *chain, guint64 offset, int whence, guint64 gra
 gint64 chain_allocated_bytes(Chain *chain);
 
 /* ------------------------------------------------------------------ */
-/* Deltas between two points in time (DESIGN.md 4.1: .delta files).    */
+/* Deltas between two points in time: the .delta files.                */
 
 /* A ChainDelta says which guest ranges of a point in time differ from its
  * parent point in time, as a set of granules of one size: granularity is

@@ -1,4 +1,4 @@
-/* delta.c: the <target>.delta files of snapshot directories (DESIGN.md 4.1).
+/* delta.c: the <target>.delta files of snapshot directories.
  *
  * A .delta file has the virtual size of its disk; its data extents are
  * the granules (chain_delta_granularity(): 4 KiB up to 256 GiB disks)

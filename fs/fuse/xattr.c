@@ -1,4 +1,4 @@
-/* xattr.c: the user.virtsnapfs.* extended attributes (DESIGN.md 2).
+/* xattr.c: the user.virtsnapfs.* extended attributes.
  *
  * On a disk file:
  *   user.virtsnapfs.point_image   path of the image whose chain the file

@@ -1,4 +1,4 @@
-/* test-policy: how chain_open() follows backing names (DESIGN.md 4.1),
+/* test-policy: how chain_open() follows backing names (the image policy),
  * and the small public helpers (format names, layer accessors, per-layer
  * allocation bitmaps).
  *

@@ -2,8 +2,8 @@
  *
  * It models what the executor's tools do, including libvirt's side
  * effects (an intermediate block commit moves the pointer of top's child in
- * the running chain; an active commit pivots), and turns every rule of
- * DESIGN.md a plan could break into an error: a plan that writes into a
+ * the running chain; an active commit pivots), and turns every safety rule
+ * a plan could break into an error: a plan that writes into a
  * pinned or shared file, changes a backing file that still has another
  * child, runs qemu-img on an image the running domain has open, or deletes
  * a file that metadata or a backing pointer still names, fails here.
@@ -376,7 +376,8 @@ sim_expect_free(SimExpect *expect)
   } while (0)
 
 /* Writing content into image: never into a file another domain uses, and
- * (DESIGN.md 4.3) never into a layer an open reader's chain holds, except
+ * never into a layer an open reader's chain holds (a reader never sees
+ * data change under it), except
  * under keep: clusters of keep, which every such reader reads from keep. */
 static gboolean
 check_writable(Sim *sim, const PlanDisk *disk, const PlanImage *image, const char *keep,

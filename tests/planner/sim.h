@@ -4,10 +4,11 @@
  * reads fall through to the backing file) with a backing pointer; snapshot
  * metadata and the active image per disk live in a PlanState the simulator
  * owns.  sim_run() executes a plan step by step the way libvirt and
- * qemu-img would, and refuses what the real tools or DESIGN.md forbid
+ * qemu-img would, and refuses what the real tools or the safety rules forbid
  * (writing into a pinned file, an offline step on a running image, a block
  * job off the running chain, deleting a file something still names).
- * sim_check() then verifies DESIGN.md's invariant.
+ * sim_check() then verifies the invariant: every remaining point in time
+ * and the present read back as before.
  */
 #pragma once
 
@@ -62,7 +63,8 @@ void sim_crash_at(Sim *sim, guint step);
 /* Executes the plan's steps; twice: every step is run twice in a row, as a
  * recovery after a crash would.  FALSE with a message on a forbidden step. */
 gboolean sim_run(Sim *sim, const Plan *plan, gboolean twice, GError **error);
-/* DESIGN.md's invariant, and that the simulator agrees with plan->after.
+/* The invariant (every remaining point in time and the present read as
+ * before), and that the simulator agrees with plan->after.
  * normal_form: also no unnamed layer with one child may remain. */
 gboolean sim_check(Sim *sim, const SimExpect *expect, const Plan *plan, gboolean normal_form,
                    GError **error);

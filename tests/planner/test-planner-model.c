@@ -6,7 +6,7 @@
  * domains share, with the domain running or shut off and random readers
  * holding points in time open.  Every plan is executed in the simulator
  * (sim.c), which refuses unsafe steps and checks after each step that no
- * reader sees data change; then DESIGN.md's invariant is checked: every
+ * reader sees data change; then the plan invariant is checked: every
  * remaining point in time and the present read back as before, no file is
  * left that nothing references, every snapshot names an existing overlay
  * over its point image, and the simulator agrees with the plan's "after".

@@ -4,7 +4,7 @@
  * compares the plan's step kinds (a "signature": kinds in order, '@' after
  * a block job) and its merge choice with the table, then executes the plan
  * in the simulator, twice per step as crash recovery would, and checks
- * DESIGN.md's invariant.
+ * that every remaining point in time and the present read as before.
  *
  * The standard chain: disk vda, base image /img/vda-base, snapshots s1..sN
  * taken in order, so /img/vda.sK is O(sK) and the active image is the last
