@@ -1,7 +1,7 @@
 /* plan-state.c: the planner's plain data: building, copying, freeing and
  * looking up PlanState, PlanStep and Plan.
  *
- * No logic about snapshots lives here; see planner.c.  Lookups are linear:
+ * No rules about snapshots live here; see planner.c.  Lookups are linear:
  * a domain has a handful of disks, tens of images and snapshots.
  */
 #include "planner-private.h"

@@ -29,7 +29,7 @@
  * of a snapshot directory read every changed byte twice.
  *
  * Pins: an open .delta pins its point's chain for its lifetime, as a .raw
- * does (ops-read.c); the parent's chain is pinned only while it is read
+ * does (ops-open.c); the parent's chain is pinned only while it is read
  * to compute the delta, since reads of the file never touch it.  If the
  * parent is hidden because a plan is deleting it, opening fails with
  * EBUSY: the delta against it is about to lose its meaning.
