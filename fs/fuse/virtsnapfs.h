@@ -310,6 +310,25 @@ gboolean hosts_uri_is_remote(const char *uri);
 guint64 hosts_unavailable_size(VirtsnapfsHost *host, const char *domain, gboolean present,
                                const BackendDisk *disk);
 
+/* delta.c, continued: what needs Virtsnapfs. */
+
+/* The delta of a TREE_DELTA node's point against its parent point, from
+ * the cache or computed (reading both points; the parent's chain is
+ * pinned meanwhile).  chain is the point's open chain, pinned by the
+ * caller.  Returns a new reference, or NULL with an errno-coded error
+ * (EBUSY: the parent is being deleted). */
+ChainDelta *delta_get(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, Chain *chain,
+                      GError **error);
+/* getattr of a TREE_DELTA node: size, and st_blocks from the data size
+ * (exact when known, else an upper bound: see delta.c). */
+gboolean delta_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct stat *st,
+                    int *err);
+/* user.virtsnapfs.* of a .delta: key is the name after the prefix;
+ * NULL with *err (ENODATA: no such attribute). */
+extern const char *const delta_xattr_names[];
+char *delta_xattr(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const char *key,
+                  int *err);
+
 /* ------------------------------------------------------------------ */
 /* ops.c: the FUSE low-level operations table, init, statfs, access.  */
 
@@ -340,25 +359,6 @@ void ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void ops_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                  struct fuse_file_info *fi);
 void ops_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
-
-/* delta.c, continued: what needs Virtsnapfs. */
-
-/* The delta of a TREE_DELTA node's point against its parent point, from
- * the cache or computed (reading both points; the parent's chain is
- * pinned meanwhile).  chain is the point's open chain, pinned by the
- * caller.  Returns a new reference, or NULL with an errno-coded error
- * (EBUSY: the parent is being deleted). */
-ChainDelta *delta_get(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, Chain *chain,
-                      GError **error);
-/* getattr of a TREE_DELTA node: size, and st_blocks from the data size
- * (exact when known, else an upper bound: see delta.c). */
-gboolean delta_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, struct stat *st,
-                    int *err);
-/* user.virtsnapfs.* of a .delta: key is the name after the prefix;
- * NULL with *err (ENODATA: no such attribute). */
-extern const char *const delta_xattr_names[];
-char *delta_xattr(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const char *key,
-                  int *err);
 
 /* ------------------------------------------------------------------ */
 /* ops-open.c: open and release of files: what a handle pins and owns. */
