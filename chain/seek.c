@@ -1,9 +1,10 @@
 /* seek.c: SEEK_DATA / SEEK_HOLE and the allocated byte count of a chain.
  *
- * Both walk the merged map (region.c) with ChainRunIter.  "Data" is what `qemu-img map` calls
- * data: uncompressed and compressed clusters of any layer, and the data
- * extents of a raw base; zero clusters, holes, and the range past a shorter
- * backing file are holes.  Thread-safe like the map.
+ * Both walk the merged map (region.c) with a ChainRunIter.  "Data" is
+ * what `qemu-img map` calls data: uncompressed and compressed clusters of
+ * any layer, and the data extents of a raw base; zero clusters, holes, and
+ * the range past a shorter backing file are holes.  Thread-safe like the
+ * map.
  */
 #include <errno.h>
 #include <unistd.h>
@@ -21,12 +22,14 @@ chain_seek(Chain *chain, guint64 offset, int whence)
 
   g_auto(ChainRunIter) it = chain_run_iter(chain, offset, chain->virtual_size, TRUE, TRUE);
   const ChainRun *run;
+  guint64 pos = offset; /* a run may start before it */
   int r;
   while ((r = chain_run_iter_next(&it, &run)) > 0) {
     if (run->kind == CHAIN_RUN_ERROR)
       return -EIO;
     if ((gboolean)run->allocated == want)
-      return (gint64)MAX(offset, run->offset);
+      return (gint64)MAX(pos, run->offset);
+    pos = run->offset + run->length;
   }
   if (r < 0)
     return r;
@@ -43,13 +46,14 @@ chain_allocated_bytes(Chain *chain)
   /* Not cached: a whole-disk scan must not evict what readers use. */
   g_auto(ChainRunIter) it = chain_run_iter(chain, 0, chain->virtual_size, FALSE, TRUE);
   const ChainRun *run;
-  guint64 total = 0;
+  guint64 pos = 0, total = 0;
   int r;
   while ((r = chain_run_iter_next(&it, &run)) > 0) {
     if (run->kind == CHAIN_RUN_ERROR)
       return -EIO;
     if (run->allocated)
-      total += run->length;
+      total += run->offset + run->length - MAX(pos, run->offset);
+    pos = run->offset + run->length;
   }
   if (r < 0)
     return r;
