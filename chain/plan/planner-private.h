@@ -3,7 +3,7 @@
  * defines them.  Uses go one way, top to bottom (no file uses one above
  * it):
  *
- *   planner.c        the operations; calls the three below
+ *   planner.c        the operations, planner_plan()
  *   plan-metadata.c  the metadata steps, from before and after
  *   plan-normal.c    the normal-form rules 1 and 2, the loop
  *   plan-merge.c     rule 3: commit or pull
