@@ -1,8 +1,9 @@
 /* virtsnapfs.h: the private header of the FUSE front end.
  *
  * A map of the daemon: each group of prototypes below belongs to one file
- * and names what that file is for.  The libvirt side is behind backend.h,
- * the image reader behind chain.h.
+ * and names what that file is for.  The libvirt side is behind backend.h
+ * (models) and snap.h (changing snapshots, @now, pins), the image reader
+ * behind chain.h.
  */
 #pragma once
 
@@ -15,6 +16,7 @@
 
 #include "backend.h"
 #include "chain.h"
+#include "snap.h"
 
 G_BEGIN_DECLS
 
@@ -268,7 +270,7 @@ typedef struct {
 } Virtsnapfs;
 
 /* ------------------------------------------------------------------ */
-/* hosts.c: the libvirt hosts of the mount, one backend each.         */
+/* hosts.c: the libvirt hosts of the mount, one Snap (and backend) each. */
 
 struct _VirtsnapfsHost {
   Virtsnapfs *fs;
@@ -278,7 +280,8 @@ struct _VirtsnapfsHost {
   char *uri;
   gboolean remote;         /* through a transport or to a server: its
                             * images may not be visible here */
-  Backend *backend;
+  Snap *snap;              /* changes snapshots; owns backend */
+  Backend *backend;        /* models (snap_get_backend) */
   InfoCache *info;
   GMutex lock;             /* protects capacity */
   GHashTable *capacity;    /* image path -> guint64 *: sizes of disks
@@ -288,7 +291,7 @@ struct _VirtsnapfsHost {
 /* Connects every host of fs->opts (STATE_DIR/<host>/ when several) and
  * registers invalidate_on_change() for each.  Blocks. */
 gboolean hosts_connect(Virtsnapfs *fs, GError **error);
-/* Closes every backend (thaws what is still frozen). */
+/* Closes every host's Snap (thaws what is still frozen). */
 void hosts_disconnect(Virtsnapfs *fs);
 /* The host of a node; NULL for the root of a multi-host mount. */
 VirtsnapfsHost *hosts_of_node(Virtsnapfs *fs, const TreeNode *node);

@@ -13,7 +13,7 @@
 #include <libxml/tree.h>
 #include <string.h>
 
-#include "exec.h"
+#include "snap-private.h"
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
 
