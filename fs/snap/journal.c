@@ -8,7 +8,7 @@
  * plan is complete the file is removed (directory fsync'd).  A crash leaves
  * a complete header and a prefix of the done lines, possibly with a torn
  * last line, which the reader ignores: that step simply runs again, and
- * every step is idempotent (executor.c).
+ * every step is idempotent (exec.h).
  *
  *   virtsnapfs-plan 1
  *   domain demo

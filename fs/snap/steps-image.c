@@ -65,8 +65,11 @@ step_commit_offline(Exec *x, const PlanStep *step, GError **error)
   return backend_qemu_img_commit(x->backend, step->image, step->format, step->backing, error);
 }
 
-gboolean
-step_pull_offline(Exec *x, const PlanStep *step, GError **error)
+/* qemu-img rebase of step->image onto step->backing: a pull (the clusters
+ * of the layers left out are copied up first), or with unsafe only the
+ * pointer.  Done once the pointer is the new one. */
+static gboolean
+rebase_offline(Exec *x, const PlanStep *step, gboolean unsafe, GError **error)
 {
   if (!guard_offline(x, step, error))
     return FALSE;
@@ -75,11 +78,16 @@ step_pull_offline(Exec *x, const PlanStep *step, GError **error)
     return FALSE;
   if (same_file(backing, step->backing))
     return TRUE;
+  /* Unsafe touches only the header: no cache mode to choose. */
+  const char *safe[] = {"rebase", "-q", "-t", "writethrough", NULL};
+  const char *header_only[] = {"rebase", "-q", "-u", NULL};
   g_autoptr(GPtrArray) argv = g_ptr_array_new();
-  const char *head[] = {"rebase", "-q", "-t", "writethrough", "-f", chain_format_name(step->format),
-                        "-b", step->backing ? step->backing : ""};
-  for (guint i = 0; i < G_N_ELEMENTS(head); i++)
-    g_ptr_array_add(argv, (gpointer)head[i]);
+  for (const char *const *a = unsafe ? header_only : safe; *a; a++)
+    g_ptr_array_add(argv, (gpointer)*a);
+  const char *tail[] = {"-f", chain_format_name(step->format), "-b",
+                        step->backing ? step->backing : ""};
+  for (guint i = 0; i < G_N_ELEMENTS(tail); i++)
+    g_ptr_array_add(argv, (gpointer)tail[i]);
   if (step->backing) {
     g_ptr_array_add(argv, (gpointer) "-F");
     g_ptr_array_add(argv, (gpointer)chain_format_name(step->backing_format));
@@ -90,19 +98,15 @@ step_pull_offline(Exec *x, const PlanStep *step, GError **error)
 }
 
 gboolean
+step_pull_offline(Exec *x, const PlanStep *step, GError **error)
+{
+  return rebase_offline(x, step, FALSE, error);
+}
+
+gboolean
 step_rebase_unsafe(Exec *x, const PlanStep *step, GError **error)
 {
-  if (!guard_offline(x, step, error))
-    return FALSE;
-  g_autofree char *backing = NULL;
-  if (!read_backing(step->image, step->format, &backing, error))
-    return FALSE;
-  if (same_file(backing, step->backing))
-    return TRUE;
-  const char *argv[] = {"rebase", "-q", "-u", "-f", chain_format_name(step->format), "-b",
-                        step->backing, "-F", chain_format_name(step->backing_format), step->image,
-                        NULL};
-  return backend_qemu_img(argv, error);
+  return rebase_offline(x, step, TRUE, error);
 }
 
 gboolean

@@ -59,17 +59,25 @@ step_set_active(Exec *x, const PlanStep *step, GError **error)
   return TRUE;
 }
 
+/* libvirt's snapshot name of the domain, or NULL: with an error, or
+ * without one when libvirt has no such snapshot. */
+static virDomainSnapshotPtr
+find_snapshot(Exec *x, const char *name, GError **error)
+{
+  virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(x->dom, name, 0);
+  const virError *err = snap ? NULL : virGetLastError();
+  if (!snap && (!err || err->code != VIR_ERR_NO_DOMAIN_SNAPSHOT))
+    backend_set_virt_error(error, "domain %s: snapshot %s", x->name, name);
+  return snap;
+}
+
 /* libvirt's XML of snapshot name, or NULL (no error) when it has none. */
 static char *
 snapshot_xml(Exec *x, const char *name, GError **error)
 {
-  g_autoptr(BackendVirDomainSnapshot) snap = virDomainSnapshotLookupByName(x->dom, name, 0);
-  if (!snap) {
-    const virError *err = virGetLastError();
-    if (!err || err->code != VIR_ERR_NO_DOMAIN_SNAPSHOT)
-      backend_set_virt_error(error, "domain %s: snapshot %s", x->name, name);
+  g_autoptr(BackendVirDomainSnapshot) snap = find_snapshot(x, name, error);
+  if (!snap)
     return NULL;
-  }
   char *xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
   if (!xml)
     backend_set_virt_error(error, "domain %s: XML of snapshot %s", x->name, name);
@@ -116,15 +124,14 @@ step_redefine(Exec *x, const PlanStep *step, GError **error)
 gboolean
 step_delete_snapshot(Exec *x, const PlanStep *step, GError **error)
 {
-  g_autoptr(BackendVirDomainSnapshot) snap =
-      virDomainSnapshotLookupByName(x->dom, step->snapshot, 0);
-  if (!snap) {
-    const virError *err = virGetLastError();
-    if (err && err->code == VIR_ERR_NO_DOMAIN_SNAPSHOT)
-      return TRUE;
-    backend_set_virt_error(error, "domain %s: snapshot %s", x->name, step->snapshot);
+  GError *local = NULL;
+  g_autoptr(BackendVirDomainSnapshot) snap = find_snapshot(x, step->snapshot, &local);
+  if (!snap && local) {
+    g_propagate_error(error, local);
     return FALSE;
   }
+  if (!snap)
+    return TRUE; /* gone already */
   g_debug("virDomainSnapshotDelete(%s, %s, METADATA_ONLY)", x->name, step->snapshot);
   if (virDomainSnapshotDelete(snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0) {
     backend_set_virt_error(error, "domain %s: delete metadata of snapshot %s", x->name,
@@ -137,10 +144,13 @@ step_delete_snapshot(Exec *x, const PlanStep *step, GError **error)
 gboolean
 step_set_current(Exec *x, const PlanStep *step, GError **error)
 {
-  g_autoptr(BackendVirDomainSnapshot) snap =
-      virDomainSnapshotLookupByName(x->dom, step->snapshot, 0);
+  GError *local = NULL;
+  g_autoptr(BackendVirDomainSnapshot) snap = find_snapshot(x, step->snapshot, &local);
+  if (!snap && !local)
+    g_set_error(&local, BACKEND_ERROR, EIO, "domain %s: snapshot %s is gone", x->name,
+                step->snapshot);
   if (!snap) {
-    backend_set_virt_error(error, "domain %s: snapshot %s", x->name, step->snapshot);
+    g_propagate_error(error, local);
     return FALSE;
   }
   if (virDomainSnapshotIsCurrent(snap, 0) == 1)

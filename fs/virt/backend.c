@@ -29,8 +29,6 @@
 #define SETTLE_US (3 * G_USEC_PER_SEC)
 #define BACKOFF_MAX_S 30
 
-
-
 /* ------------------------------------------------------------------ */
 /* Connection                                                          */
 
@@ -130,6 +128,9 @@ backend_disk_capacity(Backend *backend, const char *domain, const char *target,
   backend_set_virt_error(error, "size of %s", path);
   return FALSE;
 }
+
+/* ------------------------------------------------------------------ */
+/* Domains                                                             */
 
 virDomainPtr
 backend_lookup_domain(virConnectPtr conn, const char *name, const char *uuid, GError **error)

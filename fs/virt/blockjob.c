@@ -8,8 +8,8 @@
  * list of jobs is the truth, the event the wake-up call.  Events can be
  * missed (a reconnect, a driver that does not send them), so a waiter
  * also looks once every JOB_LOOK_US without one; each look records the
- * job's progress for backend_job_progress().  libvirt reports cur == end
- * for a two-phase job only once it is ready to pivot.
+ * job's progress for backend_job_progress().  A two-phase job is ready to
+ * pivot at its READY event, or when two looks in a row find cur == end.
  *
  * One timeout policy: a job is given up when libvirt reports no progress
  * for JOB_STALL_S (no event and the same cur), whatever its size: a large
@@ -169,6 +169,7 @@ backend_job_wait(Backend *backend, virDomainPtr dom, const char *target, Backend
   g_autofree char *key = dom_key(dom, target);
   guint64 last_cur = G_MAXUINT64, last_events = G_MAXUINT64;
   gint64 moved = 0;
+  gboolean full = FALSE;        /* the last look saw cur == end */
   for (;;) {
     guint64 events;
     int status = job_last_event(backend, key, &events);
@@ -198,8 +199,12 @@ backend_job_wait(Backend *backend, virDomainPtr dom, const char *target, Backend
       return FALSE;
     }
     job_record_progress(backend, key, &info);
-    if (goal == BACKEND_JOB_READY && info.end > 0 && info.cur == info.end)
+    /* libvirt accepts the pivot once it has handled QEMU's ready event,
+     * which it then passes on to us: cur == end alone may come a moment
+     * earlier.  It counts when the event went missing: at a second look. */
+    if (goal == BACKEND_JOB_READY && info.end > 0 && info.cur == info.end && full)
       return TRUE;
+    full = info.end > 0 && info.cur == info.end;
     /* Progress is a new cur, or an event (a job between phases reports
      * the same cur). */
     gint64 now = g_get_monotonic_time();
