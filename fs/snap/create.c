@@ -106,8 +106,7 @@ snap_create(Snap *snap, const char *domain, const char *name, GError **error)
 
   g_autofree char *escaped = escape_for_file(name);
   g_autoptr(GHashTable) taken = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  g_autoptr(GPtrArray) targets = g_ptr_array_new();
-  g_autoptr(GPtrArray) overlays = g_ptr_array_new();
+  g_autoptr(GArray) overlays = g_array_new(FALSE, FALSE, sizeof(DomXmlOverlay));
   g_autoptr(GPtrArray) no_targets = g_ptr_array_new();
   /* A <readonly/> disk never changes and a <shareable/> one is written by
    * others too: neither gets an overlay (libvirt would make one). */
@@ -125,25 +124,23 @@ snap_create(Snap *snap, const char *domain, const char *name, GError **error)
     }
     char *overlay = overlay_path(disk, escaped, taken);
     g_hash_table_add(taken, overlay);
-    g_ptr_array_add(targets, disk->target);
-    g_ptr_array_add(overlays, overlay);
+    DomXmlOverlay o = {disk->target, overlay};
+    g_array_append_val(overlays, o);
   }
-  if (targets->len == 0) {
+  if (overlays->len == 0) {
     g_set_error(error, BACKEND_ERROR, EOPNOTSUPP, "domain %s has no writable disk to snapshot",
                 domain);
     return FALSE;
   }
-  g_ptr_array_add(targets, NULL);
-  g_ptr_array_add(overlays, NULL);
   for (guint i = 0; i < parsed->skipped->len; i++) {
     DomXmlSkipped *skipped = g_ptr_array_index(parsed->skipped, i);
     if (skipped->target)
       g_ptr_array_add(no_targets, skipped->target);
   }
   g_ptr_array_add(no_targets, NULL);
-  g_autofree char *snapshot_xml = exec_xml_create_snapshot(
-      name, (const char *const *)targets->pdata, (const char *const *)overlays->pdata,
-      (const char *const *)no_targets->pdata);
+  g_autofree char *snapshot_xml =
+      domxml_overlay_snapshot_xml(name, NULL, (DomXmlOverlay *)overlays->data, overlays->len,
+                                  (const char *const *)no_targets->pdata);
 
   unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
   virDomainSnapshotPtr created = NULL;
@@ -170,7 +167,7 @@ snap_create(Snap *snap, const char *domain, const char *name, GError **error)
   g_message("domain %s: created snapshot %s in %.1f s (%s, %u disks, first overlay %s)", domain,
             name, (double)(g_get_monotonic_time() - o.started) / G_USEC_PER_SEC,
             active == 1 ? (quiesced ? "live, quiesced" : "live, crash-consistent") : "offline",
-            targets->len - 1, (const char *)overlays->pdata[0]);
+            overlays->len, g_array_index(overlays, DomXmlOverlay, 0).overlay);
   snap_refresh(snap, G_LOG_LEVEL_MESSAGE, "a snapshot operation");
   return TRUE;
 }

@@ -64,13 +64,7 @@ read_xml(Exec *x, unsigned int flags, GError **error)
 static inline gboolean
 get_running(Exec *x, gboolean *running, GError **error)
 {
-  int active = virDomainIsActive(x->dom);
-  if (active < 0) {
-    backend_set_virt_error(error, "domain %s: state", x->name);
-    return FALSE;
-  }
-  *running = active == 1;
-  return TRUE;
+  return backend_domain_state(x->dom, NULL, running, error);
 }
 
 static inline DomXmlDisk *

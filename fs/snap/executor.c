@@ -66,10 +66,8 @@ snap_exec_run(Snap *snap, virDomainPtr dom, SnapJournal *journal, GError **error
     .name = virDomainGetName(dom),
     .journal = journal,
   };
-  if (virDomainGetUUIDString(dom, x.uuid) < 0) {
-    backend_set_virt_error(error, "domain %s: UUID", x.name);
+  if (!backend_domain_state(dom, x.uuid, NULL, error))
     return FALSE;
-  }
   PlanOp op;
   snap_journal_get_op(journal, &op);
   g_autofree char *op_title = snap_op_title(&op);

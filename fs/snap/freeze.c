@@ -129,15 +129,9 @@ freeze_create(Snap *snap, const char *name, GError **error)
   if (!dom)
     return NULL;
   char uuid[VIR_UUID_STRING_BUFLEN];
-  if (virDomainGetUUIDString(dom, uuid) < 0) {
-    backend_set_virt_error(error, "domain %s: UUID", name);
+  gboolean active;
+  if (!backend_domain_state(dom, uuid, &active, error))
     return NULL;
-  }
-  int active = virDomainIsActive(dom);
-  if (active < 0) {
-    backend_set_virt_error(error, "domain %s: state", name);
-    return NULL;
-  }
   g_autoptr(DomXmlDomain) parsed = backend_read_domain(dom, 0, error);
   if (!parsed)
     return NULL;
@@ -181,7 +175,7 @@ freeze_create(Snap *snap, const char *name, GError **error)
   if (!snap_freeze_record_write(record, snap->state_dir, error))
     return NULL;
 
-  g_autofree char *xml = domxml_overlay_snapshot_xml("virtsnapfs @now", (DomXmlOverlay *)overlays->data,
+  g_autofree char *xml = domxml_overlay_snapshot_xml(NULL, "virtsnapfs @now", (DomXmlOverlay *)overlays->data,
                                                      overlays->len,
                                                      (const char *const *)no_targets->pdata);
   unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA |

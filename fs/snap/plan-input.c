@@ -284,15 +284,9 @@ snap_plan_input_read(Snap *snap, virDomainPtr dom, GError **error)
 {
   const char *name = virDomainGetName(dom);
   char uuid[VIR_UUID_STRING_BUFLEN];
-  if (virDomainGetUUIDString(dom, uuid) < 0) {
-    backend_set_virt_error(error, "domain %s: UUID", name);
+  gboolean active;
+  if (!backend_domain_state(dom, uuid, &active, error))
     return NULL;
-  }
-  int active = virDomainIsActive(dom);
-  if (active < 0) {
-    backend_set_virt_error(error, "domain %s: state", name);
-    return NULL;
-  }
   g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
   if (!xml) {
     backend_set_virt_error(error, "domain %s: XML", name);
@@ -339,7 +333,7 @@ snap_plan_input_read(Snap *snap, virDomainPtr dom, GError **error)
   g_ptr_array_sort(snapshots, compare_snapshots);
 
   g_autoptr(SnapPlanInput) input = g_new0(SnapPlanInput, 1);
-  input->state = plan_state_new(active == 1);
+  input->state = plan_state_new(active);
   input->bitmaps = g_ptr_array_new_with_free_func((GDestroyNotify)chain_bitmap_free);
   input->uuid = g_strdup(uuid);
   input->unsupported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);

@@ -116,10 +116,8 @@ static gboolean
 finish_pending(Snap *snap, virDomainPtr dom, GError **error)
 {
   char uuid[VIR_UUID_STRING_BUFLEN];
-  if (virDomainGetUUIDString(dom, uuid) < 0) {
-    backend_set_virt_error(error, "domain %s: UUID", virDomainGetName(dom));
+  if (!backend_domain_state(dom, uuid, NULL, error))
     return FALSE;
-  }
   g_autoptr(GPtrArray) journals = snap_journals_load(snap->state_dir, error);
   if (!journals)
     return FALSE;

@@ -193,10 +193,6 @@ GPtrArray *snap_journals_load(const char *state_dir, GError **error);
 /* ------------------------------------------------------------------ */
 /* exec-xml.c */
 
-/* <domainsnapshot> for creating snapshot name: an external qcow2 overlay
- * for targets[i] at overlays[i], snapshot='no' for no_targets. */
-char *exec_xml_create_snapshot(const char *name, const char *const *targets,
-                               const char *const *overlays, const char *const *no_targets);
 /* The snapshot XML for a REDEFINE: template (libvirt's XML of the
  * snapshot, or of the one it is renamed from; NULL: built from
  * domain_xml) with name, parent, creation time and the overlay of every

@@ -15,6 +15,18 @@
 
 #include "exec.h"
 
+/* The inactive XML: as text in *xml (to rewrite it) and parsed. */
+static DomXmlDomain *
+read_inactive(Exec *x, char **xml, GError **error)
+{
+  *xml = virDomainGetXMLDesc(x->dom, VIR_DOMAIN_XML_INACTIVE);
+  if (!*xml) {
+    backend_set_virt_error(error, "domain %s: XML", x->name);
+    return NULL;
+  }
+  return domxml_parse_domain(*xml, error);
+}
+
 gboolean
 step_set_active(Exec *x, const PlanStep *step, GError **error)
 {
@@ -33,12 +45,8 @@ step_set_active(Exec *x, const PlanStep *step, GError **error)
     }
     return TRUE;
   }
-  g_autofree char *xml = virDomainGetXMLDesc(x->dom, VIR_DOMAIN_XML_INACTIVE);
-  if (!xml) {
-    backend_set_virt_error(error, "domain %s: XML", x->name);
-    return FALSE;
-  }
-  g_autoptr(DomXmlDomain) parsed = domxml_parse_domain(xml, error);
+  g_autofree char *xml = NULL;
+  g_autoptr(DomXmlDomain) parsed = read_inactive(x, &xml, error);
   if (!parsed)
     return FALSE;
   DomXmlDisk *disk = live_disk(parsed, x, step->disk, error);
@@ -59,24 +67,26 @@ step_set_active(Exec *x, const PlanStep *step, GError **error)
   return TRUE;
 }
 
-/* libvirt's snapshot name of the domain, or NULL: with an error, or
- * without one when libvirt has no such snapshot. */
-static virDomainSnapshotPtr
-find_snapshot(Exec *x, const char *name, GError **error)
+/* libvirt's snapshot name of the domain in *snap, NULL when libvirt has
+ * no such snapshot; FALSE when libvirt cannot tell. */
+static gboolean
+find_snapshot(Exec *x, const char *name, virDomainSnapshotPtr *snap, GError **error)
 {
-  virDomainSnapshotPtr snap = virDomainSnapshotLookupByName(x->dom, name, 0);
-  const virError *err = snap ? NULL : virGetLastError();
-  if (!snap && (!err || err->code != VIR_ERR_NO_DOMAIN_SNAPSHOT))
+  *snap = virDomainSnapshotLookupByName(x->dom, name, 0);
+  const virError *err = *snap ? NULL : virGetLastError();
+  if (!*snap && (!err || err->code != VIR_ERR_NO_DOMAIN_SNAPSHOT)) {
     backend_set_virt_error(error, "domain %s: snapshot %s", x->name, name);
-  return snap;
+    return FALSE;
+  }
+  return TRUE;
 }
 
 /* libvirt's XML of snapshot name, or NULL (no error) when it has none. */
 static char *
 snapshot_xml(Exec *x, const char *name, GError **error)
 {
-  g_autoptr(BackendVirDomainSnapshot) snap = find_snapshot(x, name, error);
-  if (!snap)
+  g_autoptr(BackendVirDomainSnapshot) snap = NULL;
+  if (!find_snapshot(x, name, &snap, error) || !snap)
     return NULL;
   char *xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
   if (!xml)
@@ -124,12 +134,9 @@ step_redefine(Exec *x, const PlanStep *step, GError **error)
 gboolean
 step_delete_snapshot(Exec *x, const PlanStep *step, GError **error)
 {
-  GError *local = NULL;
-  g_autoptr(BackendVirDomainSnapshot) snap = find_snapshot(x, step->snapshot, &local);
-  if (!snap && local) {
-    g_propagate_error(error, local);
+  g_autoptr(BackendVirDomainSnapshot) snap = NULL;
+  if (!find_snapshot(x, step->snapshot, &snap, error))
     return FALSE;
-  }
   if (!snap)
     return TRUE; /* gone already */
   g_debug("virDomainSnapshotDelete(%s, %s, METADATA_ONLY)", x->name, step->snapshot);
@@ -144,13 +151,12 @@ step_delete_snapshot(Exec *x, const PlanStep *step, GError **error)
 gboolean
 step_set_current(Exec *x, const PlanStep *step, GError **error)
 {
-  GError *local = NULL;
-  g_autoptr(BackendVirDomainSnapshot) snap = find_snapshot(x, step->snapshot, &local);
-  if (!snap && !local)
-    g_set_error(&local, BACKEND_ERROR, EIO, "domain %s: snapshot %s is gone", x->name,
-                step->snapshot);
+  g_autoptr(BackendVirDomainSnapshot) snap = NULL;
+  if (!find_snapshot(x, step->snapshot, &snap, error))
+    return FALSE;
   if (!snap) {
-    g_propagate_error(error, local);
+    g_set_error(error, BACKEND_ERROR, EIO, "domain %s: snapshot %s is gone", x->name,
+                step->snapshot);
     return FALSE;
   }
   if (virDomainSnapshotIsCurrent(snap, 0) == 1)
@@ -182,12 +188,8 @@ steps_tidy_inactive_xml(Exec *x, GError **error)
     return FALSE;
   if (running)
     return TRUE;
-  g_autofree char *xml = virDomainGetXMLDesc(x->dom, VIR_DOMAIN_XML_INACTIVE);
-  if (!xml) {
-    backend_set_virt_error(error, "domain %s: XML", x->name);
-    return FALSE;
-  }
-  g_autoptr(DomXmlDomain) parsed = domxml_parse_domain(xml, error);
+  g_autofree char *xml = NULL;
+  g_autoptr(DomXmlDomain) parsed = read_inactive(x, &xml, error);
   if (!parsed)
     return FALSE;
   g_autofree char *fixed = NULL;

@@ -62,11 +62,9 @@ thaw_disk(Snap *snap, virConnectPtr conn, virDomainPtr dom, const SnapFreezeDisk
           GError **error)
 {
   const char *name = virDomainGetName(dom);
-  int active = virDomainIsActive(dom);
-  if (active < 0) {
-    backend_set_virt_error(error, "domain %s: state", name);
+  gboolean active;
+  if (!backend_domain_state(dom, NULL, &active, error))
     return FALSE;
-  }
   g_autoptr(DomXmlDomain) now = backend_read_domain(dom, 0, error);
   if (!now)
     return FALSE;

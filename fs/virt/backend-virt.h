@@ -81,6 +81,9 @@ void backend_drop_connection(Backend *backend);
  * ENOENT when libvirt has no such domain, EIO for other failures. */
 virDomainPtr backend_lookup_domain(virConnectPtr conn, const char *name, const char *uuid,
                                    GError **error);
+/* The domain's UUID (into uuid, VIR_UUID_STRING_BUFLEN bytes) and
+ * whether it runs; either may be NULL. */
+gboolean backend_domain_state(virDomainPtr dom, char *uuid, gboolean *running, GError **error);
 /* The domain's XML (virDomainGetXMLDesc flags), parsed. */
 DomXmlDomain *backend_read_domain(virDomainPtr dom, unsigned int flags, GError **error);
 

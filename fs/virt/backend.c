@@ -146,6 +146,24 @@ backend_lookup_domain(virConnectPtr conn, const char *name, const char *uuid, GE
   return dom;
 }
 
+gboolean
+backend_domain_state(virDomainPtr dom, char *uuid, gboolean *running, GError **error)
+{
+  const char *name = virDomainGetName(dom);
+  if (uuid && virDomainGetUUIDString(dom, uuid) < 0) {
+    backend_set_virt_error(error, "domain %s: UUID", name);
+    return FALSE;
+  }
+  int active = running ? virDomainIsActive(dom) : 0;
+  if (active < 0) {
+    backend_set_virt_error(error, "domain %s: state", name);
+    return FALSE;
+  }
+  if (running)
+    *running = active == 1;
+  return TRUE;
+}
+
 DomXmlDomain *
 backend_read_domain(virDomainPtr dom, unsigned int flags, GError **error)
 {
