@@ -160,8 +160,7 @@ ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
   }
   g_debug("rmdir %s/%s: deleting snapshot", dir_display(pnode), name);
   invalidate_domain_busy(fs, pnode->host, pnode->domain);
-  if (!snap_delete(hosts_of_node(fs, pnode)->snap, pnode->domain, sname,
-                               &error))
+  if (!snap_delete(hosts_of_node(fs, pnode)->snap, pnode->domain, sname, &error))
     reply_failure(req, "rmdir", dir_display(pnode), name, error);
   else
     fuse_reply_err(req, 0);

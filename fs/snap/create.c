@@ -148,7 +148,7 @@ snap_create(Snap *snap, const char *domain, const char *name, GError **error)
   if (active == 1) {
     g_debug("virDomainSnapshotCreateXML(%s, DISK_ONLY|ATOMIC|QUIESCE) %s", domain, name);
     created = virDomainSnapshotCreateXML(dom, snapshot_xml,
-                                      flags | VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE);
+                                         flags | VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE);
     if (created)
       quiesced = TRUE;
     else

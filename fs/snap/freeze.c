@@ -175,9 +175,9 @@ freeze_create(Snap *snap, const char *name, GError **error)
   if (!snap_freeze_record_write(record, snap->state_dir, error))
     return NULL;
 
-  g_autofree char *xml = domxml_overlay_snapshot_xml(NULL, "virtsnapfs @now", (DomXmlOverlay *)overlays->data,
-                                                     overlays->len,
-                                                     (const char *const *)no_targets->pdata);
+  g_autofree char *xml =
+      domxml_overlay_snapshot_xml(NULL, "virtsnapfs @now", (DomXmlOverlay *)overlays->data,
+                                  overlays->len, (const char *const *)no_targets->pdata);
   unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA |
                        VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
   virDomainSnapshotPtr created = NULL;

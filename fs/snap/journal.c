@@ -42,7 +42,7 @@
 
 SnapJournal *
 snap_journal_new(const char *domain, const char *uuid, const PlanOp *op, const char *hidden,
-                    GPtrArray *steps)
+                 GPtrArray *steps)
 {
   SnapJournal *journal = g_new0(SnapJournal, 1);
   journal->domain = g_strdup(domain);

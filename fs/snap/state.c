@@ -57,7 +57,7 @@ snap_freeze_record_free(SnapFreezeRecord *record)
 
 void
 snap_freeze_record_add_disk(SnapFreezeRecord *record, const char *target,
-                               const char *frozen, ChainFormat frozen_format, const char *overlay)
+                            const char *frozen, ChainFormat frozen_format, const char *overlay)
 {
   SnapFreezeDisk *disk = g_new0(SnapFreezeDisk, 1);
   disk->target = g_strdup(target);
@@ -183,7 +183,7 @@ record_load(const char *path, GError **error)
     if (!overlay)
       return NULL;
     snap_freeze_record_add_disk(record, *g + strlen("disk "), frozen,
-                                   chain_format_from_name(format), overlay);
+                                chain_format_from_name(format), overlay);
   }
   return g_steal_pointer(&record);
 }

@@ -13,9 +13,9 @@ test_round_trip(void)
 
   g_autoptr(SnapFreezeRecord) record = snap_freeze_record_new("web", "uuid-1");
   snap_freeze_record_add_disk(record, "vda", "/img/a.qcow2", CHAIN_FORMAT_QCOW2,
-                                 "/img/a.qcow2.virtsnapfs-now-1-2");
+                              "/img/a.qcow2.virtsnapfs-now-1-2");
   snap_freeze_record_add_disk(record, "sdb", "/img/b raw=x.img", CHAIN_FORMAT_RAW,
-                                 "/img/b.ov");
+                              "/img/b.ov");
   g_assert_true(snap_freeze_record_write(record, dir, &error));
   g_assert_no_error(error);
   g_assert_nonnull(record->path);
