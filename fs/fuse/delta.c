@@ -272,11 +272,11 @@ delta_get(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, Chain *chai
     parent = open_chain(p.parent_disk, model, error);
     if (parent == NULL)
       return NULL;
-    backend_pin_chain(hosts_of_node(fs, node)->backend, node->domain, parent);
+    snap_pin_chain(hosts_of_node(fs, node)->snap, node->domain, parent);
   }
   ChainDelta *delta = chain_delta_compute(chain, parent, error);
   if (parent != NULL)
-    backend_unpin_chain(hosts_of_node(fs, node)->backend, node->domain, parent);
+    snap_unpin_chain(hosts_of_node(fs, node)->snap, node->domain, parent);
   if (delta == NULL)
     return NULL;
   store(fs->deltas, p.key, &point_id, &parent_id, delta, -1);
@@ -296,9 +296,9 @@ exact_bytes(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, GError **
   g_autoptr(Chain) chain = open_chain(p.disk, model, error);
   if (chain == NULL)
     return -1;
-  backend_pin_chain(hosts_of_node(fs, node)->backend, node->domain, chain);
+  snap_pin_chain(hosts_of_node(fs, node)->snap, node->domain, chain);
   g_autoptr(ChainDelta) delta = delta_get(fs, node, model, chain, error);
-  backend_unpin_chain(hosts_of_node(fs, node)->backend, node->domain, chain);
+  snap_unpin_chain(hosts_of_node(fs, node)->snap, node->domain, chain);
   return delta ? (gint64)chain_delta_bytes(delta) : -1;
 }
 

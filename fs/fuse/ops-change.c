@@ -1,14 +1,14 @@
 /* ops-change.c: every FUSE operation that would change the tree.
  *
- * Three of them have a meaning, carried out by the backend's snapshot
- * operations (backend.h "Snapshot operations"):
- *   mkdir D/NAME          backend_snapshot_create
- *   rmdir D/NAME          backend_snapshot_delete; unlink of the files in
+ * Three of them have a meaning, carried out by fs/snap's snapshot
+ * operations (snap.h "Snapshot operations"):
+ *   mkdir D/NAME          snap_create
+ *   rmdir D/NAME          snap_delete; unlink of the files in
  *                         D/NAME is accepted and does nothing, so `rm -r`
  *                         works: the snapshot goes when its directory goes
- *   rename D/NAME D/NEW   backend_snapshot_rename
+ *   rename D/NAME D/NEW   snap_rename
  *   rename D/NAME D/@now, or D/NAME D/@now/NAME (what mv sends when the
- *                         target is a directory): backend_snapshot_revert
+ *                         target is a directory): snap_revert
  * On a mount of several hosts D is HOST/DOMAIN and each call goes to
  * that host's backend; a rename across hosts is EXDEV as one across
  * domains, and the root and host directories refuse mkdir and rmdir
@@ -160,7 +160,7 @@ ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
   VirtsnapfsHost *host = hosts_of_node(fs, pnode);
   g_debug("mkdir %s/%s: creating snapshot", dir_display(pnode), name);
   invalidate_domain_busy(fs, pnode->host, pnode->domain);
-  if (!backend_snapshot_create(host->backend, pnode->domain, sname, &error)) {
+  if (!snap_create(host->snap, pnode->domain, sname, &error)) {
     reply_failure(req, "mkdir", dir_display(pnode), name, error);
   } else {
     /* The published model shows the new snapshot: answer as lookup does. */
@@ -183,7 +183,7 @@ ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
   g_autoptr(GError) error = NULL;
   g_debug("rmdir %s/%s: deleting snapshot", dir_display(pnode), name);
   invalidate_domain_busy(fs, pnode->host, pnode->domain);
-  if (!backend_snapshot_delete(hosts_of_node(fs, pnode)->backend, pnode->domain, sname,
+  if (!snap_delete(hosts_of_node(fs, pnode)->snap, pnode->domain, sname,
                                &error))
     reply_failure(req, "rmdir", dir_display(pnode), name, error);
   else
@@ -262,7 +262,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
   if (sname == NULL)
     return;
   g_autoptr(GError) error = NULL;
-  Backend *backend = hosts_of_node(fs, pnode)->backend;
+  Snap *snap = hosts_of_node(fs, pnode)->snap;
 
   /* rename(D/NAME, D/@now), or rename(D/NAME, D/@now/NAME): revert. */
   gboolean to_now = npnode->kind == TREE_DOMAIN && g_str_equal(newname, VIRTSNAPFS_NOW);
@@ -272,7 +272,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     g_debug("rename %s/%s to %s/%s: reverting to snapshot %s", dir_display(pnode), name,
               dir_display(npnode), newname, sname);
     invalidate_domain_busy(fs, pnode->host, pnode->domain);
-    gboolean ok = backend_snapshot_revert(backend, pnode->domain, sname, FALSE, &error);
+    gboolean ok = snap_revert(snap, pnode->domain, sname, FALSE, &error);
     if (!ok)
       reply_failure(req, "revert", dir_display(pnode), name, error);
     else
@@ -298,7 +298,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
   }
   g_debug("rename %s/%s to %s", dir_display(pnode), name, newname);
   invalidate_domain_busy(fs, pnode->host, pnode->domain);
-  if (!backend_snapshot_rename(backend, pnode->domain, sname, new_sname, &error)) {
+  if (!snap_rename(snap, pnode->domain, sname, new_sname, &error)) {
     reply_failure(req, "rename", dir_display(pnode), name, error);
   } else {
     /* Before the reply: the kernel's dentries follow the inode numbers. */

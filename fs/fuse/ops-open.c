@@ -3,8 +3,8 @@
  *
  * open() pins what a file reads: a snapshot's <target>.raw opens the chain
  * of its point image and keeps every layer's descriptor until release();
- * @now/<target>.raw first freezes the domain (one backend_freeze() per
- * open handle, paired with backend_thaw() at release: the backend shares
+ * @now/<target>.raw first freezes the domain (one snap_freeze() per
+ * open handle, paired with snap_thaw() at release: fs/snap shares
  * one temporary overlay between them) and then opens the frozen image's
  * chain.  snapshot.xml copies the XML.  A disk whose images are not
  * visible on this machine (a remote host without shared storage, info.c)
@@ -52,7 +52,7 @@ file_unpin(Virtsnapfs *fs, VirtsnapfsFile *file)
   g_clear_pointer(&file->prefetch, prefetch_free);
   g_autofree char *domain = g_steal_pointer(&file->pinned_domain);
   if (domain)
-    backend_unpin_chain(file->host->backend, domain, file->chain);
+    snap_unpin_chain(file->host->snap, domain, file->chain);
 }
 
 /* Releases file: unpins its chain while the chain still exists, then
@@ -63,10 +63,10 @@ file_close(Virtsnapfs *fs, VirtsnapfsFile *file)
 {
   file_unpin(fs, file);
   g_autofree char *domain = g_steal_pointer(&file->frozen_domain);
-  Backend *backend = file->host ? file->host->backend : NULL;
+  Snap *snap = file->host ? file->host->snap : NULL;
   file_free(file);
   if (domain)
-    backend_thaw(backend, domain);
+    snap_thaw(snap, domain);
 }
 
 /* Opens the chain of a disk; the model's image directories are the policy. */
@@ -104,8 +104,8 @@ static gboolean
 open_now(Virtsnapfs *fs, VirtsnapfsFile *file, const TreeNode *node, BackendModel *model,
          GError **error)
 {
-  Backend *backend = file->host->backend;
-  g_autoptr(GPtrArray) frozen = backend_freeze(backend, node->domain, error);
+  Snap *snap = file->host->snap;
+  g_autoptr(GPtrArray) frozen = snap_freeze(snap, node->domain, error);
   if (frozen == NULL)
     return FALSE;
   /* From here on the freeze is ours: thaw it if anything below fails. */
@@ -113,12 +113,12 @@ open_now(Virtsnapfs *fs, VirtsnapfsFile *file, const TreeNode *node, BackendMode
   if (disk == NULL) {
     g_set_error(error, CHAIN_ERROR, ENOENT, "disk %s is not in the frozen domain",
                 node->target);
-    backend_thaw(backend, node->domain);
+    snap_thaw(snap, node->domain);
     return FALSE;
   }
   file->chain = open_disk_chain(disk, model, error);
   if (file->chain == NULL) {
-    backend_thaw(backend, node->domain);
+    snap_thaw(snap, node->domain);
     return FALSE;
   }
   file->frozen_domain = g_strdup(node->domain);
@@ -204,7 +204,7 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fi->keep_cache = 1;
     if (node->kind == TREE_DELTA) {
       /* Pinned before the delta reads it, as long as the handle lives. */
-      backend_pin_chain(host->backend, node->domain, file->chain);
+      snap_pin_chain(host->snap, node->domain, file->chain);
       file->pinned_domain = g_strdup(node->domain);
       file->delta = delta_get(fs, node, model, file->chain, &error);
       if (file->delta == NULL) {
@@ -233,7 +233,7 @@ ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   /* No plan may write what this handle reads: deleting this point, or a
    * merge into its layers, fails with EBUSY until it is released. */
   if (file->chain && file->pinned_domain == NULL) {
-    backend_pin_chain(host->backend, node->domain, file->chain);
+    snap_pin_chain(host->snap, node->domain, file->chain);
     file->pinned_domain = g_strdup(node->domain);
   }
 

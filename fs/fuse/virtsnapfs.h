@@ -2,7 +2,8 @@
  *
  * A map of the FUSE front: each group of prototypes below belongs to one
  * file and names what that file is for.  The libvirt side is behind
- * backend.h, the image reader behind chain.h.  Uses go one way: ops.c (the
+ * backend.h (models) and snap.h (changing snapshots, @now, pins), the
+ * image reader behind chain.h.  Uses go one way: ops.c (the
  * table) uses the ops-*.c files and xattr.c; ops-change.c, ops-open.c,
  * ops-dir.c and xattr.c use ops-entry.c; ops-open.c uses ops-read.c; all
  * of them use the helpers above them in this header (names, log, errors,
@@ -18,6 +19,7 @@
 #include <sys/types.h>
 
 #include "backend.h"
+#include "snap.h"
 #include "chain.h"
 #include "prefetch.h"
 
@@ -273,7 +275,7 @@ typedef struct {
 } Virtsnapfs;
 
 /* ------------------------------------------------------------------ */
-/* hosts.c: the libvirt hosts of the mount, one backend each.         */
+/* hosts.c: the libvirt hosts of the mount, one Snap (and backend) each. */
 
 struct _VirtsnapfsHost {
   Virtsnapfs *fs;
@@ -283,7 +285,8 @@ struct _VirtsnapfsHost {
   char *uri;
   gboolean remote;         /* through a transport or to a server: its
                             * images may not be visible here */
-  Backend *backend;
+  Snap *snap;              /* changes snapshots; owns backend */
+  Backend *backend;        /* models (snap_get_backend) */
   InfoCache *info;
   GMutex lock;             /* protects capacity */
   GHashTable *capacity;    /* image path -> guint64 *: sizes of disks
@@ -293,7 +296,7 @@ struct _VirtsnapfsHost {
 /* Connects every host of fs->opts (STATE_DIR/<host>/ when several) and
  * registers invalidate_on_change() for each.  Blocks. */
 gboolean hosts_connect(Virtsnapfs *fs, GError **error);
-/* Closes every backend (thaws what is still frozen). */
+/* Closes every host's Snap (thaws what is still frozen). */
 void hosts_disconnect(Virtsnapfs *fs);
 /* The host of a node; NULL for the root of a multi-host mount. */
 VirtsnapfsHost *hosts_of_node(Virtsnapfs *fs, const TreeNode *node);

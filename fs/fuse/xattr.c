@@ -16,7 +16,7 @@
  * delta_bytes (the exact data size; computed if not known yet).
  * On a domain directory:
  *   user.virtsnapfs.job           the running operation and its progress
- *                                 (backend_job_status), or "idle"
+ *                                 (snap_job_status), or "idle"
  * Values are text without a trailing newline, as `getfattr -d` shows them.
  *
  * Thread model: FUSE workers; answers from the current model and the info
@@ -57,7 +57,7 @@ xattr_value(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const cha
       return NULL;
     }
     if (g_str_equal(key, "job")) {
-      char *status = backend_job_status(hosts_of_node(fs, node)->backend, node->domain);
+      char *status = snap_job_status(hosts_of_node(fs, node)->snap, node->domain);
       return status ? status : g_strdup("idle");
     }
     return NULL;

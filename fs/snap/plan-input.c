@@ -14,7 +14,7 @@
  * Paths are canonical (realpath) so that the names the planner compares
  * are the names of files, whatever spelling libvirt or a header used.
  *
- * Thread model: called by an operation under its domain's lock; reads the
+ * Thread model: called by an operation in its domain's turn; reads the
  * published model, makes libvirt calls, opens images read-only.
  */
 #include <errno.h>
@@ -22,7 +22,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "exec.h"
+#include "snap-private.h"
 
 #define DEFAULT_GRANULARITY 65536
 
@@ -39,7 +39,7 @@ backend_exec_canonical(const char *path)
 }
 
 void
-backend_plan_input_free(BackendPlanInput *input)
+snap_plan_input_free(SnapPlanInput *input)
 {
   if (!input)
     return;
@@ -205,7 +205,7 @@ snapshot_disk_target(const DomXmlDomain *domain, const char *name)
 }
 
 static gboolean
-add_disk(Backend *backend, BackendPlanInput *input, const DomXmlDomain *domain,
+add_disk(Snap *snap, SnapPlanInput *input, const DomXmlDomain *domain,
          const DomXmlDisk *disk, GPtrArray *snapshots, GHashTable *shared_targets,
          GHashTable *foreign, GError **error)
 {
@@ -264,7 +264,7 @@ add_disk(Backend *backend, BackendPlanInput *input, const DomXmlDomain *domain,
     dev_t dev = chain_layer_dev(image->layer);
     ino_t ino = chain_layer_ino(image->layer);
     g_autofree char *key = identity(dev, ino);
-    pimage->pinned = backend_exec_pinned(backend, dev, ino);
+    pimage->pinned = snap_pinned(snap, dev, ino);
     pimage->shared = disk_shared || g_hash_table_contains(foreign, key);
   }
   return TRUE;
@@ -279,20 +279,14 @@ compare_snapshots(gconstpointer a, gconstpointer b)
   return strcmp(x->name, y->name);
 }
 
-BackendPlanInput *
-backend_plan_input_read(Backend *backend, virDomainPtr dom, GError **error)
+SnapPlanInput *
+snap_plan_input_read(Snap *snap, virDomainPtr dom, GError **error)
 {
   const char *name = virDomainGetName(dom);
   char uuid[VIR_UUID_STRING_BUFLEN];
-  if (virDomainGetUUIDString(dom, uuid) < 0) {
-    backend_set_virt_error(error, "domain %s: UUID", name);
+  gboolean active;
+  if (!backend_domain_state(dom, uuid, &active, error))
     return NULL;
-  }
-  int active = virDomainIsActive(dom);
-  if (active < 0) {
-    backend_set_virt_error(error, "domain %s: state", name);
-    return NULL;
-  }
   g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
   if (!xml) {
     backend_set_virt_error(error, "domain %s: XML", name);
@@ -338,16 +332,16 @@ backend_plan_input_read(Backend *backend, virDomainPtr dom, GError **error)
     return NULL;
   g_ptr_array_sort(snapshots, compare_snapshots);
 
-  g_autoptr(BackendPlanInput) input = g_new0(BackendPlanInput, 1);
-  input->state = plan_state_new(active == 1);
+  g_autoptr(SnapPlanInput) input = g_new0(SnapPlanInput, 1);
+  input->state = plan_state_new(active);
   input->bitmaps = g_ptr_array_new_with_free_func((GDestroyNotify)chain_bitmap_free);
   input->uuid = g_strdup(uuid);
   input->unsupported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
 
   g_autoptr(GHashTable) shared_targets = exec_xml_shared_targets(xml);
-  g_autoptr(GHashTable) foreign = foreign_layers(backend, name);
+  g_autoptr(GHashTable) foreign = foreign_layers(snap->backend, name);
   for (guint i = 0; i < domain->disks->len; i++) {
-    if (!add_disk(backend, input, domain, g_ptr_array_index(domain->disks, i), snapshots,
+    if (!add_disk(snap, input, domain, g_ptr_array_index(domain->disks, i), snapshots,
                   shared_targets, foreign, error))
       return NULL;
   }

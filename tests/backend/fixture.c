@@ -54,10 +54,11 @@ void
 fixture_open(Fixture *fx)
 {
   g_autoptr(GError) error = NULL;
-  BackendOptions options = {.uri = fx->uri, .state_dir = fx->state_dir};
-  fx->backend = backend_new(&options, &error);
+  SnapOptions options = {.backend = {.uri = fx->uri}, .state_dir = fx->state_dir};
+  fx->snap = snap_new(&options, &error);
   g_assert_no_error(error);
-  g_assert_nonnull(fx->backend);
+  g_assert_nonnull(fx->snap);
+  fx->backend = snap_get_backend(fx->snap);
   fx->conn = backend_get_connection(fx->backend, &error);
   g_assert_no_error(error);
 }
@@ -77,7 +78,8 @@ fixture_teardown(Fixture *fx)
     virConnectClose(g_steal_pointer(&fx->conn));
   }
   g_test_message("teardown: freeing the backend");
-  g_clear_pointer(&fx->backend, backend_free);
+  fx->backend = NULL;
+  g_clear_pointer(&fx->snap, snap_free);
   g_test_message("teardown: removing %s", fx->dir);
   const char *rm[] = {"rm", "-rf", fx->dir, NULL};
   g_free(fixture_run(rm));

@@ -6,14 +6,15 @@
 
 #include <libvirt/libvirt-qemu.h>
 
-#include "backend-private.h"
+#include "snap-private.h"
 
 typedef struct {
   char *dir;         /* /tmp/vsb-XXXXXX, removed at teardown */
   char *images;      /* dir/images */
   char *state_dir;   /* dir/state */
   char *uri;         /* qemu:///embed?root=dir/root */
-  Backend *backend;
+  Snap *snap;
+  Backend *backend;  /* snap's */
   virConnectPtr conn;
 } Fixture;
 
@@ -26,7 +27,7 @@ typedef struct {
 } FixtureDisk;
 
 void fixture_setup(Fixture *fx);
-/* backend_new() on the root; fx->conn is the backend's connection. */
+/* snap_new() on the root; fx->conn is the backend's connection. */
 void fixture_open(Fixture *fx);
 /* Destroys running domains, frees the backend, removes the directory. */
 void fixture_teardown(Fixture *fx);

@@ -253,7 +253,7 @@ test_overlay_xml(void)
     {"sdb", "/img/it's <odd>&.qcow2"},
   };
   const char *no[] = {"hdc", NULL};
-  g_autofree char *xml = domxml_overlay_snapshot_xml("virtsnapfs @now", overlays, 2, no);
+  g_autofree char *xml = domxml_overlay_snapshot_xml(NULL, "virtsnapfs @now", overlays, 2, no);
   /* libvirt parses what we write: check it through our own parser, with a
    * name added since libvirt makes one up. */
   g_autofree char *named = g_strdup(xml);

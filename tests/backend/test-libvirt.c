@@ -72,7 +72,7 @@ static guint
 count_records(Fixture *fx)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(GPtrArray) records = backend_freeze_records_load(fx->state_dir, &error);
+  g_autoptr(GPtrArray) records = snap_freeze_records_load(fx->state_dir, &error);
   g_assert_no_error(error);
   return records->len;
 }
@@ -405,7 +405,7 @@ test_freeze_running(void)
   g_assert_cmpint(virDomainCreate(dom), ==, 0);
 
   g_autoptr(GError) error = NULL;
-  g_autoptr(GPtrArray) frozen = backend_freeze(fx.backend, "eps", &error);
+  g_autoptr(GPtrArray) frozen = snap_freeze(fx.snap, "eps", &error);
   g_assert_no_error(error);
   g_assert_cmpuint(frozen->len, ==, 1);
   assert_disk(frozen, "vda", vda, CHAIN_FORMAT_QCOW2);
@@ -441,13 +441,13 @@ test_freeze_running(void)
   fixture_assert_pattern(present, 0x11, 64 * 1024, MiB - 64 * 1024);
 
   /* A second reader shares the freeze; its thaw is not the last. */
-  g_autoptr(GPtrArray) again = backend_freeze(fx.backend, "eps", &error);
+  g_autoptr(GPtrArray) again = snap_freeze(fx.snap, "eps", &error);
   g_assert_no_error(error);
   assert_disk(again, "vda", vda, CHAIN_FORMAT_QCOW2);
-  backend_thaw(fx.backend, "eps");
+  snap_thaw(fx.snap, "eps");
   g_assert_true(g_file_test(overlay, G_FILE_TEST_EXISTS));
 
-  backend_thaw(fx.backend, "eps");
+  snap_thaw(fx.snap, "eps");
   g_assert_false(g_file_test(overlay, G_FILE_TEST_EXISTS));
   g_assert_cmpuint(count_records(&fx), ==, 0);
   g_autofree char *live = domain_source(dom, 0, "vda");
@@ -490,7 +490,7 @@ test_freeze_shutoff(void)
 
   /* Frozen while shut off: libvirt makes the overlays offline. */
   g_autoptr(GError) error = NULL;
-  g_autoptr(GPtrArray) frozen = backend_freeze(fx.backend, "zeta", &error);
+  g_autoptr(GPtrArray) frozen = snap_freeze(fx.snap, "zeta", &error);
   g_assert_no_error(error);
   g_assert_cmpuint(frozen->len, ==, 2);
   assert_disk(frozen, "vda", vda, CHAIN_FORMAT_QCOW2);
@@ -515,7 +515,7 @@ test_freeze_shutoff(void)
   g_assert_cmpint(virDomainDestroy(dom), ==, 0);
 
   /* Shut off again at the thaw: qemu-img commit and a redefinition. */
-  backend_thaw(fx.backend, "zeta");
+  snap_thaw(fx.snap, "zeta");
   g_assert_false(g_file_test(ov_vda, G_FILE_TEST_EXISTS));
   g_assert_false(g_file_test(ov_sda, G_FILE_TEST_EXISTS));
   g_assert_cmpuint(count_records(&fx), ==, 0);
@@ -562,7 +562,7 @@ repair_child(void)
   if (!shutoff)
     g_assert_cmpint(virDomainCreate(dom), ==, 0);
   g_autoptr(GError) error = NULL;
-  g_autoptr(GPtrArray) frozen = backend_freeze(fx.backend, "eta", &error);
+  g_autoptr(GPtrArray) frozen = snap_freeze(fx.snap, "eta", &error);
   g_assert_no_error(error);
   if (shutoff) /* started after the freeze, stopped before the crash */
     g_assert_cmpint(virDomainCreate(dom), ==, 0);
@@ -570,7 +570,7 @@ repair_child(void)
   if (shutoff)
     g_assert_cmpint(virDomainDestroy(dom), ==, 0);
   virConnectClose(fx.conn);
-  backend_abandon(fx.backend);
+  snap_abandon(fx.snap);
   g_free(fx.dir);
   g_free(fx.images);
   g_free(fx.state_dir);
@@ -596,10 +596,10 @@ freeze_repair(const char *mode)
   /* What the crash left: a record, an overlay holding a guest write. */
   g_assert_cmpuint(count_records(&fx), ==, 1);
   g_autoptr(GError) error = NULL;
-  g_autoptr(GPtrArray) records = backend_freeze_records_load(fx.state_dir, &error);
-  BackendFreezeRecord *record = g_ptr_array_index(records, 0);
+  g_autoptr(GPtrArray) records = snap_freeze_records_load(fx.state_dir, &error);
+  SnapFreezeRecord *record = g_ptr_array_index(records, 0);
   g_assert_cmpstr(record->domain, ==, "eta");
-  BackendFreezeDisk *rdisk = g_ptr_array_index(record->disks, 0);
+  SnapFreezeDisk *rdisk = g_ptr_array_index(record->disks, 0);
   g_autofree char *overlay = g_strdup(rdisk->overlay);
   g_assert_true(g_file_test(overlay, G_FILE_TEST_IS_REGULAR));
 
@@ -669,17 +669,17 @@ test_freeze_repair_stale(void)
   g_autofree char *stray = fixture_image(&fx, "kappa.qcow2.virtsnapfs-now-2-2", "qcow2", NULL,
                                          vda, "qcow2");
   g_autoptr(GError) error = NULL;
-  g_autoptr(BackendFreezeRecord) r1 = backend_freeze_record_new("kappa", uuid);
-  backend_freeze_record_add_disk(r1, "vda", vda, CHAIN_FORMAT_QCOW2, never);
-  g_assert_true(backend_freeze_record_write(r1, fx.state_dir, &error));
-  g_autoptr(BackendFreezeRecord) r2 = backend_freeze_record_new("kappa", "uuid-of-r2");
-  backend_freeze_record_add_disk(r2, "vda", vda, CHAIN_FORMAT_QCOW2, stray);
-  g_assert_true(backend_freeze_record_write(r2, fx.state_dir, &error));
+  g_autoptr(SnapFreezeRecord) r1 = snap_freeze_record_new("kappa", uuid);
+  snap_freeze_record_add_disk(r1, "vda", vda, CHAIN_FORMAT_QCOW2, never);
+  g_assert_true(snap_freeze_record_write(r1, fx.state_dir, &error));
+  g_autoptr(SnapFreezeRecord) r2 = snap_freeze_record_new("kappa", "uuid-of-r2");
+  snap_freeze_record_add_disk(r2, "vda", vda, CHAIN_FORMAT_QCOW2, stray);
+  g_assert_true(snap_freeze_record_write(r2, fx.state_dir, &error));
   g_autofree char *orphan = fixture_image(&fx, "gone.qcow2.virtsnapfs-now-3-3", "qcow2", "64M",
                                           NULL, NULL);
-  g_autoptr(BackendFreezeRecord) r3 = backend_freeze_record_new("gone", "uuid-of-gone");
-  backend_freeze_record_add_disk(r3, "vda", "/nowhere/gone.qcow2", CHAIN_FORMAT_QCOW2, orphan);
-  g_assert_true(backend_freeze_record_write(r3, fx.state_dir, &error));
+  g_autoptr(SnapFreezeRecord) r3 = snap_freeze_record_new("gone", "uuid-of-gone");
+  snap_freeze_record_add_disk(r3, "vda", "/nowhere/gone.qcow2", CHAIN_FORMAT_QCOW2, orphan);
+  g_assert_true(snap_freeze_record_write(r3, fx.state_dir, &error));
   g_assert_no_error(error);
   g_assert_cmpuint(count_records(&fx), ==, 3);
 
@@ -712,9 +712,9 @@ test_freeze_retry(void)
                                                NULL, vda, "qcow2");
   fixture_image_write(old_overlay, "qcow2", 0x31, 0, 64 * 1024);
   g_autoptr(GError) error = NULL;
-  g_autoptr(BackendFreezeRecord) record = backend_freeze_record_new("lambda", "uuid-lambda");
-  backend_freeze_record_add_disk(record, "vda", vda, CHAIN_FORMAT_QCOW2, old_overlay);
-  g_assert_true(backend_freeze_record_write(record, fx.state_dir, &error));
+  g_autoptr(SnapFreezeRecord) record = snap_freeze_record_new("lambda", "uuid-lambda");
+  snap_freeze_record_add_disk(record, "vda", vda, CHAIN_FORMAT_QCOW2, old_overlay);
+  g_assert_true(snap_freeze_record_write(record, fx.state_dir, &error));
   g_assert_no_error(error);
 
   /* The start-up repair fails and says so; the record stays. */
@@ -725,7 +725,7 @@ test_freeze_retry(void)
 
   FixtureDisk disks[] = {{"vda", "virtio", old_overlay, "qcow2", NULL}};
   g_autoptr(BackendVirDomain) dom = fixture_define(&fx, "lambda", disks, 1);
-  g_autoptr(GPtrArray) frozen = backend_freeze(fx.backend, "lambda", &error);
+  g_autoptr(GPtrArray) frozen = snap_freeze(fx.snap, "lambda", &error);
   g_assert_no_error(error);
   assert_disk(frozen, "vda", vda, CHAIN_FORMAT_QCOW2);
   g_assert_false(g_file_test(old_overlay, G_FILE_TEST_EXISTS));
@@ -734,7 +734,7 @@ test_freeze_retry(void)
   fixture_assert_pattern(content, 0x31, 0, 64 * 1024);
   fixture_assert_pattern(content, 0x21, 64 * 1024, MiB - 64 * 1024);
 
-  backend_thaw(fx.backend, "lambda");
+  snap_thaw(fx.snap, "lambda");
   g_assert_cmpuint(count_records(&fx), ==, 0);
   g_autofree char *src = domain_source(dom, VIR_DOMAIN_XML_INACTIVE, "vda");
   g_assert_cmpstr(src, ==, vda);

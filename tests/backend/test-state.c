@@ -3,7 +3,7 @@
 #include <glib/gstdio.h>
 #include <sys/stat.h>
 
-#include "backend-private.h"
+#include "snap-private.h"
 
 static void
 test_round_trip(void)
@@ -11,31 +11,31 @@ test_round_trip(void)
   g_autofree char *dir = g_dir_make_tmp("virtsnapfs-state-XXXXXX", NULL);
   g_autoptr(GError) error = NULL;
 
-  g_autoptr(BackendFreezeRecord) record = backend_freeze_record_new("web", "uuid-1");
-  backend_freeze_record_add_disk(record, "vda", "/img/a.qcow2", CHAIN_FORMAT_QCOW2,
-                                 "/img/a.qcow2.virtsnapfs-now-1-2");
-  backend_freeze_record_add_disk(record, "sdb", "/img/b raw=x.img", CHAIN_FORMAT_RAW,
-                                 "/img/b.ov");
-  g_assert_true(backend_freeze_record_write(record, dir, &error));
+  g_autoptr(SnapFreezeRecord) record = snap_freeze_record_new("web", "uuid-1");
+  snap_freeze_record_add_disk(record, "vda", "/img/a.qcow2", CHAIN_FORMAT_QCOW2,
+                              "/img/a.qcow2.virtsnapfs-now-1-2");
+  snap_freeze_record_add_disk(record, "sdb", "/img/b raw=x.img", CHAIN_FORMAT_RAW,
+                              "/img/b.ov");
+  g_assert_true(snap_freeze_record_write(record, dir, &error));
   g_assert_no_error(error);
   g_assert_nonnull(record->path);
   struct stat st;
   g_assert_cmpint(g_stat(record->path, &st), ==, 0);
   g_assert_cmpint(st.st_mode & 0777, ==, 0600);
 
-  g_autoptr(GPtrArray) loaded = backend_freeze_records_load(dir, &error);
+  g_autoptr(GPtrArray) loaded = snap_freeze_records_load(dir, &error);
   g_assert_no_error(error);
   g_assert_cmpuint(loaded->len, ==, 1);
-  BackendFreezeRecord *back = g_ptr_array_index(loaded, 0);
+  SnapFreezeRecord *back = g_ptr_array_index(loaded, 0);
   g_assert_cmpstr(back->domain, ==, "web");
   g_assert_cmpstr(back->uuid, ==, "uuid-1");
   g_assert_cmpint(back->created, ==, record->created);
   g_assert_cmpuint(back->disks->len, ==, 2);
   for (guint i = 0; i < 2; i++) {
-    BackendFreezeDisk *a = g_ptr_array_index(record->disks, i);
-    BackendFreezeDisk *b = NULL;
+    SnapFreezeDisk *a = g_ptr_array_index(record->disks, i);
+    SnapFreezeDisk *b = NULL;
     for (guint j = 0; j < 2; j++) {
-      BackendFreezeDisk *c = g_ptr_array_index(back->disks, j);
+      SnapFreezeDisk *c = g_ptr_array_index(back->disks, j);
       if (g_str_equal(c->target, a->target))
         b = c;
     }
@@ -45,10 +45,10 @@ test_round_trip(void)
     g_assert_cmpstr(b->overlay, ==, a->overlay);
   }
 
-  g_assert_true(backend_freeze_record_remove(back, &error));
+  g_assert_true(snap_freeze_record_remove(back, &error));
   g_assert_no_error(error);
   g_assert_false(g_file_test(record->path, G_FILE_TEST_EXISTS));
-  g_autoptr(GPtrArray) none = backend_freeze_records_load(dir, &error);
+  g_autoptr(GPtrArray) none = snap_freeze_records_load(dir, &error);
   g_assert_cmpuint(none->len, ==, 0);
 
   g_autofree char *sub = g_build_filename(dir, "freeze", NULL);
@@ -62,7 +62,7 @@ test_missing_and_damaged(void)
   g_autofree char *dir = g_dir_make_tmp("virtsnapfs-state-XXXXXX", NULL);
   g_autoptr(GError) error = NULL;
   /* No freeze/ directory yet: no records, no error. */
-  g_autoptr(GPtrArray) none = backend_freeze_records_load(dir, &error);
+  g_autoptr(GPtrArray) none = snap_freeze_records_load(dir, &error);
   g_assert_no_error(error);
   g_assert_cmpuint(none->len, ==, 0);
 
@@ -71,7 +71,7 @@ test_missing_and_damaged(void)
   g_autofree char *bad = g_build_filename(sub, "x.freeze", NULL);
   g_assert_true(g_file_set_contents(bad, "[freeze]\ndomain=web\n", -1, NULL));
   g_test_expect_message("virtsnapfs", G_LOG_LEVEL_WARNING, "*x.freeze is unreadable*");
-  g_autoptr(GPtrArray) skipped = backend_freeze_records_load(dir, &error);
+  g_autoptr(GPtrArray) skipped = snap_freeze_records_load(dir, &error);
   g_test_assert_expected_messages();
   g_assert_no_error(error);
   g_assert_cmpuint(skipped->len, ==, 0);

@@ -52,10 +52,11 @@ run(const char *const *argv, char **out)
 static void
 open_backend(Fixture *fixture)
 {
-  BackendOptions options = {.uri = fixture->uri, .state_dir = fixture->state};
+  SnapOptions options = {.backend = {.uri = fixture->uri}, .state_dir = fixture->state};
   g_autoptr(GError) error = NULL;
-  fixture->backend = backend_new(&options, &error);
+  fixture->snap = snap_new(&options, &error);
   g_assert_no_error(error);
+  fixture->backend = snap_get_backend(fixture->snap);
 }
 
 Fixture *
@@ -103,7 +104,7 @@ fixture_free(Fixture *fixture)
     if (domain->running)
       fixture_stop(fixture, domain->name);
   }
-  backend_free(fixture->backend);
+  snap_free(fixture->snap);
   const char *argv[] = {"rm", "-rf", fixture->dir, NULL};
   run(argv, NULL);
   g_string_free(fixture->log, TRUE);
@@ -119,9 +120,10 @@ void
 fixture_reopen(Fixture *fixture, gboolean crash)
 {
   if (crash)
-    backend_abandon(fixture->backend);
+    snap_abandon(fixture->snap);
   else
-    backend_free(fixture->backend);
+    snap_free(fixture->snap);
+  fixture->snap = NULL;
   fixture->backend = NULL;
   open_backend(fixture);
 }

@@ -9,7 +9,7 @@
  */
 #pragma once
 
-#include "exec.h"
+#include "snap-private.h"
 
 typedef struct {
   char *dir;       /* temporary directory, removed at the end */
@@ -17,16 +17,17 @@ typedef struct {
   char *images;    /* where the images live */
   char *state;     /* the backend's state directory */
   char *uri;
-  Backend *backend;
+  Snap *snap;
+  Backend *backend; /* snap's */
   GString *log;    /* messages of G_LOG_DOMAIN "virtsnapfs" since the last clear */
 } Fixture;
 
-/* Creates the root and opens a Backend on it; exits 77 (skip) when
+/* Creates the root and opens a Snap on it; exits 77 (skip) when
  * qemu-system-x86_64 or qemu-img is missing. */
 Fixture *fixture_new(void);
 void fixture_free(Fixture *fixture);
-/* crash: backend_abandon() (what kill -9 leaves) instead of backend_free();
- * then backend_new() on the same root and state directory. */
+/* crash: snap_abandon() (what kill -9 leaves) instead of snap_free();
+ * then snap_new() on the same root and state directory. */
 void fixture_reopen(Fixture *fixture, gboolean crash);
 virConnectPtr fixture_conn(Fixture *fixture);
 virDomainPtr fixture_domain(Fixture *fixture, const char *name);

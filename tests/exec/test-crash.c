@@ -42,12 +42,12 @@ run_op(const char *d, const CrashCase *c, GError **error)
 {
   switch (c->op) {
   case OP_DELETE:
-    return backend_snapshot_delete(fx->backend, d, c->victim, error);
+    return snap_delete(fx->snap, d, c->victim, error);
   case OP_REVERT:
   case OP_REVERT_DISCARD:
-    return backend_snapshot_revert(fx->backend, d, c->victim, c->op == OP_REVERT_DISCARD, error);
+    return snap_revert(fx->snap, d, c->victim, c->op == OP_REVERT_DISCARD, error);
   case OP_RENAME:
-    return backend_snapshot_rename(fx->backend, d, c->victim, "renamed", error);
+    return snap_rename(fx->snap, d, c->victim, "renamed", error);
   }
   return FALSE;
 }
@@ -104,7 +104,7 @@ build(const char *d, const CrashCase *c)
   for (guint i = 0; i < 3; i++) {
     g_autofree char *name = g_strdup_printf("s%u", i + 1);
     g_autoptr(GError) error = NULL;
-    if (!backend_snapshot_create(fx->backend, d, name, &error))
+    if (!snap_create(fx->snap, d, name, &error))
       g_error("create %s: %s", name, error->message);
     fixture_write(fx, d, 0, (guint64)(i + 1) * MiB, c->sizes[i], 0x20 + i);
   }
@@ -161,10 +161,10 @@ crash_run(const CrashCase *c)
     g_autoptr(GHashTable) expect = build(d, c);
 
     fixture_log_clear(fx);
-    backend_exec_set_stop_after(fx->backend, k, c->in_job);
+    snap_set_stop_after(fx->snap, k, c->in_job);
     GError *error = NULL;
     gboolean ok = run_op(d, c, &error);
-    backend_exec_set_stop_after(fx->backend, -1, FALSE);
+    snap_set_stop_after(fx->snap, -1, FALSE);
     g_assert_nonnull(strstr(fx->log->str, c->expect));
     if (ok) {
       /* k is past the last step: the plan ran whole. */
@@ -182,7 +182,7 @@ crash_run(const CrashCase *c)
     if (c->op == OP_DELETE)
       g_assert_false(listed(d, c->victim));
     /* The job status shows the plan that stopped. */
-    g_autofree char *status = backend_job_status(fx->backend, d);
+    g_autofree char *status = snap_job_status(fx->snap, d);
     g_autofree char *prefix = status_prefix(c);
     g_assert_true(status && g_str_has_prefix(status, prefix));
     if (k % 2 == 1)
@@ -191,7 +191,7 @@ crash_run(const CrashCase *c)
     fixture_reopen(fx, TRUE);
     apply_op(d, c, expect);
     fixture_check(fx, d, expect);
-    g_assert_null(backend_job_status(fx->backend, d));
+    g_assert_null(snap_job_status(fx->snap, d));
     if (c->running)
       fixture_stop(fx, d);
   }

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "exec.h"
+#include "snap-private.h"
 
 static char *
 make_state_dir(void)
@@ -47,11 +47,11 @@ sample_steps(void)
   return steps;
 }
 
-static BackendJournal *
+static SnapJournal *
 load_one(const char *dir)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(GPtrArray) journals = backend_journals_load(dir, &error);
+  g_autoptr(GPtrArray) journals = snap_journals_load(dir, &error);
   g_assert_no_error(error);
   g_assert_cmpuint(journals->len, ==, 1);
   return g_ptr_array_steal_index(journals, 0);
@@ -64,15 +64,15 @@ test_roundtrip(void)
   g_autoptr(GPtrArray) steps = sample_steps();
   PlanOp op = {.kind = PLAN_OP_RENAME, .name = "old name", .new_name = "new\nname",
                .now = 1700000000};
-  g_autoptr(BackendJournal) journal =
-      backend_journal_new("dom ain", "0b3d-uuid", &op, NULL, steps);
+  g_autoptr(SnapJournal) journal =
+      snap_journal_new("dom ain", "0b3d-uuid", &op, NULL, steps);
   g_autoptr(GError) error = NULL;
-  g_assert_true(backend_journal_write(journal, dir, &error));
+  g_assert_true(snap_journal_write(journal, dir, &error));
   g_assert_no_error(error);
-  g_assert_true(backend_journal_step_done(journal, &error));
-  g_assert_true(backend_journal_step_done(journal, &error));
+  g_assert_true(snap_journal_step_done(journal, &error));
+  g_assert_true(snap_journal_step_done(journal, &error));
 
-  g_autoptr(BackendJournal) back = load_one(dir);
+  g_autoptr(SnapJournal) back = load_one(dir);
   g_assert_cmpstr(back->domain, ==, "dom ain");
   g_assert_cmpstr(back->uuid, ==, "0b3d-uuid");
   g_assert_cmpint(back->op, ==, PLAN_OP_RENAME);
@@ -88,11 +88,11 @@ test_roundtrip(void)
     g_assert_cmpstr(a, ==, b);
   }
   PlanOp again;
-  backend_journal_get_op(back, &again);
+  snap_journal_get_op(back, &again);
   g_assert_cmpstr(again.new_name, ==, "new\nname");
 
-  g_assert_true(backend_journal_remove(journal, &error));
-  g_autoptr(GPtrArray) none = backend_journals_load(dir, &error);
+  g_assert_true(snap_journal_remove(journal, &error));
+  g_autoptr(GPtrArray) none = snap_journals_load(dir, &error);
   g_assert_cmpuint(none->len, ==, 0);
   remove_tree(dir);
 }
@@ -103,24 +103,24 @@ test_torn(void)
   g_autofree char *dir = make_state_dir();
   g_autoptr(GPtrArray) steps = sample_steps();
   PlanOp op = {.kind = PLAN_OP_DELETE, .name = "s2", .now = 1};
-  g_autoptr(BackendJournal) journal = backend_journal_new("d", "u1", &op, "s2", steps);
+  g_autoptr(SnapJournal) journal = snap_journal_new("d", "u1", &op, "s2", steps);
   g_autoptr(GError) error = NULL;
-  g_assert_true(backend_journal_write(journal, dir, &error));
-  g_assert_true(backend_journal_step_done(journal, &error));
+  g_assert_true(snap_journal_write(journal, dir, &error));
+  g_assert_true(snap_journal_step_done(journal, &error));
   /* A record cut short by the crash, and a temporary file never renamed. */
   g_assert_cmpint(write(journal->fd, "don", 3), ==, 3);
   g_autofree char *tmp = g_build_filename(dir, "journal", "u2.plan.tmp", NULL);
   g_assert_true(g_file_set_contents(tmp, "virtsnapfs-plan 1\n", -1, NULL));
 
-  g_autoptr(BackendJournal) back = load_one(dir);
+  g_autoptr(SnapJournal) back = load_one(dir);
   g_assert_cmpuint(back->done, ==, 1);
   g_assert_cmpstr(back->hidden, ==, "s2");
   g_assert_false(g_file_test(tmp, G_FILE_TEST_EXISTS));
 
   /* Written again whole, it records further steps cleanly. */
-  g_assert_true(backend_journal_write(back, dir, &error));
-  g_assert_true(backend_journal_step_done(back, &error));
-  g_autoptr(BackendJournal) third = load_one(dir);
+  g_assert_true(snap_journal_write(back, dir, &error));
+  g_assert_true(snap_journal_step_done(back, &error));
+  g_autoptr(SnapJournal) third = load_one(dir);
   g_assert_cmpuint(third->done, ==, 2);
   remove_tree(dir);
 }
@@ -144,7 +144,7 @@ test_damaged(void)
     g_autoptr(GError) error = NULL;
     g_log_set_always_fatal(G_LOG_FATAL_MASK | G_LOG_LEVEL_CRITICAL);
     g_test_expect_message("virtsnapfs", G_LOG_LEVEL_WARNING, "plan journal * is unreadable*");
-    g_autoptr(GPtrArray) journals = backend_journals_load(dir, &error);
+    g_autoptr(GPtrArray) journals = snap_journals_load(dir, &error);
     g_test_assert_expected_messages();
     g_assert_no_error(error);
     g_assert_cmpuint(journals->len, ==, 0);

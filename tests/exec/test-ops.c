@@ -16,7 +16,7 @@ static void
 create_skip(const char *domain, const char *name, GHashTable *expect, const char *skip)
 {
   g_autoptr(GError) error = NULL;
-  if (!backend_snapshot_create(fx->backend, domain, name, &error))
+  if (!snap_create(fx->snap, domain, name, &error))
     g_error("create %s/%s: %s", domain, name, error->message);
   fixture_picture_copy(expect, "@now", name);
   if (skip) {
@@ -37,7 +37,7 @@ delete(const char *domain, const char *name, GHashTable *expect)
 {
   g_autoptr(GError) error = NULL;
   fixture_log_clear(fx);
-  if (!backend_snapshot_delete(fx->backend, domain, name, &error))
+  if (!snap_delete(fx->snap, domain, name, &error))
     g_error("delete %s/%s: %s", domain, name, error->message);
   fixture_picture_drop(expect, name);
   fixture_check(fx, domain, expect);
@@ -155,31 +155,31 @@ test_errors(void)
   create(d, "a", expect);
   create(d, "b", expect);
   GError *error = NULL;
-  expect_fail(backend_snapshot_create(fx->backend, d, "a", &error), &error, EEXIST);
-  expect_fail(backend_snapshot_create(fx->backend, d, "", &error), &error, EINVAL);
+  expect_fail(snap_create(fx->snap, d, "a", &error), &error, EEXIST);
+  expect_fail(snap_create(fx->snap, d, "", &error), &error, EINVAL);
   g_autofree char *long_name = g_strnfill(300, 'x');
-  expect_fail(backend_snapshot_create(fx->backend, d, long_name, &error), &error, EINVAL);
-  expect_fail(backend_snapshot_create(fx->backend, d, "tab\there", &error), &error, EINVAL);
-  expect_fail(backend_snapshot_create(fx->backend, "no-such-domain", "x", &error), &error, ENOENT);
-  expect_fail(backend_snapshot_delete(fx->backend, d, "nope", &error), &error, ENOENT);
-  expect_fail(backend_snapshot_delete(fx->backend, "no-such-domain", "a", &error), &error, ENOENT);
-  expect_fail(backend_snapshot_rename(fx->backend, d, "nope", "x", &error), &error, ENOENT);
-  expect_fail(backend_snapshot_rename(fx->backend, d, "a", "b", &error), &error, EEXIST);
-  expect_fail(backend_snapshot_rename(fx->backend, d, "a", "", &error), &error, EINVAL);
-  expect_fail(backend_snapshot_revert(fx->backend, d, "nope", FALSE, &error), &error, ENOENT);
+  expect_fail(snap_create(fx->snap, d, long_name, &error), &error, EINVAL);
+  expect_fail(snap_create(fx->snap, d, "tab\there", &error), &error, EINVAL);
+  expect_fail(snap_create(fx->snap, "no-such-domain", "x", &error), &error, ENOENT);
+  expect_fail(snap_delete(fx->snap, d, "nope", &error), &error, ENOENT);
+  expect_fail(snap_delete(fx->snap, "no-such-domain", "a", &error), &error, ENOENT);
+  expect_fail(snap_rename(fx->snap, d, "nope", "x", &error), &error, ENOENT);
+  expect_fail(snap_rename(fx->snap, d, "a", "b", &error), &error, EEXIST);
+  expect_fail(snap_rename(fx->snap, d, "a", "", &error), &error, EINVAL);
+  expect_fail(snap_revert(fx->snap, d, "nope", FALSE, &error), &error, ENOENT);
   fixture_check(fx, d, expect);
 
   /* libvirt refuses a leading '.': EINVAL, before libvirt says so. */
-  expect_fail(backend_snapshot_create(fx->backend, d, ".dot", &error), &error, EINVAL);
-  expect_fail(backend_snapshot_create(fx->backend, d, "a/b", &error), &error, EINVAL);
+  expect_fail(snap_create(fx->snap, d, ".dot", &error), &error, EINVAL);
+  expect_fail(snap_create(fx->snap, d, "a/b", &error), &error, EINVAL);
   /* libvirt saves NAME.xml through a temporary NAME.xml.new. */
-  expect_fail(backend_snapshot_create(fx->backend, d, long_name + 300 - 248, &error), &error, EINVAL);
+  expect_fail(snap_create(fx->snap, d, long_name + 300 - 248, &error), &error, EINVAL);
   /* A name that is no file name: escaped in the overlay's name. */
   create(d, "@b name %2F ünï", expect);
   g_autofree char *file = g_build_filename(fx->images, d, "vda.%40b%20name%20%252F%20%C3%BCn%C3%AF.qcow2", NULL);
   g_assert_true(g_file_test(file, G_FILE_TEST_EXISTS));
   create(d, long_name + 300 - 247, expect);
-  g_assert_null(backend_job_status(fx->backend, d));
+  g_assert_null(snap_job_status(fx->snap, d));
   delete(d, "@b name %2F ünï", expect);
   delete(d, long_name + 300 - 247, expect);
   delete(d, "a", expect);
@@ -207,7 +207,7 @@ multi_disk(const char *d, gboolean running)
   delete(d, "m3", expect);
   delete(d, "m0", expect);
   g_autoptr(GError) error = NULL;
-  g_assert_true(backend_snapshot_rename(fx->backend, d, "m2", "last", &error));
+  g_assert_true(snap_rename(fx->snap, d, "m2", "last", &error));
   g_assert_no_error(error);
   fixture_picture_rename(expect, "m2", "last");
   fixture_check(fx, d, expect);
@@ -242,7 +242,7 @@ rename_test(const char *d, gboolean running)
   create(d, "s2", expect);
 
   g_autoptr(GError) error = NULL;
-  g_assert_true(backend_snapshot_rename(fx->backend, d, "s1", "first", &error));
+  g_assert_true(snap_rename(fx->snap, d, "s1", "first", &error));
   g_assert_no_error(error);
   fixture_picture_rename(expect, "s1", "first");
   fixture_check(fx, d, expect);
@@ -253,7 +253,7 @@ rename_test(const char *d, gboolean running)
     g_assert_true(s2->current);
     g_assert_null(find_snapshot(&model, d, "s1"));
   }
-  g_assert_true(backend_snapshot_rename(fx->backend, d, "s2", "second", &error));
+  g_assert_true(snap_rename(fx->snap, d, "s2", "second", &error));
   g_assert_no_error(error);
   fixture_picture_rename(expect, "s2", "second");
   fixture_check(fx, d, expect);
@@ -264,7 +264,7 @@ rename_test(const char *d, gboolean running)
     g_assert_true(second->current);
   }
   /* To the same name: nothing to do. */
-  g_assert_true(backend_snapshot_rename(fx->backend, d, "second", "second", &error));
+  g_assert_true(snap_rename(fx->snap, d, "second", "second", &error));
   fixture_check(fx, d, expect);
   delete(d, "first", expect);
   delete(d, "second", expect);
@@ -288,7 +288,7 @@ static void
 revert(const char *d, const char *name, gboolean discard, GHashTable *expect)
 {
   g_autoptr(GError) error = NULL;
-  if (!backend_snapshot_revert(fx->backend, d, name, discard, &error))
+  if (!snap_revert(fx->snap, d, name, discard, &error))
     g_error("revert %s to %s: %s", d, name, error->message);
   if (!discard) {
     const char *keep = pre_revert_name(d);
@@ -329,7 +329,7 @@ test_revert_keep(void)
   /* Rename the kept present so the next revert in the same second can
    * keep its own. */
   g_autoptr(GError) error = NULL;
-  g_assert_true(backend_snapshot_rename(fx->backend, d, keep1, "kept", &error));
+  g_assert_true(snap_rename(fx->snap, d, keep1, "kept", &error));
   g_assert_no_error(error);
   fixture_picture_rename(expect, keep1, "kept");
   fixture_check(fx, d, expect);
@@ -376,7 +376,7 @@ test_revert_running(void)
   g_autoptr(GHashTable) expect = fixture_picture(fx, d);
   create(d, "s1", expect);
   GError *error = NULL;
-  expect_fail(backend_snapshot_revert(fx->backend, d, "s1", FALSE, &error), &error, EBUSY);
+  expect_fail(snap_revert(fx->snap, d, "s1", FALSE, &error), &error, EBUSY);
   fixture_check(fx, d, expect);
   delete(d, "s1", expect);
   fixture_stop(fx, d);
@@ -427,17 +427,17 @@ test_pinned(void)
 
   g_autoptr(Chain) open_s2 = open_point(d, "s2");
   g_autoptr(Chain) open_s3 = open_point(d, "s3");
-  backend_pin_chain(fx->backend, d, open_s2);
-  backend_pin_chain(fx->backend, d, open_s3);
+  snap_pin_chain(fx->snap, d, open_s2);
+  snap_pin_chain(fx->snap, d, open_s3);
   GError *error = NULL;
-  expect_fail(backend_snapshot_delete(fx->backend, d, "s2", &error), &error, EBUSY);
+  expect_fail(snap_delete(fx->snap, d, "s2", &error), &error, EBUSY);
   fixture_check(fx, d, expect);
 
-  backend_unpin_chain(fx->backend, d, open_s2);
+  snap_unpin_chain(fx->snap, d, open_s2);
   fixture_log_clear(fx);
   delete(d, "s2", expect);
   g_assert_true(log_has(": commit ") && log_has("no pull") && log_has("open for reading"));
-  backend_unpin_chain(fx->backend, d, open_s3);
+  snap_unpin_chain(fx->snap, d, open_s3);
   delete(d, "s3", expect);
   delete(d, "s1", expect);
 }
@@ -493,7 +493,7 @@ test_eio(void)
   memcpy(broken, "XXXX", 4);
   g_assert_true(g_file_set_contents(victim, broken, (gssize)length, NULL));
   GError *error = NULL;
-  g_assert_false(backend_snapshot_delete(fx->backend, d, "s2", &error));
+  g_assert_false(snap_delete(fx->snap, d, "s2", &error));
   fixture_assert_errno(error, EIO);
   g_assert_nonnull(strstr(error->message, victim));
   g_clear_error(&error);

@@ -65,7 +65,7 @@ random_run(const char *d, gboolean start_running)
     if (roll < 22 && names->len < 6) {
       g_autofree char *name = g_strdup_printf("r%u", counter++);
       g_test_message("%s step %u: create %s", d, step, name);
-      if (!backend_snapshot_create(fx->backend, d, name, &error))
+      if (!snap_create(fx->snap, d, name, &error))
         g_error("create: %s", error->message);
       fixture_picture_copy(expect, "@now", name);
     } else if (roll < 50) {
@@ -86,7 +86,7 @@ random_run(const char *d, gboolean start_running)
           g_hash_table_insert(expect, g_strdup(key), g_strdup(value));
     } else if (roll < 70 && pick) {
       g_test_message("%s step %u: delete %s", d, step, pick);
-      if (!backend_snapshot_delete(fx->backend, d, pick, &error))
+      if (!snap_delete(fx->snap, d, pick, &error))
         g_error("delete %s: %s", pick, error->message);
       fixture_picture_drop(expect, pick);
     } else if (roll < 80 && pick) {
@@ -98,7 +98,7 @@ random_run(const char *d, gboolean start_running)
           if (strcmp(names->pdata[i], pick) != 0)
             target = names->pdata[i];
       g_test_message("%s step %u: rename %s to %s", d, step, pick, target);
-      gboolean ok = backend_snapshot_rename(fx->backend, d, pick, target, &error);
+      gboolean ok = snap_rename(fx->snap, d, pick, target, &error);
       if (onto_existing) {
         g_assert_false(ok);
         fixture_assert_errno(error, EEXIST);
@@ -114,7 +114,7 @@ random_run(const char *d, gboolean start_running)
       g_autoptr(GHashTable) known = g_hash_table_new(g_str_hash, g_str_equal);
       for (guint i = 0; i < before->len; i++)
         g_hash_table_add(known, before->pdata[i]);
-      gboolean ok = backend_snapshot_revert(fx->backend, d, pick, discard, &error);
+      gboolean ok = snap_revert(fx->snap, d, pick, discard, &error);
       if (running) {
         g_assert_false(ok);
         fixture_assert_errno(error, EBUSY);
@@ -141,7 +141,7 @@ random_run(const char *d, gboolean start_running)
   g_autoptr(GPtrArray) names = snapshot_names(d);
   for (guint i = 0; i < names->len; i++) {
     g_autoptr(GError) error = NULL;
-    if (!backend_snapshot_delete(fx->backend, d, names->pdata[i], &error))
+    if (!snap_delete(fx->snap, d, names->pdata[i], &error))
       g_error("delete %s: %s", (char *)names->pdata[i], error->message);
     fixture_picture_drop(expect, names->pdata[i]);
     fixture_check(fx, d, expect);
