@@ -481,7 +481,7 @@ def thread_stacks(pid):
     return r.stdout
 
 
-def wait_mounted(mnt, proc=None, timeout=30):
+def wait_mounted(mnt, proc=None, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if os.path.ismount(mnt):
@@ -492,7 +492,9 @@ def wait_mounted(mnt, proc=None, timeout=30):
     raise AssertionError("not mounted after %d s" % timeout)
 
 
-def wait_for(pred, timeout=10, what="condition"):
+def wait_for(pred, timeout=60, what="condition"):
+    # The bound is for what never happens; tests run several at once on
+    # loaded machines, so it is not a measure of speed.
     deadline = time.time() + timeout
     while time.time() < deadline:
         if pred():
