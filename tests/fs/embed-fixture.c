@@ -302,24 +302,27 @@ fixture_domain(Fixture *fx, const char *name)
   return dom;
 }
 
-void
-fixture_start(Fixture *fx, const char *name)
+/* Starts or stops (destroys) a domain, then refreshes the model. */
+static void
+set_running(Fixture *fx, const char *name, gboolean running)
 {
   g_autoptr(BackendVirDomain) dom = fixture_domain(fx, name);
-  if (virDomainCreate(dom) < 0)
-    g_error("start %s: %s", name, virGetLastErrorMessage());
+  if ((running ? virDomainCreate(dom) : virDomainDestroy(dom)) < 0)
+    g_error("%s %s: %s", running ? "start" : "stop", name, virGetLastErrorMessage());
   g_autoptr(GError) error = NULL;
   g_assert_true(backend_refresh(fx->backend, &error));
 }
 
 void
+fixture_start(Fixture *fx, const char *name)
+{
+  set_running(fx, name, TRUE);
+}
+
+void
 fixture_stop(Fixture *fx, const char *name)
 {
-  g_autoptr(BackendVirDomain) dom = fixture_domain(fx, name);
-  if (virDomainDestroy(dom) < 0)
-    g_error("stop %s: %s", name, virGetLastErrorMessage());
-  g_autoptr(GError) error = NULL;
-  g_assert_true(backend_refresh(fx->backend, &error));
+  set_running(fx, name, FALSE);
 }
 
 gboolean
