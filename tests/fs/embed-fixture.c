@@ -332,6 +332,12 @@ fixture_running(Fixture *fx, const char *name)
   return virDomainIsActive(dom) == 1;
 }
 
+char *
+fixture_virtio_qdev(guint n)
+{
+  return g_strdup_printf("/machine/peripheral/virtio-disk%u/virtio-backend", n);
+}
+
 void
 fixture_monitor(virDomainPtr dom, const char *command)
 {
@@ -362,8 +368,7 @@ fixture_write(Fixture *fx, const char *name, guint disk, guint64 offset, guint64
 {
   g_autoptr(BackendVirDomain) dom = fixture_domain(fx, name);
   if (virDomainIsActive(dom) == 1) {
-    g_autofree char *qdev =
-        g_strdup_printf("/machine/peripheral/virtio-disk%u/virtio-backend", disk);
+    g_autofree char *qdev = fixture_virtio_qdev(disk);
     fixture_guest_write(dom, qdev, pattern, offset, len);
     return;
   }

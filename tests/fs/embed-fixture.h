@@ -38,9 +38,6 @@ typedef struct {
   const char *device; /* NULL = "disk"; "cdrom" */
 } FixtureDisk;
 
-/* The QOM path of the n-th virtio disk, for fixture_guest_write(). */
-#define FIXTURE_VIRTIO_DISK(n) "/machine/peripheral/virtio-disk" #n "/virtio-backend"
-
 /* Makes the directory and the root; exits 77 (skip) when QEMU, qemu-img
  * or qemu-io is missing. */
 void fixture_setup(Fixture *fx);
@@ -93,10 +90,12 @@ void fixture_start(Fixture *fx, const char *name);
 void fixture_stop(Fixture *fx, const char *name);
 gboolean fixture_running(Fixture *fx, const char *name);
 
+/* The QOM path of the device of virtio disk number n (0 = vda). */
+char *fixture_virtio_qdev(guint n);
 /* An HMP command; a reply that reports an error fails the test. */
 void fixture_monitor(virDomainPtr dom, const char *command);
 /* A guest write through the monitor (HMP qemu-io) into the device at
- * qdev_path (FIXTURE_VIRTIO_DISK(0), "sata0-0-0"), then a flush so that
+ * qdev_path (fixture_virtio_qdev(0), "sata0-0-0"), then a flush so that
  * the image on disk has it. */
 void fixture_guest_write(virDomainPtr dom, const char *qdev_path, guint8 pattern, guint64 offset,
                          guint64 length);

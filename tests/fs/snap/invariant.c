@@ -37,8 +37,8 @@ flush_running(Fixture *fixture, const char *name)
   g_autoptr(DomXmlDomain) parsed = domxml_parse_domain(xml, &error);
   g_assert_no_error(error);
   for (guint i = 0; i < parsed->disks->len; i++) {
-    g_autofree char *flush = g_strdup_printf(
-        "qemu-io -d /machine/peripheral/virtio-disk%u/virtio-backend \"flush\"", i);
+    g_autofree char *qdev = fixture_virtio_qdev(i);
+    g_autofree char *flush = g_strdup_printf("qemu-io -d %s \"flush\"", qdev);
     fixture_monitor(dom, flush);
   }
 }
