@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Configure and build twice (warnings are errors), then run every test once
 # or twice:
-#   build/       (plain)         the unit and fuzz suites;
+#   build/       (plain)         the unit and fuzz suites, and mount-load
+#                                (suite unsanitized: its RSS rule);
 #   build-asan/  (ASan + UBSan)  the unit, libvirt and mount suites: every
-#                test that runs the daemon's code runs it sanitized.
+#                                test that runs the daemon's code runs it
+#                                sanitized.
 # The two test runs go side by side (the plain one's output comes at the
 # end): the sanitized one waits on QEMU and on rate-limited block jobs
-# most of the time, which the plain unit tests fill.  Libvirt and mount tests each have their own embed root, scratch
-# directory and (where needed) private libvirtd in a mount namespace of
-# its own, so they run several at once.
-# Prints one closing line "N passed, N failed, N skipped" for the whole
-# run; with CI set, a skipped test fails the run.  Each suite's time is
-# printed before it (from meson's test log).
+# most of the time, which the plain unit tests fill.  Libvirt and mount
+# tests each have their own embed root, scratch directory and (where
+# needed) private libvirtd in a mount namespace of its own, so they run
+# several at once (VIRTSNAPFS_TEST_JOBS, default 4).
+# Prints the summed test time per suite and build, then one closing line
+# "N passed, N failed, N skipped" for the whole run; with CI set, a
+# skipped test fails the run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,7 +55,8 @@ ninja -C build-asan || exit 1
 echo "# built in $SECONDS s"
 
 # The fuzz suite builds its own target with clang and AddressSanitizer.
-meson test -C build --suite unit --suite fuzz --print-errorlogs --num-processes 1 \
+meson test -C build --suite unit --suite fuzz --suite unsanitized --print-errorlogs \
+  --num-processes 1 \
   >build/run-all.log 2>&1 &
 plain=$!
 # LeakSanitizer runs when each test program, and the daemon after its
