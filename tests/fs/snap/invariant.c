@@ -1,247 +1,7 @@
-/* fixture.c: see fixture.h. */
-#include "fixture.h"
+/* invariant.c: see invariant.h. */
+#include "invariant.h"
 
-#include <errno.h>
-#include <libvirt/libvirt-qemu.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-static GMutex log_lock;
-
-static void
-on_log(const gchar *domain, GLogLevelFlags level, const gchar *message, gpointer data)
-{
-  Fixture *fixture = data;
-  /* Debug lines too: a plan cut short by the test hook logs its choice
-   * only at debug level (the message line comes when a call finishes). */
-  if (level & (G_LOG_LEVEL_DEBUG | G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_WARNING |
-               G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_ERROR)) {
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&log_lock);
-    g_string_append_printf(fixture->log, "%s\n", message);
-  }
-  if ((level & G_LOG_LEVEL_DEBUG) && !g_getenv("EXEC_TEST_DEBUG"))
-    return;
-  g_printerr("# %s: %s\n", domain, message);
-  if (level & (G_LOG_LEVEL_WARNING | G_LOG_LEVEL_CRITICAL))
-    g_error("unexpected warning from the daemon code: %s", message);
-}
-
-void
-fixture_log_clear(Fixture *fixture)
-{
-  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&log_lock);
-  g_string_truncate(fixture->log, 0);
-}
-
-static void
-run(const char *const *argv, char **out)
-{
-  g_autofree char *err = NULL;
-  g_autoptr(GError) error = NULL;
-  int status;
-  if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, out, &err, &status,
-                    &error))
-    g_error("%s: %s", argv[0], error->message);
-  if (!g_spawn_check_wait_status(status, &error)) {
-    g_autofree char *cmd = g_strjoinv(" ", (char **)argv);
-    g_error("%s: %s: %s", cmd, error->message, err ? err : "");
-  }
-}
-
-static void
-open_backend(Fixture *fixture)
-{
-  SnapOptions options = {.backend = {.uri = fixture->uri}, .state_dir = fixture->state};
-  g_autoptr(GError) error = NULL;
-  fixture->snap = snap_new(&options, &error);
-  g_assert_no_error(error);
-  fixture->backend = snap_get_backend(fixture->snap);
-}
-
-Fixture *
-fixture_new(void)
-{
-  const char *tools[] = {"qemu-system-x86_64", "qemu-img", "qemu-io"};
-  for (guint i = 0; i < G_N_ELEMENTS(tools); i++) {
-    g_autofree char *found = g_find_program_in_path(tools[i]);
-    if (!found) {
-      g_print("1..0 # SKIP %s is not installed\n", tools[i]);
-      exit(77);
-    }
-  }
-  Fixture *fixture = g_new0(Fixture, 1);
-  g_autoptr(GError) error = NULL;
-  fixture->dir = g_dir_make_tmp("vsx-XXXXXX", &error);
-  g_assert_no_error(error);
-  fixture->root = g_build_filename(fixture->dir, "r", NULL);
-  fixture->images = g_build_filename(fixture->dir, "img", NULL);
-  fixture->state = g_build_filename(fixture->dir, "state", NULL);
-  g_autofree char *etc = g_build_filename(fixture->root, "etc", NULL);
-  g_assert_cmpint(g_mkdir_with_parents(etc, 0755), ==, 0);
-  g_assert_cmpint(g_mkdir_with_parents(fixture->images, 0755), ==, 0);
-  g_autofree char *conf = g_build_filename(etc, "qemu.conf", NULL);
-  const char *text = "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\n"
-                     "security_driver = \"none\"\nstdio_handler = \"file\"\n"
-                     /* no mount namespace: it would keep copies of other
-                      * tests' FUSE mounts alive (tests/fs/mountlib.py) */
-                     "namespaces = []\n";
-  g_assert_true(g_file_set_contents(conf, text, -1, NULL));
-  fixture->uri = g_strdup_printf("qemu:///embed?root=%s", fixture->root);
-  fixture->log = g_string_new(NULL);
-  g_log_set_handler("virtsnapfs", G_LOG_LEVEL_MASK | G_LOG_FLAG_FATAL | G_LOG_FLAG_RECURSION,
-                    on_log, fixture);
-  open_backend(fixture);
-  return fixture;
-}
-
-void
-fixture_free(Fixture *fixture)
-{
-  g_autoptr(BackendModel) model = backend_get_model(fixture->backend);
-  for (guint i = 0; i < model->domains->len; i++) {
-    BackendDomain *domain = g_ptr_array_index(model->domains, i);
-    if (domain->running)
-      fixture_stop(fixture, domain->name);
-  }
-  snap_free(fixture->snap);
-  const char *argv[] = {"rm", "-rf", fixture->dir, NULL};
-  run(argv, NULL);
-  g_string_free(fixture->log, TRUE);
-  g_free(fixture->dir);
-  g_free(fixture->root);
-  g_free(fixture->images);
-  g_free(fixture->state);
-  g_free(fixture->uri);
-  g_free(fixture);
-}
-
-void
-fixture_reopen(Fixture *fixture, gboolean crash)
-{
-  if (crash)
-    snap_abandon(fixture->snap);
-  else
-    snap_free(fixture->snap);
-  fixture->snap = NULL;
-  fixture->backend = NULL;
-  open_backend(fixture);
-}
-
-virConnectPtr
-fixture_conn(Fixture *fixture)
-{
-  g_autoptr(GError) error = NULL;
-  virConnectPtr conn = backend_get_connection(fixture->backend, &error);
-  g_assert_no_error(error);
-  return conn;
-}
-
-virDomainPtr
-fixture_domain(Fixture *fixture, const char *name)
-{
-  g_autoptr(BackendVirConnect) conn = fixture_conn(fixture);
-  virDomainPtr dom = virDomainLookupByName(conn, name);
-  if (!dom)
-    g_error("domain %s: %s", name, virGetLastErrorMessage());
-  return dom;
-}
-
-void
-fixture_define(Fixture *fixture, const char *name, guint n_disks, guint size_mib)
-{
-  g_autofree char *dir = g_build_filename(fixture->images, name, NULL);
-  g_assert_cmpint(g_mkdir_with_parents(dir, 0755), ==, 0);
-  g_autoptr(GString) xml = g_string_new(NULL);
-  g_string_append_printf(xml, "<domain type='qemu'><name>%s</name><memory unit='MiB'>128</memory>"
-                         "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>"
-                         "<devices>", name);
-  for (guint i = 0; i < n_disks; i++) {
-    g_autofree char *file = g_strdup_printf("vd%c.qcow2", 'a' + i);
-    g_autofree char *path = g_build_filename(dir, file, NULL);
-    g_autofree char *size = g_strdup_printf("%uM", size_mib);
-    const char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", path, size, NULL};
-    run(argv, NULL);
-    g_string_append_printf(xml, "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
-                           "<source file='%s'/><target dev='vd%c' bus='virtio'/></disk>", path,
-                           'a' + i);
-  }
-  g_string_append(xml, "</devices></domain>");
-  g_autoptr(BackendVirConnect) conn = fixture_conn(fixture);
-  g_autoptr(BackendVirDomain) dom = virDomainDefineXML(conn, xml->str);
-  if (!dom)
-    g_error("define %s: %s", name, virGetLastErrorMessage());
-  g_autoptr(GError) error = NULL;
-  g_assert_true(backend_refresh(fixture->backend, &error));
-}
-
-void
-fixture_start(Fixture *fixture, const char *name)
-{
-  g_autoptr(BackendVirDomain) dom = fixture_domain(fixture, name);
-  if (virDomainCreate(dom) < 0)
-    g_error("start %s: %s", name, virGetLastErrorMessage());
-  g_autoptr(GError) error = NULL;
-  g_assert_true(backend_refresh(fixture->backend, &error));
-}
-
-void
-fixture_stop(Fixture *fixture, const char *name)
-{
-  g_autoptr(BackendVirDomain) dom = fixture_domain(fixture, name);
-  if (virDomainDestroy(dom) < 0)
-    g_error("stop %s: %s", name, virGetLastErrorMessage());
-  g_autoptr(GError) error = NULL;
-  g_assert_true(backend_refresh(fixture->backend, &error));
-}
-
-gboolean
-fixture_running(Fixture *fixture, const char *name)
-{
-  g_autoptr(BackendVirDomain) dom = fixture_domain(fixture, name);
-  return virDomainIsActive(dom) == 1;
-}
-
-static void
-monitor(virDomainPtr dom, const char *command)
-{
-  char *reply = NULL;
-  if (virDomainQemuMonitorCommand(dom, command, &reply, VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP) < 0)
-    g_error("monitor %s: %s", command, virGetLastErrorMessage());
-  if (reply && (strstr(reply, "rror") || strstr(reply, "failed")))
-    g_error("monitor %s: %s", command, reply);
-  free(reply);
-}
-
-void
-fixture_write(Fixture *fixture, const char *name, guint disk, guint64 offset, guint64 len,
-              guint8 pattern)
-{
-  g_autoptr(BackendVirDomain) dom = fixture_domain(fixture, name);
-  g_autofree char *io = g_strdup_printf("write -P 0x%02x %" G_GUINT64_FORMAT " %" G_GUINT64_FORMAT,
-                                        pattern, offset, len);
-  if (virDomainIsActive(dom) == 1) {
-    g_autofree char *write = g_strdup_printf(
-        "qemu-io -d /machine/peripheral/virtio-disk%u/virtio-backend \"%s\"", disk, io);
-    g_autofree char *flush = g_strdup_printf(
-        "qemu-io -d /machine/peripheral/virtio-disk%u/virtio-backend \"flush\"", disk);
-    monitor(dom, write);
-    monitor(dom, flush);
-    return;
-  }
-  g_autofree char *xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
-  g_autoptr(GError) error = NULL;
-  g_autoptr(DomXmlDomain) parsed = domxml_parse_domain(xml, &error);
-  g_assert_no_error(error);
-  g_assert_cmpuint(disk, <, parsed->disks->len);
-  DomXmlDisk *d = g_ptr_array_index(parsed->disks, disk);
-  const char *argv[] = {"qemu-io", "-f", chain_format_name(d->format), "-c", io, d->source, NULL};
-  g_autofree char *out = NULL;
-  run(argv, &out);
-}
-
-/* ------------------------------------------------------------------ */
-/* The invariant                                                       */
 
 static char *
 checksum(const BackendDisk *disk)
@@ -277,9 +37,9 @@ flush_running(Fixture *fixture, const char *name)
   g_autoptr(DomXmlDomain) parsed = domxml_parse_domain(xml, &error);
   g_assert_no_error(error);
   for (guint i = 0; i < parsed->disks->len; i++) {
-    g_autofree char *flush = g_strdup_printf(
-        "qemu-io -d /machine/peripheral/virtio-disk%u/virtio-backend \"flush\"", i);
-    monitor(dom, flush);
+    g_autofree char *qdev = fixture_virtio_qdev(i);
+    g_autofree char *flush = g_strdup_printf("qemu-io -d %s \"flush\"", qdev);
+    fixture_monitor(dom, flush);
   }
 }
 
@@ -446,8 +206,7 @@ fixture_check(Fixture *fixture, const char *name, GHashTable *expect)
     if (GPOINTER_TO_INT(format) != CHAIN_FORMAT_QCOW2)
       continue;
     const char *argv[] = {"qemu-img", "check", "-q", "-U", "-f", "qcow2", path, NULL};
-    g_autofree char *out = NULL;
-    run(argv, &out);
+    g_free(fixture_run(argv));
   }
 
   /* The chain the domain definition lists (if any) is the chain on disk. */
@@ -473,7 +232,7 @@ fixture_check(Fixture *fixture, const char *name, GHashTable *expect)
     }
   }
 
-  g_autofree char *journals = g_build_filename(fixture->state, "journal", NULL);
+  g_autofree char *journals = g_build_filename(fixture->state_dir, "journal", NULL);
   g_autoptr(GDir) jlisting = g_dir_open(journals, 0, NULL);
   while (jlisting && (entry = g_dir_read_name(jlisting)))
     g_error("journal %s/%s is left over", journals, entry);

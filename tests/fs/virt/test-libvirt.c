@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fixture.h"
+#include "embed-fixture.h"
 
 #define VIRTIO0 "/machine/peripheral/virtio-disk0/virtio-backend"
 #define SATA0 "sata0-0-0"
@@ -550,10 +550,7 @@ static void
 repair_child(void)
 {
   Fixture fx = {0};
-  fx.dir = g_strdup(g_getenv(REPAIR_ENV));
-  fx.images = g_build_filename(fx.dir, "images", NULL);
-  fx.state_dir = g_build_filename(fx.dir, "state", NULL);
-  fx.uri = g_strdup_printf("qemu:///embed?root=%s/root", fx.dir);
+  fixture_attach(&fx, g_getenv(REPAIR_ENV));
   g_autofree char *vda = g_build_filename(fx.images, "eta.qcow2", NULL);
   fixture_open(&fx);
   FixtureDisk disks[] = {{"vda", "virtio", vda, "qcow2", NULL}};
@@ -569,12 +566,7 @@ repair_child(void)
   fixture_guest_write(dom, VIRTIO0, 0x66, 0, 64 * 1024);
   if (shutoff)
     g_assert_cmpint(virDomainDestroy(dom), ==, 0);
-  virConnectClose(fx.conn);
-  snap_abandon(fx.snap);
-  g_free(fx.dir);
-  g_free(fx.images);
-  g_free(fx.state_dir);
-  g_free(fx.uri);
+  fixture_abandon(&fx);
 }
 
 static void

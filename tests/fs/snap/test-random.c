@@ -10,7 +10,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "fixture.h"
+#include "invariant.h"
 
 #define MiB (1024 * 1024)
 #define KiB 1024
@@ -48,7 +48,7 @@ static void
 random_run(const char *d, gboolean start_running)
 {
   g_autoptr(GRand) rand = g_rand_new_with_seed(seed ^ (start_running ? 0x5a5a : 0));
-  fixture_define(fx, d, 2, 8);
+  fixture_define_qcow2(fx, d, 2, 8);
   fixture_write(fx, d, 0, 0, MiB, 0x01);
   if (start_running)
     fixture_start(fx, d);

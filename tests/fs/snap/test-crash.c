@@ -18,7 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fixture.h"
+#include "invariant.h"
 
 #define MiB (1024 * 1024)
 #define KiB 1024
@@ -97,7 +97,7 @@ apply_op(const char *d, const CrashCase *c, GHashTable *expect)
 static GHashTable *
 build(const char *d, const CrashCase *c)
 {
-  fixture_define(fx, d, 1, 16);
+  fixture_define_qcow2(fx, d, 1, 16);
   fixture_write(fx, d, 0, 0, MiB, 0x10);
   if (c->running)
     fixture_start(fx, d);
@@ -119,7 +119,7 @@ drop_last_done(const char *d)
   char uuid[VIR_UUID_STRING_BUFLEN];
   g_assert_cmpint(virDomainGetUUIDString(dom, uuid), ==, 0);
   g_autofree char *file = g_strdup_printf("%s.plan", uuid);
-  g_autofree char *path = g_build_filename(fx->state, "journal", file, NULL);
+  g_autofree char *path = g_build_filename(fx->state_dir, "journal", file, NULL);
   g_autofree char *text = NULL;
   g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
   char *last = g_strrstr(text, "\ndone ");

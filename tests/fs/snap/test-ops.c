@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "fixture.h"
+#include "invariant.h"
 
 #define MiB (1024 * 1024)
 #define KiB 1024
@@ -55,7 +55,7 @@ log_has(const char *text)
 static void
 delete_direction(const char *domain, gboolean running, gboolean big_first)
 {
-  fixture_define(fx, domain, 1, 16);
+  fixture_define_qcow2(fx, domain, 1, 16);
   fixture_write(fx, domain, 0, 0, 2 * MiB, 0x11);
   if (running)
     fixture_start(fx, domain);
@@ -150,7 +150,7 @@ static void
 test_errors(void)
 {
   const char *d = "errors";
-  fixture_define(fx, d, 1, 8);
+  fixture_define_qcow2(fx, d, 1, 8);
   g_autoptr(GHashTable) expect = fixture_picture(fx, d);
   create(d, "a", expect);
   create(d, "b", expect);
@@ -189,7 +189,7 @@ test_errors(void)
 static void
 multi_disk(const char *d, gboolean running)
 {
-  fixture_define(fx, d, 2, 16);
+  fixture_define_qcow2(fx, d, 2, 16);
   fixture_write(fx, d, 0, 0, MiB, 0x01);
   fixture_write(fx, d, 1, 2 * MiB, MiB, 0x02);
   if (running)
@@ -231,7 +231,7 @@ test_multi_disk_running(void)
 static void
 rename_test(const char *d, gboolean running)
 {
-  fixture_define(fx, d, 1, 8);
+  fixture_define_qcow2(fx, d, 1, 8);
   if (running)
     fixture_start(fx, d);
   g_autoptr(GHashTable) expect = fixture_picture(fx, d);
@@ -308,7 +308,7 @@ static void
 test_revert_keep(void)
 {
   const char *d = "revert-keep";
-  fixture_define(fx, d, 1, 8);
+  fixture_define_qcow2(fx, d, 1, 8);
   fixture_write(fx, d, 0, 0, MiB, 0x51);
   g_autoptr(GHashTable) expect = fixture_picture(fx, d);
   create(d, "s1", expect);
@@ -346,7 +346,7 @@ static void
 test_revert_discard(void)
 {
   const char *d = "revert-discard";
-  fixture_define(fx, d, 2, 8);
+  fixture_define_qcow2(fx, d, 2, 8);
   fixture_write(fx, d, 0, 0, MiB, 0x61);
   g_autoptr(GHashTable) expect = fixture_picture(fx, d);
   create(d, "s1", expect);
@@ -371,7 +371,7 @@ static void
 test_revert_running(void)
 {
   const char *d = "revert-run";
-  fixture_define(fx, d, 1, 8);
+  fixture_define_qcow2(fx, d, 1, 8);
   fixture_start(fx, d);
   g_autoptr(GHashTable) expect = fixture_picture(fx, d);
   create(d, "s1", expect);
@@ -410,7 +410,7 @@ static void
 test_pinned(void)
 {
   const char *d = "pinned";
-  fixture_define(fx, d, 1, 8);
+  fixture_define_qcow2(fx, d, 1, 8);
   g_autoptr(GHashTable) expect = fixture_picture(fx, d);
   create(d, "s1", expect);
   fixture_write(fx, d, 0, 0, 64 * KiB, 0x71);
@@ -449,7 +449,7 @@ static void
 test_intermediate_running(void)
 {
   const char *d = "intermediate";
-  fixture_define(fx, d, 1, 16);
+  fixture_define_qcow2(fx, d, 1, 16);
   fixture_start(fx, d);
   g_autoptr(GHashTable) expect = fixture_picture(fx, d);
   create(d, "s1", expect);
@@ -477,7 +477,7 @@ static void
 test_eio(void)
 {
   const char *d = "eio";
-  fixture_define(fx, d, 1, 8);
+  fixture_define_qcow2(fx, d, 1, 8);
   g_autoptr(GHashTable) expect = fixture_picture(fx, d);
   create(d, "s1", expect);
   fixture_write(fx, d, 0, 0, MiB, 0xa1);
@@ -509,7 +509,7 @@ static void
 test_readonly_disk(void)
 {
   const char *d = "readonly";
-  fixture_define(fx, d, 1, 8);
+  fixture_define_qcow2(fx, d, 1, 8);
   g_autofree char *raw = g_build_filename(fx->images, d, "ro.raw", NULL);
   const char *argv[] = {"qemu-img", "create", "-q", "-f", "raw", raw, "4M", NULL};
   g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL,
@@ -521,8 +521,7 @@ test_readonly_disk(void)
                                           "bus='virtio'/><readonly/></disk></devices>", raw);
   g_auto(GStrv) halves = g_strsplit(xml, "</devices>", 2);
   g_autofree char *with_ro = g_strjoinv(disk, halves);
-  g_autoptr(BackendVirConnect) conn = fixture_conn(fx);
-  g_autoptr(BackendVirDomain) redefined = virDomainDefineXML(conn, with_ro);
+  g_autoptr(BackendVirDomain) redefined = virDomainDefineXML(fx->conn, with_ro);
   g_assert_nonnull(redefined);
 
   g_autoptr(GHashTable) expect = fixture_picture(fx, d);
