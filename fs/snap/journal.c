@@ -307,11 +307,6 @@ snap_journals_load(const char *state_dir, GError **error)
   const char *entry;
   while ((entry = g_dir_read_name(listing))) {
     g_autofree char *path = g_build_filename(dir, entry, NULL);
-    if (g_str_has_suffix(entry, ".plan.tmp")) {
-      /* Never renamed into place: its plan never started. */
-      unlink(path);
-      continue;
-    }
     if (!g_str_has_suffix(entry, ".plan"))
       continue;
     g_autofree char *text = NULL;

@@ -122,6 +122,9 @@ gboolean snap_state_sync_dir(const char *dir, GError **error);
 gboolean snap_state_write_file(const char *path, const char *data, gsize length,
                                GError **error);
 gboolean snap_state_remove_file(const char *path, GError **error);
+/* At start-up, before anything reads them: removes the temporary files
+ * of record writes a crash cut short (journal/ and freeze/). */
+void snap_state_remove_torn(const char *state_dir);
 
 typedef struct {
   char *target;

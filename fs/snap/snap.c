@@ -19,6 +19,7 @@ static void
 on_ready(gpointer data)
 {
   Snap *snap = data;
+  snap_state_remove_torn(snap->state_dir);
   snap_freeze_repair(snap, NULL);
   snap_recover(snap);
 }

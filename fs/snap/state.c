@@ -100,6 +100,29 @@ snap_state_write_file(const char *path, const char *data, gsize length, GError *
   return snap_state_sync_dir(dir, error);
 }
 
+void
+snap_state_remove_torn(const char *state_dir)
+{
+  const char *const subdirs[] = {"journal", "freeze"};
+  for (guint i = 0; i < G_N_ELEMENTS(subdirs); i++) {
+    g_autofree char *dir = g_build_filename(state_dir, subdirs[i], NULL);
+    g_autoptr(GDir) listing = g_dir_open(dir, 0, NULL);
+    const char *name;
+    while (listing && (name = g_dir_read_name(listing))) {
+      /* glib writes "<file>.XXXXXX" and renames it over <file>: a name
+       * with a dot after the record's suffix was never renamed into
+       * place, so what it describes never started. */
+      const char *suffix = strstr(name, i == 0 ? ".plan." : ".freeze.");
+      if (suffix == NULL)
+        continue;
+      g_autofree char *path = g_build_filename(dir, name, NULL);
+      g_message("removing %s: a record whose write a crash cut short", path);
+      if (unlink(path) < 0)
+        g_warning("cannot remove %s: %s", path, g_strerror(errno));
+    }
+  }
+}
+
 gboolean
 snap_state_remove_file(const char *path, GError **error)
 {

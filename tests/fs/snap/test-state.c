@@ -1,5 +1,6 @@
-/* test-state.c: freeze records (fs/state.c) round-trip through the state
- * directory; a damaged record is reported and skipped, never fatal. */
+/* test-state.c: freeze records (fs/snap/state.c) round-trip through the
+ * state directory; a damaged record is reported and skipped, never fatal;
+ * the temporary file of a write a crash cut short is removed at start-up. */
 #include <glib/gstdio.h>
 #include <sys/stat.h>
 
@@ -80,11 +81,43 @@ test_missing_and_damaged(void)
   g_rmdir(dir);
 }
 
+/* A kill during snap_state_write_file() leaves glib's "<file>.XXXXXX";
+ * start-up removes it and keeps every whole record. */
+static void
+test_torn_writes(void)
+{
+  g_autofree char *dir = g_dir_make_tmp("virtsnapfs-state-XXXXXX", NULL);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(SnapFreezeRecord) record = snap_freeze_record_new("web", "uuid-1");
+  snap_freeze_record_add_disk(record, "vda", "/img/a.qcow2", CHAIN_FORMAT_QCOW2, "/img/a.ov");
+  g_assert_true(snap_freeze_record_write(record, dir, &error));
+  g_autofree char *journal = g_build_filename(dir, "journal", NULL);
+  g_assert_cmpint(g_mkdir_with_parents(journal, 0700), ==, 0);
+  const char *const files[] = {"journal/uuid-2.plan", "journal/uuid-3.plan.Ab12Cd",
+                               "freeze/uuid-4.freeze.Xy34Zw"};
+  for (guint i = 0; i < G_N_ELEMENTS(files); i++) {
+    g_autofree char *path = g_build_filename(dir, files[i], NULL);
+    g_assert_true(g_file_set_contents(path, "partial", -1, &error));
+  }
+
+  snap_state_remove_torn(dir);
+
+  g_assert_true(g_file_test(record->path, G_FILE_TEST_EXISTS));
+  for (guint i = 0; i < G_N_ELEMENTS(files); i++) {
+    g_autofree char *path = g_build_filename(dir, files[i], NULL);
+    g_assert_cmpint(g_file_test(path, G_FILE_TEST_EXISTS), ==, i == 0);
+  }
+  const char *rm[] = {"rm", "-rf", dir, NULL};
+  g_assert_true(g_spawn_sync(NULL, (char **)rm, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL,
+                             NULL, NULL, NULL));
+}
+
 int
 main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/state/round-trip", test_round_trip);
   g_test_add_func("/state/missing-and-damaged", test_missing_and_damaged);
+  g_test_add_func("/state/torn-writes", test_torn_writes);
   return g_test_run();
 }
