@@ -2,7 +2,7 @@
  * structs, and the few XML documents the backend writes.
  *
  * Pure code: no libvirt calls, no I/O; every function is unit-tested on
- * sample strings (tests/backend/test-domxml.c).  Thread model: none needed;
+ * sample strings (tests/fs/virt/test-domxml.c).  Thread model: none needed;
  * libxml2 parsing is reentrant once xmlInitParser() ran (done here lazily).
  */
 #pragma once
