@@ -1,4 +1,4 @@
-/* test-names.c: snapshot name escaping (DESIGN.md 2), table-driven. */
+/* test-names.c: snapshot name escaping, table-driven. */
 #include "virtsnapfs.h"
 
 typedef struct {

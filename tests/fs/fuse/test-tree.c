@@ -1,4 +1,4 @@
-/* test-tree.c: inode numbers stay with their entries (DESIGN.md 2):
+/* test-tree.c: inode numbers stay with their entries:
  * stable across lookups and forgets while the entry exists, dropped when
  * the kernel forgot it and the model lost it, never reused. */
 #include "virtsnapfs.h"

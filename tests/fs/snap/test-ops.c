@@ -403,8 +403,8 @@ open_point(const char *d, const char *snapshot)
 }
 
 /* base <- O(s1) <- O(s2) <- O(s3) (active); deleting s2 merges F = O(s1)
- * and C = O(s2) = P(s3).  A reader of s2 makes the delete EBUSY (DESIGN.md
- * 3).  A reader of s3 pins C: pull, although cheaper, would write into
+ * and C = O(s2) = P(s3).  A reader of s2 makes the delete EBUSY (an open
+ * point in time is never deleted).  A reader of s3 pins C: pull, although cheaper, would write into
  * it, so commit runs. */
 static void
 test_pinned(void)
