@@ -1,7 +1,7 @@
 /* bitmap.c: fixed-granularity sets of guest ranges.
  *
- * The planner compares what two layers allocate (DESIGN.md 5: the cost of a
- * commit or a pull), and delta files need the clusters a layer overrides;
+ * The planner compares what two layers allocate (the cost of a commit or a
+ * pull), and delta files need the clusters a layer overrides;
  * both work on these bitmaps.  Plain data, no locking: a bitmap is built by
  * one thread and read afterwards.
  */

@@ -133,6 +133,8 @@ void chain_layer_report(ChainLayer *layer, const char *format, ...) G_GNUC_PRINT
 
 /* layer.c */
 int chain_layer_load_l1(ChainLayer *layer);
+
+/* pread.c */
 int chain_pread_full(int fd, void *buf, gsize length, guint64 offset, gsize *done);
 
 /* l2-cache.c */
@@ -149,8 +151,10 @@ int l2_cache_get(ChainLayer *layer, guint64 offset, L2Slice **slice);
 void l2_slice_unref(L2Slice *slice);
 void l2_cache_drop_layer(guint64 layer_id);
 
-/* map.c */
+/* layer-map.c */
 int chain_layer_map(ChainLayer *layer, guint64 offset, guint64 length, LayerRun *run);
+
+/* region.c */
 void chain_regions_init(Chain *chain);
 void chain_regions_clear(Chain *chain);
 int chain_region_get(Chain *chain, guint64 index, gboolean cache, ChainRegion **region);
@@ -158,6 +162,25 @@ void chain_region_unref(ChainRegion *region);
 guint chain_region_find(const ChainRegion *region, guint64 offset);
 guint64 chain_unallocated_until(Chain *chain, guint64 pos);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(ChainRegion, chain_region_unref)
+/* The runs of the merged map that cover guest [pos, end), in order; the
+ * first may start before pos.  cache: keep the regions it computes (FALSE
+ * for whole-disk scans, which must not evict what readers use).
+ * skip_unmapped: a stretch where every layer's L1 table is empty comes as
+ * one unallocated ZERO run, without computing its regions. */
+typedef struct {
+  Chain *chain;
+  guint64 pos, end;
+  gboolean cache, skip_unmapped;
+  ChainRegion *region; /* held while its runs are handed out */
+  guint next;          /* the next run of region */
+  ChainRun gap;        /* the run handed out for an empty L1 stretch */
+} ChainRunIter;
+ChainRunIter chain_run_iter(Chain *chain, guint64 pos, guint64 end, gboolean cache,
+                            gboolean skip_unmapped);
+/* 1 and *run (valid until the next call), 0 at the end, or -errno. */
+int chain_run_iter_next(ChainRunIter *it, const ChainRun **run);
+void chain_run_iter_clear(ChainRunIter *it);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(ChainRunIter, chain_run_iter_clear)
 
 /* read.c */
 int chain_read_compressed(ChainLayer *layer, guint64 host, guint32 csize, guint64 skip,

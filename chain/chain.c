@@ -24,7 +24,7 @@
  * the open(2) errno for missing files.
  *
  * Thread model: a walk runs on one thread; the resulting Chain is
- * immutable except for its caches (map.c, seek.c) and may be shared.
+ * immutable except for its caches (region.c, seek.c) and may be shared.
  */
 #include <errno.h>
 #include <stdlib.h>

@@ -1,11 +1,10 @@
 /* chain.h: the public interface of the chain reader.
  *
  * chain/ opens disk images (qcow2 v2/v3 and raw), validates them as untrusted
- * input, follows their backing names under a strict policy (the image policy
- * of the specification's reading section, chain.c) and answers "what does
- * the guest see at this offset" for a whole chain.  chain_walk() is the one
- * place in the daemon that follows a backing name.  It knows nothing of FUSE
- * or libvirt.
+ * input, follows their backing names under a strict policy (chain.c) and
+ * answers "what does the guest see at this offset" for a whole chain.
+ * chain_walk() is the one place in the daemon that follows a backing name.
+ * It knows nothing of FUSE or libvirt.
  *
  * Thread model: after chain_open() returns, a Chain is immutable except for
  * its caches, which have their own locks; every function taking a Chain or a
@@ -49,7 +48,7 @@ G_BEGIN_DECLS
 #define CHAIN_ERROR (chain_error_quark())
 GQuark chain_error_quark(void);
 
-/* Deepest chain the reader follows. */
+/* Deepest chain the reader follows; deeper is an error, like a loop. */
 #define CHAIN_MAX_DEPTH 200
 
 typedef enum {
@@ -261,7 +260,7 @@ gint64 chain_seek_granular(Chain *chain, guint64 offset, int whence, guint64 gra
 gint64 chain_allocated_bytes(Chain *chain);
 
 /* ------------------------------------------------------------------ */
-/* Deltas between two points in time (.delta files).                   */
+/* Deltas between two points in time: the .delta files.                */
 
 /* A ChainDelta says which guest ranges of a point in time differ from its
  * parent point in time, as a set of granules of one size: granularity is

@@ -1,8 +1,8 @@
 /* delta.c: which granules of a point in time differ from its parent point.
  *
- * A .delta file (DESIGN.md 4.1) has data exactly where a point in time
- * differs from its parent point, so that the parent's image plus the
- * delta's data gives the point.  Two steps:
+ * A .delta file (doc/design.md, "Reading") has data exactly where a point
+ * in time differs from its parent point, so that the parent's image plus
+ * the delta's data gives the point.  Two steps:
  *
  * 1. Candidates, from allocation only.  Two chains that end in the same
  *    layers (device, inode and format equal, counted from the bottom: the

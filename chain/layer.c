@@ -35,27 +35,6 @@ fail(GError **error, int code, const char *path, const char *format, ...)
   return FALSE;
 }
 
-/* pread until length bytes or end of file.  *done gets the bytes read. */
-int
-chain_pread_full(int fd, void *buf, gsize length, guint64 offset, gsize *done)
-{
-  gsize total = 0;
-  while (total < length) {
-    ssize_t n = pread(fd, (char *)buf + total, length - total, (off_t)(offset + total));
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      *done = total;
-      return -errno;
-    }
-    if (n == 0)
-      break;
-    total += (gsize)n;
-  }
-  *done = total;
-  return 0;
-}
-
 static guint32
 be32_at(const guint8 *p)
 {

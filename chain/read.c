@@ -1,6 +1,6 @@
 /* read.c: guest reads of a chain.
  *
- * chain_read() walks the merged map (map.c) and turns it into I/O: data
+ * chain_read() walks the merged map (region.c) and turns it into I/O: data
  * runs that are adjacent in the guest and in one layer's file become one
  * pread, zero runs are memset without I/O, compressed clusters are inflated
  * (zlib raw deflate, or zstd, per the image's compression_type).  Bytes
@@ -185,49 +185,47 @@ chain_read(Chain *chain, void *buf, gsize length, guint64 offset)
   guint64 pos = offset, end = offset + length;
   PendingRead pending = {0};
 
-  while (pos < end) {
-    g_autoptr(ChainRegion) region = NULL;
-    int r = chain_region_get(chain, pos >> CHAIN_REGION_BITS, TRUE, &region);
-    if (r < 0)
-      return r;
-    for (guint i = chain_region_find(region, pos); i < region->n_runs && pos < end; i++) {
-      const ChainRun *run = &region->runs[i];
-      guint64 skip = pos - run->offset;
-      gsize n = (gsize)(MIN(run->offset + run->length, end) - pos);
-      guint8 *dst = out + (pos - offset);
-      ChainLayer *layer = run->layer < chain->depth ? chain->layers[run->layer] : NULL;
+  g_auto(ChainRunIter) it = chain_run_iter(chain, offset, end, TRUE, FALSE);
+  const ChainRun *run;
+  int r;
+  while ((r = chain_run_iter_next(&it, &run)) > 0) {
+    guint64 skip = pos - run->offset;
+    gsize n = (gsize)(MIN(run->offset + run->length, end) - pos);
+    guint8 *dst = out + (pos - offset);
+    ChainLayer *layer = run->layer < chain->depth ? chain->layers[run->layer] : NULL;
 
-      switch ((ChainRunKind)run->kind) {
-      case CHAIN_RUN_DATA:
-        if (pending.length > 0 && pending.layer == layer &&
-            pending.host + pending.length == run->host + skip &&
-            pending.buf + pending.length == dst) {
-          pending.length += n;
-          break;
-        }
-        r = pending_flush(&pending);
-        if (r < 0)
-          return r;
-        pending = (PendingRead){layer, run->host + skip, dst, n};
-        break;
-      case CHAIN_RUN_ZERO:
-        memset(dst, 0, n);
-        break;
-      case CHAIN_RUN_COMPRESSED: {
-        guint64 cluster_skip = pos & (layer->cluster_size - 1);
-        r = chain_read_compressed(layer, run->host, run->csize, cluster_skip, dst, n);
-        if (r < 0)
-          return r;
+    switch ((ChainRunKind)run->kind) {
+    case CHAIN_RUN_DATA:
+      if (pending.length > 0 && pending.layer == layer &&
+          pending.host + pending.length == run->host + skip &&
+          pending.buf + pending.length == dst) {
+        pending.length += n;
         break;
       }
-      case CHAIN_RUN_ERROR:
-      default:
-        return -EIO;
-      }
-      pos += n;
+      r = pending_flush(&pending);
+      if (r < 0)
+        return r;
+      pending = (PendingRead){layer, run->host + skip, dst, n};
+      break;
+    case CHAIN_RUN_ZERO:
+      memset(dst, 0, n);
+      break;
+    case CHAIN_RUN_COMPRESSED: {
+      guint64 cluster_skip = pos & (layer->cluster_size - 1);
+      r = chain_read_compressed(layer, run->host, run->csize, cluster_skip, dst, n);
+      if (r < 0)
+        return r;
+      break;
     }
+    case CHAIN_RUN_ERROR:
+    default:
+      return -EIO;
+    }
+    pos += n;
   }
-  int r = pending_flush(&pending);
+  if (r < 0)
+    return r;
+  r = pending_flush(&pending);
   if (r < 0)
     return r;
   return (gssize)length;

@@ -14,7 +14,7 @@
  * ctime): an image that changed is summarized again.  A chain's summary is
  * then a walk under the same policy as chain_open() (chain_follow(): one
  * realpath and one stat per layer) and a merge of the layers' runs from
- * the top down, as map.c merges them, without any I/O for known images.
+ * the top down, as region.c merges them, without any I/O for known images.
  *
  * Thread model: any thread.  One mutex protects the cache (held for
  * lookups and inserts, never across I/O); summaries are reference-counted

@@ -71,7 +71,12 @@ fuse_thread_main(gpointer data)
     g_autoptr(FuseLoopConfig) cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_clone_fd(cfg, 1);
     fuse_loop_cfg_set_max_threads(cfg, fs->opts->max_threads);
-    fuse_loop_cfg_set_idle_threads(cfg, MIN(fs->opts->max_threads, 4u));
+    /* Workers are never retired while mounted (libfuse's default too): a
+     * retired worker exits detached, and when that exit races the
+     * unmount, libfuse 3.14 deletes its splice-pipe key first and the
+     * worker's pipe (two descriptors and 24 bytes) is never freed, which
+     * LeakSanitizer reports.  The loop joins every worker it still has. */
+    fuse_loop_cfg_set_idle_threads(cfg, fs->opts->max_threads);
     r = fuse_session_loop_mt(fs->se, cfg);
   }
   d->fuse_status = r;

@@ -1,6 +1,7 @@
-/* plan-check.c: what the planner refuses before it plans: a state that
- * contradicts itself (EINVAL), chains it cannot handle (EOPNOTSUPP), bad
- * snapshot names; and the UTC stamps that name new snapshots and files.
+/* plan-check.c: the planner's error domain and what it refuses before it
+ * plans: a state that contradicts itself (EINVAL), chains it cannot handle
+ * (EOPNOTSUPP), bad snapshot names; and the UTC stamps that name new
+ * snapshots and files.
  *
  * A checked state has, for every supported disk: unique image paths, an
  * active image and every backing file in the graph, no loops, qcow2 for
@@ -12,6 +13,8 @@
 #include <string.h>
 
 #include "planner-private.h"
+
+G_DEFINE_QUARK(planner-error-quark, planner_error)
 
 static gboolean
 check_disk(const PlanDisk *disk, GError **error)

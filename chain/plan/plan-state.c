@@ -1,7 +1,7 @@
 /* plan-state.c: the planner's plain data: building, copying, freeing and
  * looking up PlanState, PlanStep and Plan.
  *
- * No logic about snapshots lives here; see planner.c.  Lookups are linear:
+ * No rules about snapshots live here; see planner.c.  Lookups are linear:
  * a domain has a handful of disks, tens of images and snapshots.
  */
 #include "planner-private.h"
@@ -215,6 +215,37 @@ plan_disk_find_image(const PlanDisk *disk, const char *path)
     if (strcmp(image->path, path) == 0)
       return image;
   }
+  return NULL;
+}
+
+/* The point image of snapshot on disk: backing(O(S)); NULL if O(S) is not
+ * in the graph. */
+const char *
+plan_snapshot_point(const PlanDisk *disk, const PlanSnapshot *snapshot)
+{
+  PlanImage *overlay = plan_disk_find_image(disk, plan_snapshot_overlay(snapshot, disk->target));
+  return overlay ? overlay->backing : NULL;
+}
+
+/* Whether path is in the chain of the disk's active image. */
+gboolean
+plan_disk_in_active_chain(const PlanDisk *disk, const char *path)
+{
+  guint depth = 0;
+  for (PlanImage *image = plan_disk_find_image(disk, disk->active);
+       image != NULL && depth <= disk->images->len;
+       image = plan_disk_find_image(disk, image->backing), depth++)
+    if (strcmp(image->path, path) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+const PlanSnapshot *
+plan_state_current(const PlanState *st)
+{
+  for (guint i = 0; i < st->snapshots->len; i++)
+    if (((PlanSnapshot *)st->snapshots->pdata[i])->current)
+      return st->snapshots->pdata[i];
   return NULL;
 }
 

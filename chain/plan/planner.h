@@ -1,6 +1,6 @@
 /* planner.h: turns a snapshot operation into the cheapest safe list of steps.
  *
- * The planner is a pure function (DESIGN.md 5): it reads a PlanState (the
+ * The planner is a pure function (doc/design.md): it reads a PlanState (the
  * image graph of every disk with per-layer allocation, the snapshot metadata,
  * the pinned layers, whether the domain runs) and a PlanOp, and returns a
  * Plan: ordered PlanSteps for the executor in fs/, the PlanState after them,
@@ -39,10 +39,10 @@
  *   open).  A reader of C or of anything above C never reads those
  *   clusters from F, and C itself is only unlinked: a pinned C does not
  *   stop a commit.  Pull writes into C, so it is refused when any reader's
- *   chain holds C (DESIGN.md 4.3: no writes into a layer a reader depends
- *   on, even though the data it reads would not change), and on a running
- *   domain unless C is active or off the running chain (libvirt pulls only
- *   into the active layer).  No safe merge: EBUSY for the point being
+ *   chain holds C (no plan writes into a layer a reader depends on, even
+ *   though the data it reads would not change), and on a running domain
+ *   unless C is active or off the running chain (libvirt pulls only into
+ *   the active layer).  No safe merge: EBUSY for the point being
  *   deleted; a merge that only tidies up (a branch point left with one
  *   child) is skipped instead (PLAN_MERGE_NONE) and done by a later plan.
  * - Revert keeps the present as snapshot planner_pre_revert_name(now)
@@ -174,8 +174,9 @@ typedef struct {
   const char *new_name;   /* RENAME */
   gboolean discard;       /* REVERT: drop the present instead of keeping it */
   /* DELETE: EBUSY when a reader has the point being deleted open (its
-   * point image is pinned), as DESIGN.md 3's errno table reads, instead
-   * of planning around that reader (a pull leaves its files intact). */
+   * point image is pinned), the errno an rmdir of an open point gets,
+   * instead of planning around that reader (a pull leaves its files
+   * intact). */
   gboolean refuse_open;
   /* UTC seconds: names the pre-revert snapshot and any file the plan
    * creates, so that the planner needs no clock. */

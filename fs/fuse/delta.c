@@ -1,4 +1,4 @@
-/* delta.c: the <target>.delta files of snapshot directories (DESIGN.md 4.1).
+/* delta.c: the <target>.delta files of snapshot directories.
  *
  * A .delta file has the virtual size of its disk; its data extents are
  * the granules (chain_delta_granularity(): 4 KiB up to 256 GiB disks)
@@ -29,7 +29,7 @@
  * of a snapshot directory read every changed byte twice.
  *
  * Pins: an open .delta pins its point's chain for its lifetime, as a .raw
- * does (ops-read.c); the parent's chain is pinned only while it is read
+ * does (ops-open.c); the parent's chain is pinned only while it is read
  * to compute the delta, since reads of the file never touch it.  If the
  * parent is hidden because a plan is deleting it, opening fails with
  * EBUSY: the delta against it is about to lose its meaning.
@@ -285,11 +285,11 @@ delta_get(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, Chain *chai
     parent = open_chain(p.parent_disk, model, error);
     if (parent == NULL)
       return NULL;
-    backend_pin_chain(hosts_of_node(fs, node)->backend, node->domain, parent);
+    snap_pin_chain(hosts_of_node(fs, node)->snap, node->domain, parent);
   }
   ChainDelta *delta = chain_delta_compute(chain, parent, error);
   if (parent != NULL)
-    backend_unpin_chain(hosts_of_node(fs, node)->backend, node->domain, parent);
+    snap_unpin_chain(hosts_of_node(fs, node)->snap, node->domain, parent);
   if (delta == NULL) {
     chain_failed(error);
     return NULL;
@@ -311,9 +311,9 @@ exact_bytes(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, GError **
   g_autoptr(Chain) chain = open_chain(p.disk, model, error);
   if (chain == NULL)
     return -1;
-  backend_pin_chain(hosts_of_node(fs, node)->backend, node->domain, chain);
+  snap_pin_chain(hosts_of_node(fs, node)->snap, node->domain, chain);
   g_autoptr(ChainDelta) delta = delta_get(fs, node, model, chain, error);
-  backend_unpin_chain(hosts_of_node(fs, node)->backend, node->domain, chain);
+  snap_unpin_chain(hosts_of_node(fs, node)->snap, node->domain, chain);
   return delta ? (gint64)chain_delta_bytes(delta) : -1;
 }
 

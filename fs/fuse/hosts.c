@@ -27,9 +27,9 @@ host_free(VirtsnapfsHost *host)
 {
   if (host == NULL)
     return;
-  if (host->backend) {
+  if (host->snap) {
     backend_set_listener(host->backend, NULL, NULL);
-    backend_free(host->backend);
+    snap_free(host->snap);
   }
   info_cache_free(host->info);
   g_hash_table_unref(host->capacity);
@@ -79,25 +79,28 @@ hosts_connect(Virtsnapfs *fs, GError **error)
     g_autofree char *state_dir = fs->multi_host
                                      ? g_build_filename(opts->state_dir, spec->name, NULL)
                                      : g_strdup(opts->state_dir);
-    BackendOptions bopts = {
-      .uri = spec->uri,
+    SnapOptions sopts = {
+      .backend = {
+        .uri = spec->uri,
+        .image_dirs = opts->image_dirs_strv,
+        .bandwidth_mib = opts->bandwidth,
+        /* One host down must not keep the others from being mounted. */
+        .connect_later = fs->multi_host,
+      },
       .state_dir = state_dir,
-      .image_dirs = opts->image_dirs_strv,
       .revert_discard = opts->revert_mode == VIRTSNAPFS_REVERT_DISCARD,
-      .bandwidth_mib = opts->bandwidth,
-      /* One host down must not keep the others from being mounted. */
-      .connect_later = fs->multi_host,
     };
     if (fs->multi_host)
       g_message("host %s: uri=%s state_dir=%s%s", spec->name, spec->uri, state_dir,
                 host->remote ? " (remote: images may not be visible here)" : "");
-    host->backend = backend_new(&bopts, error);
-    if (host->backend == NULL) {
+    host->snap = snap_new(&sopts, error);
+    if (host->snap == NULL) {
       if (fs->multi_host)
         g_prefix_error(error, "host %s: ", spec->name);
       hosts_disconnect(fs);
       return FALSE;
     }
+    host->backend = snap_get_backend(host->snap);
     backend_set_listener(host->backend, invalidate_on_change, host);
   }
   return TRUE;

@@ -1,4 +1,4 @@
-/* names.c: snapshot names <-> directory entry names (DESIGN.md 2).
+/* names.c: snapshot names <-> directory entry names.
  *
  * A snapshot name is shown as is, except that '/', '%', and a leading '.'
  * or '@' are written as %2F, %25, %2E and %40.  The leading-dot rule keeps

@@ -1,14 +1,14 @@
 /* ops-change.c: every FUSE operation that would change the tree.
  *
- * DESIGN.md 3 gives three of them a meaning, carried out by the backend's
- * snapshot operations (backend.h "Snapshot operations"):
- *   mkdir D/NAME          backend_snapshot_create
- *   rmdir D/NAME          backend_snapshot_delete; unlink of the files in
+ * Three of them have a meaning, carried out by fs/snap's snapshot
+ * operations (snap.h "Snapshot operations"):
+ *   mkdir D/NAME          snap_create
+ *   rmdir D/NAME          snap_delete; unlink of the files in
  *                         D/NAME is accepted and does nothing, so `rm -r`
  *                         works: the snapshot goes when its directory goes
- *   rename D/NAME D/NEW   backend_snapshot_rename
+ *   rename D/NAME D/NEW   snap_rename
  *   rename D/NAME D/@now, or D/NAME D/@now/NAME (what mv sends when the
- *                         target is a directory): backend_snapshot_revert
+ *                         target is a directory): snap_revert
  * On a mount of several hosts D is HOST/DOMAIN and each call goes to
  * that host's backend; a rename across hosts is EXDEV as one across
  * domains, and the root and host directories refuse mkdir and rmdir
@@ -86,38 +86,81 @@ reply_failure(fuse_req_t req, const char *what, const char *display, const char 
   fuse_reply_err(req, err);
 }
 
+/* How mkdir, rmdir and rename of D/NAME refuse what they cannot take. */
+typedef struct {
+  const char *what;       /* for log lines */
+  const char *not_domain; /* why the parent must be a domain directory (EPERM) */
+  int now_errno;          /* NAME is @now */
+  const char *now_why;    /* the log line's reason then, or NULL */
+  int bad_name_errno;     /* NAME is not a snapshot entry (logged) */
+} ChangeKind;
+
+static const ChangeKind change_mkdir = {
+  "mkdir", "snapshots are made in a domain directory", EEXIST, NULL, EINVAL,
+};
+/* Not in the root or a host (domains are libvirt's to remove), nor inside
+ * a point. */
+static const ChangeKind change_rmdir = {
+  "rmdir", "only snapshot directories can be removed", EBUSY,
+  "the present cannot be deleted (EBUSY)", ENOENT,
+};
+static const ChangeKind change_rename = {
+  "rename", "only snapshot directories can be renamed", EBUSY,
+  "the present cannot be renamed (EBUSY)", ENOENT,
+};
+
+/* The node of parent, a new reference, when it is a domain directory;
+ * otherwise NULL after replying (ESTALE, or EPERM with a log line). */
+static TreeNode *
+change_parent(fuse_req_t req, fuse_ino_t parent, const ChangeKind *kind, const char *name)
+{
+  g_autoptr(TreeNode) pnode = ops_node_get(req, parent);
+  if (pnode == NULL)
+    return NULL;
+  if (pnode->kind != TREE_DOMAIN) {
+    g_message("%s %s/%s: %s (EPERM)", kind->what, dir_display(pnode), name, kind->not_domain);
+    fuse_reply_err(req, EPERM);
+    return NULL;
+  }
+  return g_steal_pointer(&pnode);
+}
+
+/* The snapshot that NAME in the domain directory pnode stands for
+ * (g_free), or NULL after replying: the caller may not change snapshots,
+ * NAME is @now, or NAME is not a snapshot entry. */
+static char *
+change_snapshot(fuse_req_t req, Virtsnapfs *fs, const TreeNode *pnode, const ChangeKind *kind,
+                const char *name)
+{
+  if (!caller_allowed(req, fs, kind->what, dir_display(pnode), name))
+    return NULL;
+  if (g_str_equal(name, VIRTSNAPFS_NOW)) {
+    if (kind->now_why != NULL)
+      g_message("%s %s/%s: %s", kind->what, dir_display(pnode), name, kind->now_why);
+    fuse_reply_err(req, kind->now_errno);
+    return NULL;
+  }
+  char *sname = entry_to_snapshot(kind->what, dir_display(pnode), name);
+  if (sname == NULL)
+    fuse_reply_err(req, kind->bad_name_errno);
+  return sname;
+}
+
 void
 ops_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
+  g_autoptr(TreeNode) pnode = change_parent(req, parent, &change_mkdir, name);
+  if (pnode == NULL)
+    return;
+  g_autofree char *sname = change_snapshot(req, fs, pnode, &change_mkdir, name);
+  if (sname == NULL)
+    return;
   g_autoptr(GError) error = NULL;
-
-  if (pnode == NULL) {
-    fuse_reply_err(req, ESTALE);
-    return;
-  }
-  if (pnode->kind != TREE_DOMAIN) {
-    g_message("mkdir %s/%s: snapshots are made in a domain directory (EPERM)",
-              dir_display(pnode), name);
-    fuse_reply_err(req, EPERM);
-    return;
-  }
-  if (!caller_allowed(req, fs, "mkdir", dir_display(pnode), name))
-    return;
-  if (g_str_equal(name, VIRTSNAPFS_NOW)) {
-    fuse_reply_err(req, EEXIST);
-    return;
-  }
-  g_autofree char *sname = entry_to_snapshot("mkdir", dir_display(pnode), name);
-  if (sname == NULL) {
-    fuse_reply_err(req, EINVAL);
-    return;
-  }
   VirtsnapfsHost *host = hosts_of_node(fs, pnode);
   g_debug("mkdir %s/%s: creating snapshot", dir_display(pnode), name);
   invalidate_domain_busy(fs, pnode->host, pnode->domain);
-  if (!backend_snapshot_create(host->backend, pnode->domain, sname, &error)) {
+  if (!snap_create(host->snap, pnode->domain, sname, &error)) {
     reply_failure(req, "mkdir", dir_display(pnode), name, error);
   } else {
     /* The published model shows the new snapshot: answer as lookup does. */
@@ -131,36 +174,16 @@ void
 ops_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
+  g_autoptr(TreeNode) pnode = change_parent(req, parent, &change_rmdir, name);
+  if (pnode == NULL)
+    return;
+  g_autofree char *sname = change_snapshot(req, fs, pnode, &change_rmdir, name);
+  if (sname == NULL)
+    return;
   g_autoptr(GError) error = NULL;
-
-  if (pnode == NULL) {
-    fuse_reply_err(req, ESTALE);
-    return;
-  }
-  if (pnode->kind != TREE_DOMAIN) {
-    /* The root or a host (domains are libvirt's to remove) or inside a
-     * point. */
-    g_message("rmdir %s/%s: only snapshot directories can be removed (EPERM)",
-              dir_display(pnode), name);
-    fuse_reply_err(req, EPERM);
-    return;
-  }
-  if (!caller_allowed(req, fs, "rmdir", dir_display(pnode), name))
-    return;
-  if (g_str_equal(name, VIRTSNAPFS_NOW)) {
-    g_message("rmdir %s/%s: the present cannot be deleted (EBUSY)", dir_display(pnode), name);
-    fuse_reply_err(req, EBUSY);
-    return;
-  }
-  g_autofree char *sname = entry_to_snapshot("rmdir", dir_display(pnode), name);
-  if (sname == NULL) {
-    fuse_reply_err(req, ENOENT);
-    return;
-  }
   g_debug("rmdir %s/%s: deleting snapshot", dir_display(pnode), name);
   invalidate_domain_busy(fs, pnode->host, pnode->domain);
-  if (!backend_snapshot_delete(hosts_of_node(fs, pnode)->backend, pnode->domain, sname,
+  if (!snap_delete(hosts_of_node(fs, pnode)->snap, pnode->domain, sname,
                                &error))
     reply_failure(req, "rmdir", dir_display(pnode), name, error);
   else
@@ -172,12 +195,9 @@ void
 ops_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
-
-  if (pnode == NULL) {
-    fuse_reply_err(req, ESTALE);
+  g_autoptr(TreeNode) pnode = ops_node_get(req, parent);
+  if (pnode == NULL)
     return;
-  }
   g_autoptr(BackendModel) model = hosts_node_model(fs, pnode);
   /* Part of `rm -r D/NAME`: accepted, nothing happens; rmdir deletes.
    * The files stay listed until then, which rm does not mind. */
@@ -220,20 +240,12 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
            const char *newname, unsigned int flags)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(TreeNode) pnode = tree_get(fs->tree, parent);
-  g_autoptr(TreeNode) npnode = tree_get(fs->tree, newparent);
-  g_autoptr(GError) error = NULL;
-
-  if (pnode == NULL || npnode == NULL) {
-    fuse_reply_err(req, ESTALE);
+  g_autoptr(TreeNode) npnode = ops_node_get(req, newparent);
+  if (npnode == NULL)
     return;
-  }
-  if (pnode->kind != TREE_DOMAIN) {
-    g_message("rename %s/%s: only snapshot directories can be renamed (EPERM)",
-              dir_display(pnode), name);
-    fuse_reply_err(req, EPERM);
+  g_autoptr(TreeNode) pnode = change_parent(req, parent, &change_rename, name);
+  if (pnode == NULL)
     return;
-  }
   if (npnode->domain == NULL || !g_str_equal(npnode->domain, pnode->domain) ||
       g_strcmp0(npnode->host, pnode->host) != 0) {
     g_message("rename %s/%s to %s/%s: snapshots stay in their domain (EXDEV)",
@@ -246,19 +258,11 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     fuse_reply_err(req, EINVAL);
     return;
   }
-  if (!caller_allowed(req, fs, "rename", dir_display(pnode), name))
+  g_autofree char *sname = change_snapshot(req, fs, pnode, &change_rename, name);
+  if (sname == NULL)
     return;
-  if (g_str_equal(name, VIRTSNAPFS_NOW)) {
-    g_message("rename %s/%s: the present cannot be renamed (EBUSY)", dir_display(pnode), name);
-    fuse_reply_err(req, EBUSY);
-    return;
-  }
-  g_autofree char *sname = entry_to_snapshot("rename", dir_display(pnode), name);
-  if (sname == NULL) {
-    fuse_reply_err(req, ENOENT);
-    return;
-  }
-  Backend *backend = hosts_of_node(fs, pnode)->backend;
+  g_autoptr(GError) error = NULL;
+  Snap *snap = hosts_of_node(fs, pnode)->snap;
 
   /* rename(D/NAME, D/@now), or rename(D/NAME, D/@now/NAME): revert. */
   gboolean to_now = npnode->kind == TREE_DOMAIN && g_str_equal(newname, VIRTSNAPFS_NOW);
@@ -268,7 +272,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
     g_debug("rename %s/%s to %s/%s: reverting to snapshot %s", dir_display(pnode), name,
               dir_display(npnode), newname, sname);
     invalidate_domain_busy(fs, pnode->host, pnode->domain);
-    gboolean ok = backend_snapshot_revert(backend, pnode->domain, sname, FALSE, &error);
+    gboolean ok = snap_revert(snap, pnode->domain, sname, FALSE, &error);
     if (!ok)
       reply_failure(req, "revert", dir_display(pnode), name, error);
     else
@@ -294,7 +298,7 @@ ops_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newpa
   }
   g_debug("rename %s/%s to %s", dir_display(pnode), name, newname);
   invalidate_domain_busy(fs, pnode->host, pnode->domain);
-  if (!backend_snapshot_rename(backend, pnode->domain, sname, new_sname, &error)) {
+  if (!snap_rename(snap, pnode->domain, sname, new_sname, &error)) {
     reply_failure(req, "rename", dir_display(pnode), name, error);
   } else {
     /* Before the reply: the kernel's dentries follow the inode numbers. */

@@ -1,16 +1,4 @@
-/* ops-read.c: open, read, lseek and release of the files in the tree.
- *
- * open() pins what a file reads (DESIGN.md 4): a snapshot's <target>.raw
- * opens the chain of its point image and keeps every layer's descriptor
- * until release(); @now/<target>.raw first freezes the domain (one
- * backend_freeze() per open handle, paired with backend_thaw() at
- * release: the backend shares one temporary overlay between them) and
- * then opens the frozen image's chain.  snapshot.xml copies the XML.
- * A disk whose images are not visible on this machine (a remote host
- * without shared storage, info.c) fails with EREMOTE before anything is
- * frozen.
- * A snapshot's <target>.delta opens and pins the chain like the .raw and
- * gets its delta against the parent point from delta.c.
+/* ops-read.c: read and lseek of open files, and the prefetch of a .raw.
  *
  * read() answers from chain_map(): data runs become FUSE_BUF_IS_FD |
  * FUSE_BUF_FD_SEEK buffers (layer descriptor + host offset), so with
@@ -23,86 +11,19 @@
  *
  * A <target>.raw, a snapshot's or @now's, is also prefetched: once it
  * is read sequentially, prefetch.c stores it into the kernel's page cache
- * ahead of the reader, built the same way as a READ reply.  Its stores
- * end at release, before an @now freeze may be thawed, and the next
- * freeze's open drops the cache (keep_cache 0).
+ * ahead of the reader, built the same way as a READ reply.
  *
  * Thread model: FUSE workers, many reads of one handle at once, and a
  * prefetch thread building stores the same way.  A handle is immutable
- * after open (the Chain has its own locks, the Prefetch its own lock; the
- * Prefetch is freed at release, after the last READ); the only shared
- * mutable bit is the "error logged" flag, an atomic.  fs->files (the set
- * of open handles, for shutdown) has its own lock, not taken by read().
+ * after open (ops-open.c; the Chain has its own locks, the Prefetch its
+ * own lock; the Prefetch is freed at release, after the last READ); the
+ * only shared mutable bit is the "error logged" flag, an atomic.
  */
 #include "virtsnapfs.h"
-#include "prefetch.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
-
-struct _VirtsnapfsFile {
-  TreeKind kind;
-  VirtsnapfsHost *host; /* whose backend pinned and froze (lives as long
-                         * as the mount) */
-  char *display;        /* "demo/s1/vda.raw", for log lines */
-  Chain *chain;         /* TREE_DISK, TREE_DELTA */
-  ChainDelta *delta;    /* TREE_DELTA */
-  guint64 size;
-  GBytes *bytes;        /* TREE_XML */
-  char *frozen_domain;  /* @now: the domain to thaw at release */
-  char *pinned_domain;  /* the chain is pinned in the backend (DESIGN.md
-                         * 4.3): unpinned at release */
-  gint error_logged;    /* atomic: a data error was logged */
-  Prefetch *prefetch;   /* a .raw, unless -o prefetch=0 */
-};
-
-static void
-file_free(VirtsnapfsFile *file)
-{
-  g_clear_pointer(&file->prefetch, prefetch_free);
-  g_clear_pointer(&file->delta, chain_delta_unref);
-  g_clear_pointer(&file->chain, chain_unref);
-  g_clear_pointer(&file->bytes, g_bytes_unref);
-  g_free(file->display);
-  g_free(file->frozen_domain);
-  g_free(file->pinned_domain);
-  g_free(file);
-}
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(VirtsnapfsFile, file_free)
-
-/* Lets plans touch file's chain again; cheap, no libvirt.  Stops the
- * prefetch first: once a plan may delete the point, the name may be
- * reused, and a late store would fill its cache with the old bytes. */
-static void
-file_unpin(Virtsnapfs *fs, VirtsnapfsFile *file)
-{
-  g_clear_pointer(&file->prefetch, prefetch_free);
-  g_autofree char *domain = g_steal_pointer(&file->pinned_domain);
-  if (domain)
-    backend_unpin_chain(file->host->backend, domain, file->chain);
-}
-
-/* Releases file: unpins its chain while the chain still exists, then
- * thaws its freeze after the chain's descriptors are closed, so the
- * backend can commit the overlay back. */
-static void
-file_close(Virtsnapfs *fs, VirtsnapfsFile *file)
-{
-  file_unpin(fs, file);
-  g_autofree char *domain = g_steal_pointer(&file->frozen_domain);
-  Backend *backend = file->host ? file->host->backend : NULL;
-  file_free(file);
-  if (domain)
-    backend_thaw(backend, domain);
-}
-
-static VirtsnapfsFile *
-req_file(struct fuse_file_info *fi)
-{
-  return (VirtsnapfsFile *)(uintptr_t)fi->fh;
-}
 
 static void
 file_data_error(VirtsnapfsFile *file, const char *what, guint64 off, int err)
@@ -110,195 +31,6 @@ file_data_error(VirtsnapfsFile *file, const char *what, guint64 off, int err)
   if (g_atomic_int_compare_and_exchange(&file->error_logged, 0, 1))
     g_warning("%s: %s at offset 0x%" G_GINT64_MODIFIER "x: %s (further errors of this "
               "file are not logged)", file->display, what, off, g_strerror(-err));
-}
-
-static Prefetch *file_prefetch_new(Virtsnapfs *fs, VirtsnapfsFile *file, fuse_ino_t ino);
-
-/* Opens the chain of a disk; the model's image directories are the policy. */
-static Chain *
-open_disk_chain(const BackendDisk *disk, BackendModel *model, GError **error)
-{
-  g_autoptr(Chain) chain = chain_open(disk->image_path, disk->format, disk->backing_formats,
-                                      &model->policy, error);
-  if (!chain || !backend_disk_check_chain(disk, chain, error))
-    return NULL;
-  return g_steal_pointer(&chain);
-}
-
-/* TRUE when disk's images are not visible here (remote host, info.c has
- * logged it once): open() answers EREMOTE. */
-static gboolean
-disk_not_visible(VirtsnapfsHost *host, const TreeNode *node, BackendModel *model)
-{
-  if (!host->remote)
-    return FALSE;
-  BackendDisk *disk = tree_find_disk(tree_node_disks(node, model), node->target);
-  BackendDomain *dom = tree_node_domain(node, model);
-  if (disk == NULL || dom == NULL)
-    return FALSE;
-  ImageInfo info;
-  g_autoptr(GError) error = NULL;
-  gboolean live = node->point == NULL && dom->running;
-  return !info_cache_get(host->info, disk, &model->policy, live, &info,
-                         &error) &&
-         g_error_matches(error, CHAIN_ERROR, EREMOTE);
-}
-
-static gboolean
-open_now(Virtsnapfs *fs, VirtsnapfsFile *file, const TreeNode *node, BackendModel *model,
-         GError **error)
-{
-  Backend *backend = file->host->backend;
-  g_autoptr(GPtrArray) frozen = backend_freeze(backend, node->domain, error);
-  if (frozen == NULL)
-    return FALSE;
-  /* From here on the freeze is ours: thaw it if anything below fails. */
-  BackendDisk *disk = tree_find_disk(frozen, node->target);
-  if (disk == NULL) {
-    g_set_error(error, CHAIN_ERROR, ENOENT, "disk %s is not in the frozen domain",
-                node->target);
-    backend_thaw(backend, node->domain);
-    return FALSE;
-  }
-  file->chain = open_disk_chain(disk, model, error);
-  if (file->chain == NULL) {
-    backend_thaw(backend, node->domain);
-    return FALSE;
-  }
-  file->frozen_domain = g_strdup(node->domain);
-  g_debug("OPEN %s: frozen image %s", node->display, disk->image_path);
-  return TRUE;
-}
-
-void
-ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-  Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
-  g_autoptr(GError) error = NULL;
-
-  if (node == NULL) {
-    fuse_reply_err(req, ESTALE);
-    return;
-  }
-  if (node->kind != TREE_DISK && node->kind != TREE_XML && node->kind != TREE_DELTA) {
-    fuse_reply_err(req, EISDIR);
-    return;
-  }
-  VirtsnapfsHost *host = hosts_of_node(fs, node);
-  g_autoptr(BackendModel) model = backend_get_model(host->backend);
-  /* Data files have no write bits; root is refused here too. */
-  if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-    g_debug("OPEN %s flags=0%o => EACCES", node->display, fi->flags);
-    fuse_reply_err(req, EACCES);
-    return;
-  }
-
-  if ((node->kind == TREE_DISK || node->kind == TREE_DELTA) &&
-      disk_not_visible(host, node, model)) {
-    g_debug("OPEN %s => EREMOTE (not visible on this machine)", node->display);
-    fuse_reply_err(req, EREMOTE);
-    return;
-  }
-
-  g_autoptr(VirtsnapfsFile) file = g_new0(VirtsnapfsFile, 1);
-  file->kind = node->kind;
-  file->host = host;
-  file->display = g_strdup(node->display);
-
-  if (node->kind == TREE_XML) {
-    BackendSnapshot *snap = tree_node_snapshot(node, model);
-    if (snap == NULL) {
-      fuse_reply_err(req, ENOENT);
-      return;
-    }
-    const char *xml = snap->xml ? snap->xml : "";
-    file->bytes = g_bytes_new(xml, strlen(xml));
-    file->size = g_bytes_get_size(file->bytes);
-    fi->keep_cache = 1;
-  } else if (node->point == NULL) {
-    if (tree_node_domain(node, model) == NULL) {
-      fuse_reply_err(req, ENOENT);
-      return;
-    }
-    if (!open_now(fs, file, node, model, &error)) {
-      g_warning("open %s: %s", node->display, error->message);
-      errors_reply_gerror(req, error);
-      return;
-    }
-    file->size = chain_virtual_size(file->chain);
-    /* A freeze is immutable while this handle lives, but the next freeze
-     * is another disk: never keep the page cache across opens. */
-    fi->keep_cache = 0;
-  } else {
-    BackendDisk *disk = tree_find_disk(tree_node_disks(node, model), node->target);
-    if (disk == NULL) {
-      fuse_reply_err(req, ENOENT);
-      return;
-    }
-    file->chain = open_disk_chain(disk, model, &error);
-    if (file->chain == NULL) {
-      /* EIO whatever the reason (policy, loop, malformed), as getattr
-       * answers for the same chain (DESIGN.md 4.1). */
-      g_warning("open %s: %s", node->display, error->message);
-      fuse_reply_err(req, EIO);
-      return;
-    }
-    file->size = chain_virtual_size(file->chain);
-    /* A point in time never changes: keep the kernel's cache across
-     * opens (invalidate.c drops it if the name is reused). */
-    fi->keep_cache = 1;
-    if (node->kind == TREE_DELTA) {
-      /* Pinned before the delta reads it, as long as the handle lives. */
-      backend_pin_chain(host->backend, node->domain, file->chain);
-      file->pinned_domain = g_strdup(node->domain);
-      file->delta = delta_get(fs, node, model, file->chain, &error);
-      if (file->delta == NULL) {
-        file_unpin(fs, file);
-        if (error->code == EBUSY)
-          g_message("open %s: %s", node->display, error->message);
-        else
-          g_warning("open %s: %s", node->display, error->message);
-        errors_reply_gerror(req, error);
-        return;
-      }
-      /* What a delta holds depends on which snapshot is the parent,
-       * which libvirt may change under the same name: no cache across
-       * opens. */
-      fi->keep_cache = 0;
-    }
-  }
-  /* Fill the kernel's cache ahead of a sequential reader of a disk: a
-   * snapshot's or @now's, whose bytes stay the same as long as the handle
-   * is open (every open @now handle shares one freeze).  Not a .delta:
-   * two handles open at once may have different parents. */
-  if (node->kind == TREE_DISK && fs->opts->prefetch_kib > 0)
-    file->prefetch = file_prefetch_new(fs, file, ino);
-  fi->direct_io = 0;
-  fi->nonseekable = 0;
-  /* No plan may write what this handle reads (DESIGN.md 4.3): deleting
-   * this point, or a merge into its layers, fails with EBUSY until it is
-   * released. */
-  if (file->chain && file->pinned_domain == NULL) {
-    backend_pin_chain(host->backend, node->domain, file->chain);
-    file->pinned_domain = g_strdup(node->domain);
-  }
-
-  VirtsnapfsFile *handle = g_steal_pointer(&file);
-  {
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->files_lock);
-    g_hash_table_add(fs->files, handle);
-  }
-  fi->fh = (uint64_t)(uintptr_t)handle;
-  g_debug("OPEN %s => size %" G_GUINT64_FORMAT, handle->display, handle->size);
-  if (fuse_reply_open(req, fi) != 0) {
-    /* Interrupted: the kernel will not release it. */
-    {
-      g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->files_lock);
-      g_hash_table_remove(fs->files, handle);
-    }
-    file_close(fs, handle);
-  }
 }
 
 /* ------------------------------------------------------------------ */
@@ -503,8 +235,8 @@ prefetch_seek(gpointer data, guint64 off, int whence)
                              (guint64)VIRTSNAPFS_DEFAULT_HOLE_KIB * 1024);
 }
 
-static Prefetch *
-file_prefetch_new(Virtsnapfs *fs, VirtsnapfsFile *file, fuse_ino_t ino)
+Prefetch *
+read_prefetch_new(Virtsnapfs *fs, VirtsnapfsFile *file, fuse_ino_t ino)
 {
   static const PrefetchSource source = { .seek = prefetch_seek, .fill = prefetch_fill };
   return prefetch_new(fs->se, ino, file->display, file->size,
@@ -531,7 +263,7 @@ void
 ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  VirtsnapfsFile *file = req_file(fi);
+  VirtsnapfsFile *file = ops_file(fi);
 
   if (file->kind == TREE_XML) {
     read_xml(req, file, size, off);
@@ -568,13 +300,13 @@ ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_fil
 }
 
 /* ------------------------------------------------------------------ */
-/* lseek, release                                                       */
+/* lseek                                                                */
 
 void
 ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  VirtsnapfsFile *file = req_file(fi);
+  VirtsnapfsFile *file = ops_file(fi);
   gint64 r;
 
   if (whence != SEEK_DATA && whence != SEEK_HOLE) {
@@ -604,48 +336,4 @@ ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_fil
     return;
   }
   fuse_reply_lseek(req, (off_t)r);
-}
-
-void
-ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-  Virtsnapfs *fs = fuse_req_userdata(req);
-  VirtsnapfsFile *file = req_file(fi);
-  gboolean owned;
-
-  g_debug("RELEASE %s", file->display);
-  {
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->files_lock);
-    owned = g_hash_table_remove(fs->files, file);
-  }
-  /* Unpin before the reply, thaw after it: the kernel sends RELEASE in
-   * the background after close(2) has returned, so an rmdir right after
-   * a close can race with it; unpinning first keeps that window to the
-   * time the kernel takes to deliver RELEASE.  A thaw commits the
-   * overlay back and may take a while; nothing need wait for it. */
-  if (owned)
-    file_unpin(fs, file);
-  fuse_reply_err(req, 0);
-  if (owned)
-    file_close(fs, file);
-}
-
-void
-ops_release_all(Virtsnapfs *fs)
-{
-  g_autoptr(GPtrArray) files = g_ptr_array_new();
-  {
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&fs->files_lock);
-    GHashTableIter iter;
-    gpointer key;
-    g_hash_table_iter_init(&iter, fs->files);
-    while (g_hash_table_iter_next(&iter, &key, NULL))
-      g_ptr_array_add(files, key);
-    g_hash_table_remove_all(fs->files);
-  }
-  for (guint i = 0; i < files->len; i++) {
-    VirtsnapfsFile *file = files->pdata[i];
-    g_message("closing %s, still open at exit", file->display);
-    file_close(fs, file);
-  }
 }

@@ -28,9 +28,9 @@
  * over holes neither store zeros nobody reads nor run out of stores.
  *
  * Only what reads the same as long as the file is open is prefetched: a
- * snapshot's or @now's disk (ops-read.c).  Stores for a file end before
- * its release is answered, so no store can reach a name that has been
- * reused (invalidate.c), nor outlive an @now freeze.
+ * snapshot's or @now's disk (ops-open.c, ops-read.c).  Stores for a file
+ * end before its release is answered, so no store can reach a name that
+ * has been reused (invalidate.c), nor outlive an @now freeze.
  *
  * Threads: one GThreadPool for the process, a thread per core.  A
  * Prefetch has at most one task queued or running, which takes ranges

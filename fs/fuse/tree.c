@@ -185,18 +185,28 @@ tree_get(Tree *tree, fuse_ino_t ino)
   return e ? tree_node_ref(&e->node) : NULL;
 }
 
-TreeNode *
-tree_lookup(Tree *tree, TreeKind kind, const char *host, const char *domain, const char *point,
-            const char *target)
+/* The entry of the components, created with a fresh inode number if it
+ * does not exist.  Under tree->lock. */
+static Entry *
+entry_intern(Tree *tree, TreeKind kind, const char *host, const char *domain, const char *point,
+             const char *target)
 {
   g_autofree char *key = make_key(kind, host, domain, point, target);
-  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&tree->lock);
   Entry *e = g_hash_table_lookup(tree->by_key, key);
   if (e == NULL) {
     e = entry_new(tree->next_ino++, kind, host, domain, point, target);
     g_hash_table_insert(tree->by_ino, &e->node.ino, e);
     g_hash_table_insert(tree->by_key, e->node.key, e);
   }
+  return e;
+}
+
+TreeNode *
+tree_lookup(Tree *tree, TreeKind kind, const char *host, const char *domain, const char *point,
+            const char *target)
+{
+  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&tree->lock);
+  Entry *e = entry_intern(tree, kind, host, domain, point, target);
   e->nlookup++;
   return tree_node_ref(&e->node);
 }
@@ -215,15 +225,8 @@ fuse_ino_t
 tree_intern(Tree *tree, TreeKind kind, const char *host, const char *domain, const char *point,
             const char *target)
 {
-  g_autofree char *key = make_key(kind, host, domain, point, target);
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&tree->lock);
-  Entry *e = g_hash_table_lookup(tree->by_key, key);
-  if (e == NULL) {
-    e = entry_new(tree->next_ino++, kind, host, domain, point, target);
-    g_hash_table_insert(tree->by_ino, &e->node.ino, e);
-    g_hash_table_insert(tree->by_key, e->node.key, e);
-  }
-  return e->node.ino;
+  return entry_intern(tree, kind, host, domain, point, target)->node.ino;
 }
 
 /* Under tree->lock. */

@@ -1,8 +1,13 @@
 /* virtsnapfs.h: the private header of the FUSE front end.
  *
- * A map of the daemon: each group of prototypes below belongs to one file
- * and names what that file is for.  The libvirt side is behind backend.h,
- * the image reader behind chain.h.
+ * A map of the FUSE front: each group of prototypes below belongs to one
+ * file and names what that file is for.  The libvirt side is behind
+ * backend.h (models) and snap.h (changing snapshots, @now, pins), the
+ * image reader behind chain.h.  Uses go one way: ops.c (the
+ * table) uses the ops-*.c files and xattr.c; ops-change.c, ops-open.c,
+ * ops-dir.c and xattr.c use ops-entry.c; ops-open.c uses ops-read.c; all
+ * of them use the helpers above them in this header (names, log, errors,
+ * tree, info, delta, hosts, invalidate), and no helper uses an operation.
  */
 #pragma once
 
@@ -14,7 +19,9 @@
 #include <sys/types.h>
 
 #include "backend.h"
+#include "snap.h"
 #include "chain.h"
+#include "prefetch.h"
 
 G_BEGIN_DECLS
 
@@ -268,7 +275,7 @@ typedef struct {
 } Virtsnapfs;
 
 /* ------------------------------------------------------------------ */
-/* hosts.c: the libvirt hosts of the mount, one backend each.         */
+/* hosts.c: the libvirt hosts of the mount, one Snap (and backend) each. */
 
 struct _VirtsnapfsHost {
   Virtsnapfs *fs;
@@ -278,7 +285,8 @@ struct _VirtsnapfsHost {
   char *uri;
   gboolean remote;         /* through a transport or to a server: its
                             * images may not be visible here */
-  Backend *backend;
+  Snap *snap;              /* changes snapshots; owns backend */
+  Backend *backend;        /* models (snap_get_backend) */
   InfoCache *info;
   GMutex lock;             /* protects capacity */
   GHashTable *capacity;    /* image path -> guint64 *: sizes of disks
@@ -288,7 +296,7 @@ struct _VirtsnapfsHost {
 /* Connects every host of fs->opts (STATE_DIR/<host>/ when several) and
  * registers invalidate_on_change() for each.  Blocks. */
 gboolean hosts_connect(Virtsnapfs *fs, GError **error);
-/* Closes every backend (thaws what is still frozen). */
+/* Closes every host's Snap (thaws what is still frozen). */
 void hosts_disconnect(Virtsnapfs *fs);
 /* The host of a node; NULL for the root of a multi-host mount. */
 VirtsnapfsHost *hosts_of_node(Virtsnapfs *fs, const TreeNode *node);
@@ -304,19 +312,6 @@ gboolean hosts_uri_is_remote(const char *uri);
  * when it cannot), asked once per image.  Blocks on libvirt. */
 guint64 hosts_unavailable_size(VirtsnapfsHost *host, const char *domain, gboolean present,
                                const BackendDisk *disk);
-
-/* ------------------------------------------------------------------ */
-/* ops.c: the FUSE low-level operations table; metadata operations.   */
-
-extern const struct fuse_lowlevel_ops ops_table;
-/* Fills st for node from model; FALSE with ENOENT/EIO in *err. */
-gboolean ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model,
-                  struct stat *st, int *err);
-/* Answers a lookup of name in pnode from model (pnode's host's; NULL for
- * the root of several hosts): fuse_reply_entry (the node's lookup count
- * goes up) or fuse_reply_err.  lookup and mkdir. */
-void ops_reply_entry(fuse_req_t req, Virtsnapfs *fs, BackendModel *model,
-                     const TreeNode *pnode, const char *name);
 
 /* delta.c, continued: what needs Virtsnapfs. */
 
@@ -338,19 +333,77 @@ char *delta_xattr(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, con
                   int *err);
 
 /* ------------------------------------------------------------------ */
-/* ops-read.c: open, read, lseek, release of files.                   */
+/* ops.c: the FUSE low-level operations table, init, statfs, access.  */
 
-typedef struct _VirtsnapfsFile VirtsnapfsFile;
+extern const struct fuse_lowlevel_ops ops_table;
+
+/* ------------------------------------------------------------------ */
+/* ops-entry.c: the node of a request, attributes, lookup, getattr.   */
+
+/* The node of ino, a new reference; NULL after replying ESTALE. */
+TreeNode *ops_node_get(fuse_req_t req, fuse_ino_t ino);
+/* Fills st for node from model; FALSE with ENOENT/EIO in *err. */
+gboolean ops_stat(Virtsnapfs *fs, const TreeNode *node, BackendModel *model,
+                  struct stat *st, int *err);
+/* Answers a lookup of name in pnode from model (pnode's host's; NULL for
+ * the root of several hosts): fuse_reply_entry (the node's lookup count
+ * goes up) or fuse_reply_err.  lookup and mkdir. */
+void ops_reply_entry(fuse_req_t req, Virtsnapfs *fs, BackendModel *model,
+                     const TreeNode *pnode, const char *name);
+void ops_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
+void ops_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
+void ops_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets);
+void ops_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* ------------------------------------------------------------------ */
+/* ops-dir.c: directory listings, taken at opendir from one model.    */
+
+void ops_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void ops_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                 struct fuse_file_info *fi);
+void ops_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* ------------------------------------------------------------------ */
+/* ops-open.c: open and release of files: what a handle pins and owns. */
+
+/* An open file; immutable after open, so reads need no lock. */
+typedef struct {
+  TreeKind kind;
+  VirtsnapfsHost *host; /* whose backend pinned and froze (lives as long
+                         * as the mount) */
+  char *display;        /* "demo/s1/vda.raw", for log lines */
+  Chain *chain;         /* TREE_DISK, TREE_DELTA */
+  ChainDelta *delta;    /* TREE_DELTA */
+  guint64 size;
+  GBytes *bytes;        /* TREE_XML */
+  char *frozen_domain;  /* @now: the domain to thaw at release */
+  char *pinned_domain;  /* the chain is pinned in the backend (no plan
+                         * writes what it reads): unpinned at release */
+  gint error_logged;    /* atomic: a data error was logged */
+  Prefetch *prefetch;   /* a .raw, unless -o prefetch=0 */
+} VirtsnapfsFile;
+
+static inline VirtsnapfsFile *
+ops_file(struct fuse_file_info *fi)
+{
+  return (VirtsnapfsFile *)(uintptr_t)fi->fh;
+}
 
 void ops_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
-void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-              struct fuse_file_info *fi);
-void ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
-               struct fuse_file_info *fi);
 void ops_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 /* At shutdown, after the FUSE loop ended: closes what the kernel did not
  * release (and thaws their freezes). */
 void ops_release_all(Virtsnapfs *fs);
+
+/* ------------------------------------------------------------------ */
+/* ops-read.c: read and lseek of open files; the prefetch of a .raw.  */
+
+void ops_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+              struct fuse_file_info *fi);
+void ops_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+               struct fuse_file_info *fi);
+/* A prefetch of file (a .raw, open as ino) into the kernel's cache. */
+Prefetch *read_prefetch_new(Virtsnapfs *fs, VirtsnapfsFile *file, fuse_ino_t ino);
 
 /* ------------------------------------------------------------------ */
 /* ops-change.c: mkdir, rmdir, rename change snapshots; the rest EPERM. */

@@ -1,4 +1,4 @@
-/* xattr.c: the user.virtsnapfs.* extended attributes (DESIGN.md 2).
+/* xattr.c: the user.virtsnapfs.* extended attributes.
  *
  * On a disk file:
  *   user.virtsnapfs.point_image   path of the image whose chain the file
@@ -16,7 +16,7 @@
  * delta_bytes (the exact data size; computed if not known yet).
  * On a domain directory:
  *   user.virtsnapfs.job           the running operation and its progress
- *                                 (backend_job_status), or "idle"
+ *                                 (snap_job_status), or "idle"
  * Values are text without a trailing newline, as `getfattr -d` shows them.
  *
  * Thread model: FUSE workers; answers from the current model and the info
@@ -57,7 +57,7 @@ xattr_value(Virtsnapfs *fs, const TreeNode *node, BackendModel *model, const cha
       return NULL;
     }
     if (g_str_equal(key, "job")) {
-      char *status = backend_job_status(hosts_of_node(fs, node)->backend, node->domain);
+      char *status = snap_job_status(hosts_of_node(fs, node)->snap, node->domain);
       return status ? status : g_strdup("idle");
     }
     return NULL;
@@ -126,13 +126,11 @@ void
 xattr_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
+  g_autoptr(TreeNode) node = ops_node_get(req, ino);
   int err;
 
-  if (node == NULL) {
-    fuse_reply_err(req, ESTALE);
+  if (node == NULL)
     return;
-  }
   g_autoptr(BackendModel) model = hosts_node_model(fs, node);
   if (model == NULL) {
     fuse_reply_err(req, ENODATA); /* the root of several hosts */
@@ -151,14 +149,12 @@ void
 xattr_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
   Virtsnapfs *fs = fuse_req_userdata(req);
-  g_autoptr(TreeNode) node = tree_get(fs->tree, ino);
+  g_autoptr(TreeNode) node = ops_node_get(req, ino);
   const char *const *names = NULL;
   gsize n = 0;
 
-  if (node == NULL) {
-    fuse_reply_err(req, ESTALE);
+  if (node == NULL)
     return;
-  }
   if (node->kind == TREE_DISK) {
     names = disk_names;
     n = G_N_ELEMENTS(disk_names);

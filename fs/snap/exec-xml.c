@@ -1,7 +1,7 @@
-/* exec-xml.c: the XML documents the snapshot executor sends to libvirt.
+/* exec-xml.c: the snapshot XML the executor sends to libvirt, and the
+ * disks a snapshot leaves alone.
  *
- * Snapshot creation sends a small <domainsnapshot> naming one external
- * qcow2 overlay per disk.  A REDEFINE starts from libvirt's own XML of the
+ * A REDEFINE starts from libvirt's own XML of the
  * snapshot (so the description, state, memory and the embedded <domain>
  * survive) and changes only what the plan changed: name, parent, creation
  * time, the overlay of each disk, and in the embedded <domain> the disk
@@ -13,34 +13,9 @@
 #include <libxml/tree.h>
 #include <string.h>
 
-#include "exec.h"
+#include "snap-private.h"
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
-
-char *
-exec_xml_create_snapshot(const char *name, const char *const *targets,
-                         const char *const *overlays, const char *const *no_targets)
-{
-  GString *xml = g_string_new("<domainsnapshot>\n");
-  g_autofree char *escaped = g_markup_escape_text(name, -1);
-  g_string_append_printf(xml, "  <name>%s</name>\n  <disks>\n", escaped);
-  for (guint i = 0; targets[i]; i++) {
-    g_autofree char *target = g_markup_escape_text(targets[i], -1);
-    g_autofree char *overlay = g_markup_escape_text(overlays[i], -1);
-    g_string_append_printf(xml,
-                           "    <disk name='%s' snapshot='external' type='file'>\n"
-                           "      <driver type='qcow2'/>\n"
-                           "      <source file='%s'/>\n"
-                           "    </disk>\n",
-                           target, overlay);
-  }
-  for (guint i = 0; no_targets && no_targets[i]; i++) {
-    g_autofree char *target = g_markup_escape_text(no_targets[i], -1);
-    g_string_append_printf(xml, "    <disk name='%s' snapshot='no'/>\n", target);
-  }
-  g_string_append(xml, "  </disks>\n</domainsnapshot>\n");
-  return g_string_free(xml, FALSE);
-}
 
 /* ------------------------------------------------------------------ */
 /* Tree helpers                                                        */
@@ -65,21 +40,6 @@ set_text_child(xmlNode *parent, const char *name, const char *text)
   xmlNodeSetContent(node, NULL);
   xmlNodeAddContent(node, (const xmlChar *)text);
   return node;
-}
-
-static char *
-dump(xmlDoc *doc, GError **error)
-{
-  xmlChar *out = NULL;
-  int len = 0;
-  xmlDocDumpMemory(doc, &out, &len);
-  if (!out) {
-    g_set_error(error, BACKEND_ERROR, ENOMEM, "cannot serialise XML");
-    return NULL;
-  }
-  char *copy = g_strndup((const char *)out, (gsize)len);
-  xmlFree(out);
-  return copy;
 }
 
 static xmlDoc *
@@ -193,7 +153,7 @@ exec_xml_redefine_snapshot(const char *template_xml, const char *domain_xml,
       remove_children(ddisk, "backingStore");
     }
   }
-  return dump(doc, error);
+  return domxml_doc_dump(doc, error);
 }
 
 /* ------------------------------------------------------------------ */

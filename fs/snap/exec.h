@@ -1,151 +1,144 @@
-/* exec.h: what the files of the snapshot executor share.  A map of the
- * code, grouped by the file that defines each prototype:
+/* exec.h: what the steps of a plan share, and a map of them.
  *
- *   snapshot-ops.c  the four public operations, pins, job status, the
- *                   per-domain FIFO queue, recovery at start-up
- *   plan-input.c    libvirt + image headers -> PlanState
- *   executor.c      running a plan's steps, idempotently
- *   journal.c       the crash-safe plan journal in the state directory
- *   exec-xml.c      the snapshot and domain XML the executor writes
+ * Each step first looks at the real state (backing pointers read from the
+ * image headers, the live or inactive domain XML, libvirt's snapshot
+ * metadata, libvirt's block job on the disk) and does only what is still
+ * missing, so that running a step again after a crash, at any point inside
+ * it, finishes it.  The reads every step starts with are the small inline
+ * helpers below; every chain they follow is walked under the image policy
+ * (guard.h), which the executor checks against the whole step first.
  *
- * Lock order (after the backend's, see backend-private.h): the domain
- * queue (BackendExec.queue_lock, released while the operation runs),
- * then backend_domain_lock(), then BackendExec.lock (a leaf, held for
- * table updates only, never across libvirt or qemu-img).
+ *   steps-image.c  qemu-img on image files (commit, pull, rebase-unsafe,
+ *                  create-overlay) and delete-file
+ *   steps-meta.c   libvirt metadata: set-active, redefine, delete-snapshot,
+ *                  set-current, and the inactive XML after a plan
+ *   steps-job.c    block jobs (commit, active-commit, pull), or the same
+ *                  merge offline when the domain stopped running
+ *   executor.c     the loop over a journal's steps (snap-private.h)
+ *
+ * Thread model: a step runs on the thread of the operation (or of
+ * recovery), in the domain's turn.
  */
 #pragma once
 
-#include "backend-private.h"
-#include "planner.h"
+#include <errno.h>
+#include <unistd.h>
+
+#include "guard.h"
 
 G_BEGIN_DECLS
 
-struct _BackendExec {
-  gboolean revert_discard;
-
-  GMutex queue_lock;            /* protects queues */
-  GCond queue_cond;
-  GHashTable *queues;           /* domain -> BackendExecQueue*: FIFO tickets */
-
-  GMutex lock;                  /* leaf; protects the tables below */
-  GHashTable *hidden;           /* "domain\tsnapshot" -> count */
-  GHashTable *pins;             /* "dev:ino" -> count */
-  guint64 unpins;               /* counts unpins, for waiters on unpinned */
-  GCond unpinned;               /* broadcast at every unpin (with lock) */
-  GHashTable *status;           /* domain -> BackendExecStatus* */
-  int stop_after;               /* test hooks, see backend_exec_set_stop_after() */
-  gboolean stop_in_job;
-};
-
+/* The context of a running plan. */
 typedef struct {
-  char *op;                     /* "delete s2" */
-  guint step;                   /* 1-based, 0 before the first */
-  guint n_steps;
-  char *what;                   /* "commit vda" */
-  char *job_disk;               /* a block job runs on this disk, or NULL */
-} BackendExecStatus;
+  Snap *snap;
+  Backend *backend;
+  virConnectPtr conn;
+  virDomainPtr dom;
+  const char *name;
+  char uuid[VIR_UUID_STRING_BUFLEN];
+  SnapJournal *journal;
+  SnapGuard *guard;             /* the image policy, fresh for each step */
+  gboolean stop_in_job;         /* test hook: stop once the job started */
+} Exec;
+
+static inline gboolean
+file_exists(const char *path)
+{
+  return access(path, F_OK) == 0;
+}
+
+static inline gboolean
+same_file(const char *a, const char *b)
+{
+  if (!a || !b)
+    return a == b;
+  return backend_path_same(a, b);
+}
+
+/* The domain's XML: live (0) or VIR_DOMAIN_XML_INACTIVE. */
+static inline DomXmlDomain *
+read_xml(Exec *x, unsigned int flags, GError **error)
+{
+  return backend_read_domain(x->dom, flags, error);
+}
+
+/* Sets *running to whether the domain runs; FALSE if libvirt cannot say. */
+static inline gboolean
+get_running(Exec *x, gboolean *running, GError **error)
+{
+  return backend_domain_state(x->dom, NULL, running, error);
+}
+
+static inline DomXmlDisk *
+live_disk(DomXmlDomain *live, Exec *x, const char *target, GError **error)
+{
+  DomXmlDisk *disk = domxml_domain_find_disk(live, target);
+  if (!disk)
+    g_set_error(error, BACKEND_ERROR, EIO, "domain %s has no disk %s any more", x->name, target);
+  return disk;
+}
+
+/* TRUE when path is the source or a layer of the running chain of disk. */
+static inline gboolean
+in_live_chain(const DomXmlDisk *disk, const char *path)
+{
+  if (same_file(disk->source, path))
+    return TRUE;
+  for (guint i = 0; disk->backing && i < disk->backing->len; i++)
+    if (same_file(((DomXmlLayer *)g_ptr_array_index(disk->backing, i))->path, path))
+      return TRUE;
+  return FALSE;
+}
+
+/* The image directly below the top of a live disk, or NULL. */
+static inline const char *
+live_backing(const DomXmlDisk *disk)
+{
+  if (!disk->backing || disk->backing->len == 0)
+    return NULL;
+  return ((DomXmlLayer *)g_ptr_array_index(disk->backing, 0))->path;
+}
+
+/* The backing file of image as a canonical path, NULL when it has none;
+ * image must pass the policy (its backing file is named, not opened). */
+static inline gboolean
+read_backing(Exec *x, const char *image, ChainFormat format, char **backing, GError **error)
+{
+  *backing = NULL;
+  if (format != CHAIN_FORMAT_QCOW2)
+    return TRUE;
+  g_auto(ChainWalk) walk = {0};
+  if (!snap_guard_chain(x->guard, image, format, NULL, 1, &walk, error))
+    return FALSE;
+  *backing = walk.rest ? backend_exec_canonical(walk.rest) : NULL;
+  return TRUE;
+}
 
 /* ------------------------------------------------------------------ */
-/* journal.c */
+/* steps-image.c */
 
-/* A plan being run: written durably before the first step, one "done N"
- * record per finished step, removed when the plan is complete. */
-typedef struct {
-  char *path;                   /* NULL until written */
-  char *domain;
-  char *uuid;
-  PlanOpKind op;
-  char *name;
-  char *new_name;               /* RENAME */
-  gboolean discard;             /* REVERT */
-  gint64 now;
-  char *hidden;                 /* snapshot hidden from the tree meanwhile, or NULL */
-  GPtrArray *steps;             /* PlanStep *, owned */
-  guint done;                   /* steps [0, done) are finished */
-  int fd;                       /* open for appending, -1 when closed */
-} BackendJournal;
-
-/* Takes a reference on steps. */
-BackendJournal *backend_journal_new(const char *domain, const char *uuid, const PlanOp *op,
-                                    const char *hidden, GPtrArray *steps);
-void backend_journal_free(BackendJournal *journal);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendJournal, backend_journal_free)
-/* The PlanOp the journal records (strings borrowed from it). */
-void backend_journal_get_op(const BackendJournal *journal, PlanOp *op);
-/* STATE_DIR/journal/<uuid>.plan, file and directory fsync'd. */
-gboolean backend_journal_write(BackendJournal *journal, const char *state_dir, GError **error);
-/* Appends "done N" (N = journal->done + 1) and fsyncs it. */
-gboolean backend_journal_step_done(BackendJournal *journal, GError **error);
-gboolean backend_journal_remove(BackendJournal *journal, GError **error);
-/* Every journal under state_dir (of BackendJournal); unreadable ones are
- * logged and left alone. */
-GPtrArray *backend_journals_load(const char *state_dir, GError **error);
+gboolean step_commit_offline(Exec *x, const PlanStep *step, GError **error);
+gboolean step_pull_offline(Exec *x, const PlanStep *step, GError **error);
+gboolean step_rebase_unsafe(Exec *x, const PlanStep *step, GError **error);
+gboolean step_create_overlay(Exec *x, const PlanStep *step, GError **error);
+gboolean step_delete_file(Exec *x, const PlanStep *step, GError **error);
 
 /* ------------------------------------------------------------------ */
-/* plan-input.c */
+/* steps-meta.c */
 
-typedef struct {
-  PlanState *state;
-  GPtrArray *bitmaps;           /* ChainBitmap *: the allocations state borrows */
-  char *uuid;
-  /* Snapshots the planner must not touch, name -> why ("disk vda is an
-   * internal snapshot"): EOPNOTSUPP for an operation on them. */
-  GHashTable *unsupported;
-} BackendPlanInput;
-
-void backend_plan_input_free(BackendPlanInput *input);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(BackendPlanInput, backend_plan_input_free)
-/* Reads the domain's XML, its snapshots and the headers and allocation
- * of every image of every disk (all branches), and marks pinned and
- * shared layers.  Blocks; call under the domain's lock. */
-BackendPlanInput *backend_plan_input_read(Backend *backend, virDomainPtr dom, GError **error);
-/* The path the planner and journal use for a file: canonical when it
- * exists, lexically cleaned otherwise. */
-char *backend_exec_canonical(const char *path);
+gboolean step_set_active(Exec *x, const PlanStep *step, GError **error);
+gboolean step_redefine(Exec *x, const PlanStep *step, GError **error);
+gboolean step_delete_snapshot(Exec *x, const PlanStep *step, GError **error);
+gboolean step_set_current(Exec *x, const PlanStep *step, GError **error);
+/* After the last step: drops a shut-off domain's stale <backingStore>
+ * chains from its inactive XML, so that libvirt reads the files again. */
+gboolean steps_tidy_inactive_xml(Exec *x, GError **error);
 
 /* ------------------------------------------------------------------ */
-/* executor.c */
+/* steps-job.c */
 
-/* Runs journal->steps from journal->done on, recording each finished
- * step.  Each step first checks whether it already happened (a re-run
- * after a crash) and then only does what is missing.  Updates the job
- * status of the domain. */
-gboolean backend_exec_run(Backend *backend, virDomainPtr dom, BackendJournal *journal,
-                          GError **error);
-
-/* ------------------------------------------------------------------ */
-/* exec-xml.c */
-
-/* <domainsnapshot> for creating snapshot name: an external qcow2 overlay
- * for targets[i] at overlays[i], snapshot='no' for no_targets. */
-char *exec_xml_create_snapshot(const char *name, const char *const *targets,
-                               const char *const *overlays, const char *const *no_targets);
-/* The snapshot XML for a REDEFINE: template (libvirt's XML of the
- * snapshot, or of the one it is renamed from; NULL: built from
- * domain_xml) with name, parent, creation time and the overlay of every
- * disk of definition; the embedded <domain> gets the point images as
- * its disk sources. */
-char *exec_xml_redefine_snapshot(const char *template_xml, const char *domain_xml,
-                                 const PlanSnapshot *definition, GError **error);
-/* Targets of the disks that are <readonly/> or <shareable/>. */
-GHashTable *exec_xml_shared_targets(const char *domain_xml);
-
-/* ------------------------------------------------------------------ */
-/* snapshot-ops.c */
-
-void backend_exec_status_set(Backend *backend, const char *domain, const char *op, guint step,
-                             guint n_steps, const char *what, const char *job_disk);
-void backend_exec_status_clear(Backend *backend, const char *domain);
-/* Whether the layer with this identity is pinned by a reader. */
-gboolean backend_exec_pinned(Backend *backend, dev_t dev, ino_t ino);
-/* Test hook: a plan stops after its first k steps (k >= 0) as if the
- * daemon was killed there: the operation fails with ECANCELED and leaves
- * its journal and hidden snapshot behind.  With in_job, when step k + 1
- * is a commit or pull block job, it stops right after starting the job,
- * which QEMU then runs on its own.  k = -1 switches the hook off. */
-void backend_exec_set_stop_after(Backend *backend, int steps, gboolean in_job);
-/* Whether the plan must stop (as if killed) after steps_done steps;
- * *in_job: inside the next step, once its block job started. */
-gboolean backend_exec_stop_here(Backend *backend, guint steps_done, gboolean *in_job);
+/* A block job step (commit, active-commit, pull): through libvirt while
+ * the domain runs, offline with qemu-img when it does not any more. */
+gboolean step_block_job(Exec *x, const PlanStep *step, GError **error);
 
 G_END_DECLS

@@ -25,8 +25,8 @@
 #include "guard.h"
 #include "policy.h"
 
-struct _BackendGuard {
-  Backend *backend;
+struct _SnapGuard {
+  Snap *snap;
   gboolean fresh;     /* the model was read for this guard */
   BackendModel *model;
   GPtrArray *dirs;    /* the model's directories and STATE_DIR/now, NULL-terminated */
@@ -35,15 +35,15 @@ struct _BackendGuard {
 
 /* Takes the policy of the published model. */
 static void
-load(BackendGuard *guard)
+load(SnapGuard *guard)
 {
   g_clear_pointer(&guard->model, backend_model_unref);
   g_clear_pointer(&guard->dirs, g_ptr_array_unref);
-  guard->model = backend_get_model(guard->backend);
+  guard->model = backend_get_model(guard->snap->backend);
   guard->dirs = g_ptr_array_new_with_free_func(g_free);
   for (char **d = guard->model->image_dirs; *d; d++)
     g_ptr_array_add(guard->dirs, g_strdup(*d));
-  g_ptr_array_add(guard->dirs, g_build_filename(guard->backend->state_dir, "now", NULL));
+  g_ptr_array_add(guard->dirs, g_build_filename(guard->snap->state_dir, "now", NULL));
   g_ptr_array_add(guard->dirs, NULL);
   guard->policy = guard->model->policy;
   guard->policy.image_dirs = (const char *const *)guard->dirs->pdata;
@@ -52,13 +52,13 @@ load(BackendGuard *guard)
 /* After a refusal: TRUE when the policy was reloaded from a model read
  * now, and the check should run again. */
 static gboolean
-refresh(BackendGuard *guard)
+refresh(SnapGuard *guard)
 {
   if (guard->fresh)
     return FALSE;
   guard->fresh = TRUE;
   g_autoptr(GError) error = NULL;
-  if (!backend_refresh(guard->backend, &error)) {
+  if (!backend_refresh(guard->snap->backend, &error)) {
     g_debug("image policy: %s", error->message);
     return FALSE;
   }
@@ -66,14 +66,14 @@ refresh(BackendGuard *guard)
   return TRUE;
 }
 
-BackendGuard *
-backend_guard_new(Backend *backend, GError **error)
+SnapGuard *
+snap_guard_new(Snap *snap, GError **error)
 {
-  g_autoptr(BackendGuard) guard = g_new0(BackendGuard, 1);
-  guard->backend = backend;
+  g_autoptr(SnapGuard) guard = g_new0(SnapGuard, 1);
+  guard->snap = snap;
   load(guard);
   if (guard->model->generation == 0) {
-    if (!backend_refresh(backend, error))
+    if (!backend_refresh(snap->backend, error))
       return NULL;
     guard->fresh = TRUE;
     load(guard);
@@ -82,7 +82,7 @@ backend_guard_new(Backend *backend, GError **error)
 }
 
 void
-backend_guard_free(BackendGuard *guard)
+snap_guard_free(SnapGuard *guard)
 {
   if (!guard)
     return;
@@ -92,13 +92,13 @@ backend_guard_free(BackendGuard *guard)
 }
 
 const ChainPolicy *
-backend_guard_policy(const BackendGuard *guard)
+snap_guard_policy(const SnapGuard *guard)
 {
   return &guard->policy;
 }
 
 gboolean
-backend_guard_chain(BackendGuard *guard, const char *path, ChainFormat format,
+snap_guard_chain(SnapGuard *guard, const char *path, ChainFormat format,
                     const ChainFormat *backing_formats, guint limit, ChainWalk *walk,
                     GError **error)
 {
@@ -108,16 +108,16 @@ backend_guard_chain(BackendGuard *guard, const char *path, ChainFormat format,
     g_autoptr(GError) local = NULL;
     if (backend_walk(&guard->policy, path, format, backing_formats, limit, into, &local))
       return TRUE;
-    chain_walk_clear(into);
     if (!refresh(guard)) {
       g_propagate_error(error, g_steal_pointer(&local));
       return FALSE;
     }
+    chain_walk_clear(into);
   }
 }
 
 gboolean
-backend_guard_place(BackendGuard *guard, const char *path, GError **error)
+snap_guard_place(SnapGuard *guard, const char *path, GError **error)
 {
   for (;;) {
     g_autoptr(GError) local = NULL;
@@ -131,28 +131,28 @@ backend_guard_place(BackendGuard *guard, const char *path, GError **error)
 }
 
 gboolean
-backend_guard_step(BackendGuard *guard, const PlanStep *step, GError **error)
+snap_guard_step(SnapGuard *guard, const PlanStep *step, GError **error)
 {
   switch (step->kind) {
   case PLAN_STEP_COMMIT:
   case PLAN_STEP_ACTIVE_COMMIT:
   case PLAN_STEP_SET_ACTIVE:
-    return backend_guard_chain(guard, step->image, step->format, NULL, 0, NULL, error);
+    return snap_guard_chain(guard, step->image, step->format, NULL, 0, NULL, error);
   case PLAN_STEP_PULL:
-    return backend_guard_chain(guard, step->image, step->format, NULL, 0, NULL, error) &&
-           (!step->backing || backend_guard_chain(guard, step->backing, step->backing_format,
+    return snap_guard_chain(guard, step->image, step->format, NULL, 0, NULL, error) &&
+           (!step->backing || snap_guard_chain(guard, step->backing, step->backing_format,
                                                   NULL, 0, NULL, error));
   case PLAN_STEP_REBASE_UNSAFE:
-    return backend_guard_chain(guard, step->image, step->format, NULL, 1, NULL, error) &&
-           backend_guard_chain(guard, step->backing, step->backing_format, NULL, 0, NULL, error);
+    return snap_guard_chain(guard, step->image, step->format, NULL, 1, NULL, error) &&
+           snap_guard_chain(guard, step->backing, step->backing_format, NULL, 0, NULL, error);
   case PLAN_STEP_CREATE_OVERLAY: {
     g_autofree char *tmp = g_strdup_printf("%s.virtsnapfs-tmp", step->image);
-    return backend_guard_place(guard, step->image, error) &&
-           backend_guard_place(guard, tmp, error) &&
-           backend_guard_chain(guard, step->backing, step->backing_format, NULL, 0, NULL, error);
+    return snap_guard_place(guard, step->image, error) &&
+           snap_guard_place(guard, tmp, error) &&
+           snap_guard_chain(guard, step->backing, step->backing_format, NULL, 0, NULL, error);
   }
   case PLAN_STEP_DELETE_FILE:
-    return backend_guard_place(guard, step->image, error);
+    return snap_guard_place(guard, step->image, error);
   case PLAN_STEP_REDEFINE_SNAPSHOT:
   case PLAN_STEP_DELETE_SNAPSHOT:
   case PLAN_STEP_SET_CURRENT:

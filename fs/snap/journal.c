@@ -1,4 +1,5 @@
-/* journal.c: the plan journal (DESIGN.md 5), one file per domain.
+/* journal.c: the plan journal, one file per domain: a plan is durable
+ * before its first step, so that recovery can finish it after a crash.
  *
  * A plan is written to STATE_DIR/journal/<uuid>.plan before its first
  * step: written to a temporary file, fsync'd, renamed into place, and the
@@ -7,7 +8,7 @@
  * plan is complete the file is removed (directory fsync'd).  A crash leaves
  * a complete header and a prefix of the done lines, possibly with a torn
  * last line, which the reader ignores: that step simply runs again, and
- * every step is idempotent (executor.c).
+ * every step is idempotent (exec.h).
  *
  *   virtsnapfs-plan 1
  *   domain demo
@@ -26,8 +27,8 @@
  *   done 2
  *
  * Values are URI-escaped, so a name never holds a space or newline.
- * Thread model: a journal belongs to the operation running it, under the
- * domain's lock.
+ * Thread model: a journal belongs to the operation running it, in the
+ * domain's turn (queue.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,15 +36,15 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "exec.h"
+#include "snap-private.h"
 
 #define JOURNAL_MAGIC "virtsnapfs-plan 1"
 
-BackendJournal *
-backend_journal_new(const char *domain, const char *uuid, const PlanOp *op, const char *hidden,
-                    GPtrArray *steps)
+SnapJournal *
+snap_journal_new(const char *domain, const char *uuid, const PlanOp *op, const char *hidden,
+                 GPtrArray *steps)
 {
-  BackendJournal *journal = g_new0(BackendJournal, 1);
+  SnapJournal *journal = g_new0(SnapJournal, 1);
   journal->domain = g_strdup(domain);
   journal->uuid = g_strdup(uuid);
   journal->op = op->kind;
@@ -58,7 +59,7 @@ backend_journal_new(const char *domain, const char *uuid, const PlanOp *op, cons
 }
 
 void
-backend_journal_free(BackendJournal *journal)
+snap_journal_free(SnapJournal *journal)
 {
   if (!journal)
     return;
@@ -75,7 +76,7 @@ backend_journal_free(BackendJournal *journal)
 }
 
 void
-backend_journal_get_op(const BackendJournal *journal, PlanOp *op)
+snap_journal_get_op(const SnapJournal *journal, PlanOp *op)
 {
   memset(op, 0, sizeof(*op));
   op->kind = journal->op;
@@ -90,6 +91,20 @@ static const char *const op_names[] = {
   [PLAN_OP_RENAME] = "rename",
   [PLAN_OP_REVERT] = "revert",
 };
+
+char *
+snap_op_title(const PlanOp *op)
+{
+  switch (op->kind) {
+  case PLAN_OP_DELETE:
+    return g_strdup_printf("delete %s", op->name);
+  case PLAN_OP_RENAME:
+    return g_strdup_printf("rename %s to %s", op->name, op->new_name);
+  case PLAN_OP_REVERT:
+    return g_strdup_printf("revert to %s", op->name);
+  }
+  return g_strdup(op->name);
+}
 
 static char *
 escape(const char *value)
@@ -110,7 +125,7 @@ journal_dir(const char *state_dir)
 }
 
 gboolean
-backend_journal_write(BackendJournal *journal, const char *state_dir, GError **error)
+snap_journal_write(SnapJournal *journal, const char *state_dir, GError **error)
 {
   g_autofree char *dir = journal_dir(state_dir);
   g_autoptr(GString) text = g_string_new(JOURNAL_MAGIC "\n");
@@ -132,7 +147,7 @@ backend_journal_write(BackendJournal *journal, const char *state_dir, GError **e
 
   g_autofree char *file = g_strdup_printf("%s.plan", journal->uuid);
   g_autofree char *path = g_build_filename(dir, file, NULL);
-  if (!backend_state_write_file(path, text->str, text->len, error))
+  if (!snap_state_write_file(path, text->str, text->len, error))
     return FALSE;
   int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
   if (fd < 0) {
@@ -149,7 +164,7 @@ backend_journal_write(BackendJournal *journal, const char *state_dir, GError **e
 }
 
 gboolean
-backend_journal_step_done(BackendJournal *journal, GError **error)
+snap_journal_step_done(SnapJournal *journal, GError **error)
 {
   g_return_val_if_fail(journal->fd >= 0, FALSE);
   g_autofree char *line = g_strdup_printf("done %u\n", journal->done + 1);
@@ -165,7 +180,7 @@ backend_journal_step_done(BackendJournal *journal, GError **error)
 }
 
 gboolean
-backend_journal_remove(BackendJournal *journal, GError **error)
+snap_journal_remove(SnapJournal *journal, GError **error)
 {
   if (!journal->path)
     return TRUE;
@@ -173,7 +188,7 @@ backend_journal_remove(BackendJournal *journal, GError **error)
     close(journal->fd);
     journal->fd = -1;
   }
-  if (!backend_state_remove_file(journal->path, error))
+  if (!snap_state_remove_file(journal->path, error))
     return FALSE;
   g_clear_pointer(&journal->path, g_free);
   return TRUE;
@@ -196,7 +211,7 @@ expect(char **lines, guint *i, const char *key, const char **value, GError **err
   return TRUE;
 }
 
-static BackendJournal *
+static SnapJournal *
 journal_parse(const char *path, const char *text, GError **error)
 {
   g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
@@ -260,7 +275,7 @@ journal_parse(const char *path, const char *text, GError **error)
   }
   i++;
 
-  BackendJournal *journal = backend_journal_new(domain_value, uuid, &plan_op, hidden_value, parsed);
+  SnapJournal *journal = snap_journal_new(domain_value, uuid, &plan_op, hidden_value, parsed);
   journal->path = g_strdup(path);
   /* "done N" lines in order; a torn last line is not a record. */
   for (; lines[i] && *lines[i]; i++) {
@@ -276,10 +291,10 @@ journal_parse(const char *path, const char *text, GError **error)
 }
 
 GPtrArray *
-backend_journals_load(const char *state_dir, GError **error)
+snap_journals_load(const char *state_dir, GError **error)
 {
   g_autoptr(GPtrArray) journals =
-      g_ptr_array_new_with_free_func((GDestroyNotify)backend_journal_free);
+      g_ptr_array_new_with_free_func((GDestroyNotify)snap_journal_free);
   g_autofree char *dir = journal_dir(state_dir);
   g_autoptr(GError) local = NULL;
   g_autoptr(GDir) listing = g_dir_open(dir, 0, &local);
@@ -292,16 +307,11 @@ backend_journals_load(const char *state_dir, GError **error)
   const char *entry;
   while ((entry = g_dir_read_name(listing))) {
     g_autofree char *path = g_build_filename(dir, entry, NULL);
-    if (g_str_has_suffix(entry, ".plan.tmp")) {
-      /* Never renamed into place: its plan never started. */
-      unlink(path);
-      continue;
-    }
     if (!g_str_has_suffix(entry, ".plan"))
       continue;
     g_autofree char *text = NULL;
     g_autoptr(GError) bad = NULL;
-    BackendJournal *journal = NULL;
+    SnapJournal *journal = NULL;
     if (g_file_get_contents(path, &text, NULL, &bad))
       journal = journal_parse(path, text, &bad);
     if (journal)

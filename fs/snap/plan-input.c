@@ -16,7 +16,7 @@
  * Paths are canonical (realpath) so that the names the planner compares
  * are the names of files, whatever spelling libvirt or a header used.
  *
- * Thread model: called by an operation under its domain's lock; reads the
+ * Thread model: called by an operation in its domain's turn; reads the
  * published model, makes libvirt calls, opens images read-only.
  */
 #include <errno.h>
@@ -24,7 +24,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "exec.h"
 #include "guard.h"
 #include "policy.h"
 
@@ -43,7 +42,7 @@ backend_exec_canonical(const char *path)
 }
 
 void
-backend_plan_input_free(BackendPlanInput *input)
+snap_plan_input_free(SnapPlanInput *input)
 {
   if (!input)
     return;
@@ -150,7 +149,7 @@ libvirt_formats(const DomXmlDisk *disk, gboolean running, const char *top)
 /* Walks the chain of top under the policy, adding every image not yet in
  * found (by canonical path); a top already found adds nothing. */
 static gboolean
-walk_chain(BackendGuard *guard, const DomXmlDomain *domain, const DomXmlDisk *disk,
+walk_chain(SnapGuard *guard, const DomXmlDomain *domain, const DomXmlDisk *disk,
            gboolean running, const char *top, ChainFormat format, GHashTable *found,
            GError **error)
 {
@@ -159,7 +158,7 @@ walk_chain(BackendGuard *guard, const DomXmlDomain *domain, const DomXmlDisk *di
     return TRUE;
   g_autofree ChainFormat *formats = libvirt_formats(disk, running, top);
   g_auto(ChainWalk) walk = {0};
-  if (!backend_guard_chain(guard, top, format, formats, 0, &walk, error)) {
+  if (!snap_guard_chain(guard, top, format, formats, 0, &walk, error)) {
     g_prefix_error(error, "domain %s disk %s: ", domain->name, disk->target);
     return FALSE;
   }
@@ -205,9 +204,9 @@ snapshot_disk_target(const DomXmlDomain *domain, const char *name)
 }
 
 static gboolean
-add_disk(Backend *backend, BackendGuard *guard, BackendPlanInput *input,
-         const DomXmlDomain *domain, const DomXmlDisk *disk, GPtrArray *snapshots,
-         GHashTable *shared_targets, GHashTable *foreign, GError **error)
+add_disk(Snap *snap, SnapGuard *guard, SnapPlanInput *input, const DomXmlDomain *domain,
+         const DomXmlDisk *disk, GPtrArray *snapshots, GHashTable *shared_targets,
+         GHashTable *foreign, GError **error)
 {
   g_autoptr(GHashTable) found =
       g_hash_table_new_full(g_str_hash, g_str_equal, NULL, (GDestroyNotify)found_image_free);
@@ -265,7 +264,7 @@ add_disk(Backend *backend, BackendGuard *guard, BackendPlanInput *input,
     dev_t dev = chain_layer_dev(image->layer);
     ino_t ino = chain_layer_ino(image->layer);
     g_autofree char *key = identity(dev, ino);
-    pimage->pinned = backend_exec_pinned(backend, dev, ino);
+    pimage->pinned = snap_pinned(snap, dev, ino);
     pimage->shared = disk_shared || g_hash_table_contains(foreign, key);
   }
   return TRUE;
@@ -280,20 +279,14 @@ compare_snapshots(gconstpointer a, gconstpointer b)
   return strcmp(x->name, y->name);
 }
 
-BackendPlanInput *
-backend_plan_input_read(Backend *backend, virDomainPtr dom, GError **error)
+SnapPlanInput *
+snap_plan_input_read(Snap *snap, virDomainPtr dom, GError **error)
 {
   const char *name = virDomainGetName(dom);
   char uuid[VIR_UUID_STRING_BUFLEN];
-  if (virDomainGetUUIDString(dom, uuid) < 0) {
-    backend_set_virt_error(error, "domain %s: UUID", name);
+  gboolean active;
+  if (!backend_domain_state(dom, uuid, &active, error))
     return NULL;
-  }
-  int active = virDomainIsActive(dom);
-  if (active < 0) {
-    backend_set_virt_error(error, "domain %s: state", name);
-    return NULL;
-  }
   g_autofree char *xml = virDomainGetXMLDesc(dom, 0);
   if (!xml) {
     backend_set_virt_error(error, "domain %s: XML", name);
@@ -339,19 +332,19 @@ backend_plan_input_read(Backend *backend, virDomainPtr dom, GError **error)
     return NULL;
   g_ptr_array_sort(snapshots, compare_snapshots);
 
-  g_autoptr(BackendPlanInput) input = g_new0(BackendPlanInput, 1);
-  input->state = plan_state_new(active == 1);
+  g_autoptr(SnapPlanInput) input = g_new0(SnapPlanInput, 1);
+  input->state = plan_state_new(active);
   input->bitmaps = g_ptr_array_new_with_free_func((GDestroyNotify)chain_bitmap_free);
   input->uuid = g_strdup(uuid);
   input->unsupported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
 
-  g_autoptr(BackendGuard) guard = backend_guard_new(backend, error);
+  g_autoptr(SnapGuard) guard = snap_guard_new(snap, error);
   if (!guard)
     return NULL;
   g_autoptr(GHashTable) shared_targets = exec_xml_shared_targets(xml);
-  g_autoptr(GHashTable) foreign = foreign_layers(backend, backend_guard_policy(guard), name);
+  g_autoptr(GHashTable) foreign = foreign_layers(snap->backend, snap_guard_policy(guard), name);
   for (guint i = 0; i < domain->disks->len; i++) {
-    if (!add_disk(backend, guard, input, domain, g_ptr_array_index(domain->disks, i), snapshots,
+    if (!add_disk(snap, guard, input, domain, g_ptr_array_index(domain->disks, i), snapshots,
                   shared_targets, foreign, error))
       return NULL;
   }

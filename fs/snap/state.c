@@ -5,7 +5,7 @@
  * directory fsync'd), before the first overlay is created, and removed
  * (directory fsync'd) only after every overlay was committed back and
  * deleted.  So after a crash, each record names overlays that may exist and
- * may hold guest writes; backend_freeze_repair() (freeze.c) finishes them.
+ * may hold guest writes; snap_freeze_repair() (thaw.c) finishes them.
  *
  * Layout: STATE_DIR/freeze/<uuid>-<microseconds>.freeze, one per freeze
  * (a domain can have two: a freeze whose thaw failed, and a later one
@@ -13,7 +13,7 @@
  *   [freeze]       domain=, uuid=, created= (seconds since the epoch)
  *   [disk <target>] frozen=, format=, overlay=
  *
- * Thread model: called with the domain's operation lock held.
+ * Thread model: called in the domain's turn (queue.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,10 +21,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend-private.h"
+#include "snap-private.h"
 
 static void
-freeze_disk_free(BackendFreezeDisk *disk)
+freeze_disk_free(SnapFreezeDisk *disk)
 {
   g_free(disk->target);
   g_free(disk->frozen);
@@ -32,10 +32,10 @@ freeze_disk_free(BackendFreezeDisk *disk)
   g_free(disk);
 }
 
-BackendFreezeRecord *
-backend_freeze_record_new(const char *domain, const char *uuid)
+SnapFreezeRecord *
+snap_freeze_record_new(const char *domain, const char *uuid)
 {
-  BackendFreezeRecord *record = g_new0(BackendFreezeRecord, 1);
+  SnapFreezeRecord *record = g_new0(SnapFreezeRecord, 1);
   record->domain = g_strdup(domain);
   record->uuid = g_strdup(uuid);
   record->created = g_get_real_time() / G_USEC_PER_SEC;
@@ -44,7 +44,7 @@ backend_freeze_record_new(const char *domain, const char *uuid)
 }
 
 void
-backend_freeze_record_free(BackendFreezeRecord *record)
+snap_freeze_record_free(SnapFreezeRecord *record)
 {
   if (!record)
     return;
@@ -56,10 +56,10 @@ backend_freeze_record_free(BackendFreezeRecord *record)
 }
 
 void
-backend_freeze_record_add_disk(BackendFreezeRecord *record, const char *target,
-                               const char *frozen, ChainFormat frozen_format, const char *overlay)
+snap_freeze_record_add_disk(SnapFreezeRecord *record, const char *target,
+                            const char *frozen, ChainFormat frozen_format, const char *overlay)
 {
-  BackendFreezeDisk *disk = g_new0(BackendFreezeDisk, 1);
+  SnapFreezeDisk *disk = g_new0(SnapFreezeDisk, 1);
   disk->target = g_strdup(target);
   disk->frozen = g_strdup(frozen);
   disk->frozen_format = frozen_format;
@@ -68,7 +68,7 @@ backend_freeze_record_add_disk(BackendFreezeRecord *record, const char *target,
 }
 
 gboolean
-backend_state_sync_dir(const char *dir, GError **error)
+snap_state_sync_dir(const char *dir, GError **error)
 {
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0 || fsync(fd) < 0) {
@@ -85,7 +85,7 @@ backend_state_sync_dir(const char *dir, GError **error)
 /* CONSISTENT | DURABLE: glib writes a temporary file, fsyncs it and renames
  * it into place; the directory sync makes the rename itself durable. */
 gboolean
-backend_state_write_file(const char *path, const char *data, gsize length, GError **error)
+snap_state_write_file(const char *path, const char *data, gsize length, GError **error)
 {
   g_autofree char *dir = g_path_get_dirname(path);
   if (g_mkdir_with_parents(dir, 0700) < 0) {
@@ -97,11 +97,34 @@ backend_state_write_file(const char *path, const char *data, gsize length, GErro
                                 G_FILE_SET_CONTENTS_CONSISTENT | G_FILE_SET_CONTENTS_DURABLE,
                                 0600, error))
     return FALSE;
-  return backend_state_sync_dir(dir, error);
+  return snap_state_sync_dir(dir, error);
+}
+
+void
+snap_state_remove_torn(const char *state_dir)
+{
+  const char *const subdirs[] = {"journal", "freeze"};
+  for (guint i = 0; i < G_N_ELEMENTS(subdirs); i++) {
+    g_autofree char *dir = g_build_filename(state_dir, subdirs[i], NULL);
+    g_autoptr(GDir) listing = g_dir_open(dir, 0, NULL);
+    const char *name;
+    while (listing && (name = g_dir_read_name(listing))) {
+      /* glib writes "<file>.XXXXXX" and renames it over <file>: a name
+       * with a dot after the record's suffix was never renamed into
+       * place, so what it describes never started. */
+      const char *suffix = strstr(name, i == 0 ? ".plan." : ".freeze.");
+      if (suffix == NULL)
+        continue;
+      g_autofree char *path = g_build_filename(dir, name, NULL);
+      g_message("removing %s: a record whose write a crash cut short", path);
+      if (unlink(path) < 0)
+        g_warning("cannot remove %s: %s", path, g_strerror(errno));
+    }
+  }
 }
 
 gboolean
-backend_state_remove_file(const char *path, GError **error)
+snap_state_remove_file(const char *path, GError **error)
 {
   if (unlink(path) < 0 && errno != ENOENT) {
     int err = errno;
@@ -109,7 +132,7 @@ backend_state_remove_file(const char *path, GError **error)
     return FALSE;
   }
   g_autofree char *dir = g_path_get_dirname(path);
-  return backend_state_sync_dir(dir, error);
+  return snap_state_sync_dir(dir, error);
 }
 
 static char *
@@ -119,7 +142,7 @@ records_dir(const char *state_dir)
 }
 
 gboolean
-backend_freeze_record_write(BackendFreezeRecord *record, const char *state_dir, GError **error)
+snap_freeze_record_write(SnapFreezeRecord *record, const char *state_dir, GError **error)
 {
   g_autofree char *dir = records_dir(state_dir);
   g_autoptr(GKeyFile) file = g_key_file_new();
@@ -127,7 +150,7 @@ backend_freeze_record_write(BackendFreezeRecord *record, const char *state_dir, 
   g_key_file_set_string(file, "freeze", "uuid", record->uuid);
   g_key_file_set_int64(file, "freeze", "created", record->created);
   for (guint i = 0; i < record->disks->len; i++) {
-    BackendFreezeDisk *disk = g_ptr_array_index(record->disks, i);
+    SnapFreezeDisk *disk = g_ptr_array_index(record->disks, i);
     g_autofree char *group = g_strdup_printf("disk %s", disk->target);
     g_key_file_set_string(file, group, "frozen", disk->frozen);
     g_key_file_set_string(file, group, "format", chain_format_name(disk->frozen_format));
@@ -139,7 +162,7 @@ backend_freeze_record_write(BackendFreezeRecord *record, const char *state_dir, 
   g_autofree char *name = g_strdup_printf("%s-%" G_GINT64_FORMAT ".freeze", record->uuid,
                                           g_get_real_time());
   g_autofree char *path = record->path ? g_strdup(record->path) : g_build_filename(dir, name, NULL);
-  if (!backend_state_write_file(path, data, length, error))
+  if (!snap_state_write_file(path, data, length, error))
     return FALSE;
   g_free(record->path);
   record->path = g_steal_pointer(&path);
@@ -147,17 +170,17 @@ backend_freeze_record_write(BackendFreezeRecord *record, const char *state_dir, 
 }
 
 gboolean
-backend_freeze_record_remove(BackendFreezeRecord *record, GError **error)
+snap_freeze_record_remove(SnapFreezeRecord *record, GError **error)
 {
   if (!record->path)
     return TRUE;
-  if (!backend_state_remove_file(record->path, error))
+  if (!snap_state_remove_file(record->path, error))
     return FALSE;
   g_clear_pointer(&record->path, g_free);
   return TRUE;
 }
 
-static BackendFreezeRecord *
+static SnapFreezeRecord *
 record_load(const char *path, GError **error)
 {
   g_autoptr(GKeyFile) file = g_key_file_new();
@@ -169,7 +192,7 @@ record_load(const char *path, GError **error)
   g_autofree char *uuid = g_key_file_get_string(file, "freeze", "uuid", error);
   if (!uuid)
     return NULL;
-  g_autoptr(BackendFreezeRecord) record = backend_freeze_record_new(domain, uuid);
+  g_autoptr(SnapFreezeRecord) record = snap_freeze_record_new(domain, uuid);
   record->created = g_key_file_get_int64(file, "freeze", "created", NULL);
   record->path = g_strdup(path);
 
@@ -182,17 +205,17 @@ record_load(const char *path, GError **error)
     g_autofree char *overlay = format ? g_key_file_get_string(file, *g, "overlay", error) : NULL;
     if (!overlay)
       return NULL;
-    backend_freeze_record_add_disk(record, *g + strlen("disk "), frozen,
-                                   chain_format_from_name(format), overlay);
+    snap_freeze_record_add_disk(record, *g + strlen("disk "), frozen,
+                                chain_format_from_name(format), overlay);
   }
   return g_steal_pointer(&record);
 }
 
 GPtrArray *
-backend_freeze_records_load(const char *state_dir, GError **error)
+snap_freeze_records_load(const char *state_dir, GError **error)
 {
   g_autoptr(GPtrArray) records =
-      g_ptr_array_new_with_free_func((GDestroyNotify)backend_freeze_record_free);
+      g_ptr_array_new_with_free_func((GDestroyNotify)snap_freeze_record_free);
   g_autofree char *dir = records_dir(state_dir);
   g_autoptr(GError) local = NULL;
   g_autoptr(GDir) listing = g_dir_open(dir, 0, &local);
@@ -208,7 +231,7 @@ backend_freeze_records_load(const char *state_dir, GError **error)
       continue;
     g_autofree char *path = g_build_filename(dir, name, NULL);
     g_autoptr(GError) bad = NULL;
-    BackendFreezeRecord *record = record_load(path, &bad);
+    SnapFreezeRecord *record = record_load(path, &bad);
     if (record)
       g_ptr_array_add(records, record);
     else

@@ -1,21 +1,22 @@
-/* backend.c: the libvirt connection, change detection, and the published
- * model.
+/* backend.c: the libvirt connection, change detection, the published
+ * model, and the backend's life cycle.
  *
  * Threads:
- *  - libvirt's event loop (virt.c) runs the callbacks registered here.  They
+ *  - libvirt's event loop (virt.c) runs the callbacks of events.c.  They
  *    never call libvirt: they set Backend.dirty (or record a block job
  *    status) and wake the worker.
  *  - the worker thread waits for a wake-up or one second, then re-reads
- *    libvirt (model.c).  The one-second poll catches what no event
+ *    libvirt (model-read.c).  The one-second poll catches what no event
  *    announces: snapshots created or deleted by another client, define and
  *    undefine.  When the fingerprint of what it read changed, it builds a
- *    new model, swaps it in under Backend.lock and calls the listener.
- *    When the connection dropped (close callback, or a read that finds it
- *    dead) the worker reconnects with exponential backoff (1 s to 30 s);
- *    the last model keeps being served meanwhile.  With connect_later a
- *    backend may start without a connection: the worker then makes the
- *    first one, runs the freeze repair and journal recovery on it, and
- *    only then hands the connection to anyone else (Backend.ready).
+ *    new model (model.c), lets the owner's model_built hook mark it, swaps
+ *    it in under Backend.lock and calls the listener.  When the connection
+ *    dropped (close callback, or a read that finds it dead) the worker
+ *    reconnects with exponential backoff (1 s to 30 s); the last model
+ *    keeps being served meanwhile.  With connect_later a backend may start
+ *    without a connection: the worker then makes the first one, runs the
+ *    owner's ready hook on it, and only then hands the connection to
+ *    anyone else (Backend.ready).
  *  - callers of backend_get_model() only take Backend.lock for a reference.
  */
 #include <errno.h>
@@ -27,87 +28,6 @@
 #define SETTLE_POLL_US (G_USEC_PER_SEC / 10)
 #define SETTLE_US (3 * G_USEC_PER_SEC)
 #define BACKOFF_MAX_S 30
-
-
-void
-backend_wake(Backend *backend)
-{
-  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
-  backend->dirty = TRUE;
-  g_cond_signal(&backend->wake);
-}
-
-/* ------------------------------------------------------------------ */
-/* Event callbacks (libvirt's event thread)                            */
-
-/* The opaque of every libvirt callback.  libvirt may still be running a
- * callback when it is deregistered, and never calls the freecb of a
- * connection that died, so the callbacks reach the backend through this
- * small sink: backend_destroy() detaches it, and the event loop frees it
- * once its thread has stopped (backend_event_loop_free_later). */
-struct _BackendSink {
-  GMutex lock;
-  Backend *backend;            /* NULL once detached */
-};
-
-static void
-sink_free(gpointer data)
-{
-  BackendSink *sink = data;
-  g_mutex_clear(&sink->lock);
-  g_free(sink);
-}
-
-static int
-on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *opaque)
-{
-  BackendSink *sink = opaque;
-  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&sink->lock);
-  g_debug("event: domain %s lifecycle %d/%d", virDomainGetName(dom), event, detail);
-  if (sink->backend)
-    backend_wake(sink->backend);
-  return 0;
-}
-
-static void
-on_block_job(virConnectPtr conn, virDomainPtr dom, const char *disk, int type, int status,
-             void *opaque)
-{
-  BackendSink *sink = opaque;
-  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&sink->lock);
-  char uuid[VIR_UUID_STRING_BUFLEN] = "";
-  virDomainGetUUIDString(dom, uuid);
-  g_debug("event: domain %s disk %s block job type %d status %d", virDomainGetName(dom), disk,
-          type, status);
-  if (!sink->backend)
-    return;
-  backend_job_event(sink->backend, uuid, disk, status);
-  backend_wake(sink->backend);
-}
-
-static void
-on_device(virConnectPtr conn, virDomainPtr dom, const char *alias, void *opaque)
-{
-  BackendSink *sink = opaque;
-  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&sink->lock);
-  g_debug("event: domain %s device %s changed", virDomainGetName(dom), alias);
-  if (sink->backend)
-    backend_wake(sink->backend);
-}
-
-static void
-on_close(virConnectPtr conn, int reason, void *opaque)
-{
-  BackendSink *sink = opaque;
-  g_autoptr(GMutexLocker) sink_locker = g_mutex_locker_new(&sink->lock);
-  Backend *backend = sink->backend;
-  if (!backend)
-    return;
-  g_message("libvirt connection to %s closed (reason %d); reconnecting", backend->uri, reason);
-  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
-  backend->conn_broken = TRUE;
-  g_cond_signal(&backend->wake);
-}
 
 /* ------------------------------------------------------------------ */
 /* Connection                                                          */
@@ -121,29 +41,7 @@ connect_open(Backend *backend, int ids[5], GError **error)
     backend_set_virt_error(error, "cannot connect to %s", backend->uri);
     return NULL;
   }
-  /* Remote drivers support keepalive; embedded and local ones say no. */
-  if (virConnectSetKeepAlive(conn, 5, 3) < 0)
-    g_debug("%s: no keepalive: %s", backend->uri, virGetLastErrorMessage());
-  if (virConnectRegisterCloseCallback(conn, on_close, backend->sink, NULL) < 0)
-    g_debug("%s: no close callback: %s", backend->uri, virGetLastErrorMessage());
-
-  static const struct {
-    int id;
-    virConnectDomainEventGenericCallback cb;
-  } events[5] = {
-    {VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle)},
-    {VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, VIR_DOMAIN_EVENT_CALLBACK(on_block_job)},
-    {VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, VIR_DOMAIN_EVENT_CALLBACK(on_device)},
-    {VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, VIR_DOMAIN_EVENT_CALLBACK(on_device)},
-    {VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, VIR_DOMAIN_EVENT_CALLBACK(on_device)},
-  };
-  for (guint i = 0; i < G_N_ELEMENTS(events); i++) {
-    ids[i] = virConnectDomainEventRegisterAny(conn, NULL, events[i].id, events[i].cb,
-                                              backend->sink, NULL);
-    if (ids[i] < 0)
-      g_debug("%s: cannot register event %d: %s", backend->uri, events[i].id,
-              virGetLastErrorMessage());
-  }
+  backend_events_register(backend, conn, ids);
   return conn;
 }
 
@@ -163,10 +61,7 @@ connect_drop(Backend *backend)
   }
   if (!conn)
     return;
-  for (guint i = 0; i < G_N_ELEMENTS(ids); i++)
-    if (ids[i] >= 0)
-      virConnectDomainEventDeregisterAny(conn, ids[i]);
-  virConnectUnregisterCloseCallback(conn, on_close);
+  backend_events_deregister(conn, ids);
   g_debug("virConnectClose(%s)", backend->uri);
   virConnectClose(conn);
 }
@@ -217,7 +112,7 @@ backend_disk_capacity(Backend *backend, const char *domain, const char *target,
     return FALSE;
   }
   if (target) {
-    g_autoptr(BackendVirDomain) dom = virDomainLookupByName(conn, domain);
+    g_autoptr(BackendVirDomain) dom = backend_lookup_domain(conn, domain, NULL, NULL);
     virDomainBlockInfo info;
     if (dom && virDomainGetBlockInfo(dom, target, &info, 0) == 0) {
       *capacity = info.capacity;
@@ -235,17 +130,54 @@ backend_disk_capacity(Backend *backend, const char *domain, const char *target,
 }
 
 /* ------------------------------------------------------------------ */
-/* Model                                                               */
+/* Domains                                                             */
 
-static void
-mark_frozen(Backend *backend, BackendModel *model)
+virDomainPtr
+backend_lookup_domain(virConnectPtr conn, const char *name, const char *uuid, GError **error)
 {
-  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->freeze_lock);
-  for (guint i = 0; i < model->domains->len; i++) {
-    BackendDomain *domain = g_ptr_array_index(model->domains, i);
-    domain->frozen = g_hash_table_contains(backend->freezes, domain->name);
+  virDomainPtr dom = uuid ? virDomainLookupByUUIDString(conn, uuid) : NULL;
+  if (!dom)
+    dom = virDomainLookupByName(conn, name);
+  if (!dom) {
+    const virError *err = virGetLastError();
+    g_set_error(error, BACKEND_ERROR, err && err->code == VIR_ERR_NO_DOMAIN ? ENOENT : EIO,
+                "domain %s: %s", name, virGetLastErrorMessage());
   }
+  return dom;
 }
+
+gboolean
+backend_domain_state(virDomainPtr dom, char *uuid, gboolean *running, GError **error)
+{
+  const char *name = virDomainGetName(dom);
+  if (uuid && virDomainGetUUIDString(dom, uuid) < 0) {
+    backend_set_virt_error(error, "domain %s: UUID", name);
+    return FALSE;
+  }
+  int active = running ? virDomainIsActive(dom) : 0;
+  if (active < 0) {
+    backend_set_virt_error(error, "domain %s: state", name);
+    return FALSE;
+  }
+  if (running)
+    *running = active == 1;
+  return TRUE;
+}
+
+DomXmlDomain *
+backend_read_domain(virDomainPtr dom, unsigned int flags, GError **error)
+{
+  g_debug("virDomainGetXMLDesc(%s, %#x)", virDomainGetName(dom), flags);
+  g_autofree char *xml = virDomainGetXMLDesc(dom, flags);
+  if (!xml) {
+    backend_set_virt_error(error, "domain %s: XML", virDomainGetName(dom));
+    return NULL;
+  }
+  return domxml_parse_domain(xml, error);
+}
+
+/* ------------------------------------------------------------------ */
+/* Model                                                               */
 
 /* A snapshot disk whose point image cannot be found is usually a snapshot
  * libvirt is still creating: its metadata shows before the overlay exists.
@@ -300,13 +232,15 @@ refresh(Backend *backend, gboolean force, GError **error)
     return FALSE;
   }
   if (!force && !g_atomic_int_get(&backend->settling) &&
-      g_strcmp0(backend->fingerprint, backend_raw_fingerprint(raw)) == 0)
+      g_strcmp0(backend->fingerprint, raw->fingerprint) == 0)
     return TRUE;
 
   g_autoptr(GHashTable) unresolved = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  g_auto(GStrv) frozen = backend_freeze_frozen_images(backend);
+  g_auto(GStrv) images = backend->hooks.policy_images
+                              ? backend->hooks.policy_images(backend->hooks_data)
+                              : NULL;
   g_autoptr(BackendModel) built = backend_model_build(raw, (const char *const *)backend->image_dirs,
-                                                      (const char *const *)frozen,
+                                                      (const char *const *)images,
                                                       backend->logged, unresolved);
   /* The first model is published at once, settled or not: otherwise a
    * single unresolvable snapshot hides every domain for SETTLE_US after
@@ -314,10 +248,10 @@ refresh(Backend *backend, gboolean force, GError **error)
   if (!settled(backend, unresolved) && backend->generation > 0)
     return TRUE;
   g_free(backend->fingerprint);
-  backend->fingerprint = g_strdup(backend_raw_fingerprint(raw));
+  backend->fingerprint = g_strdup(raw->fingerprint);
   BackendModel *model = g_steal_pointer(&built);
-  mark_frozen(backend, model);
-  backend_exec_filter_model(backend, model);
+  if (backend->hooks.model_built)
+    backend->hooks.model_built(model, backend->hooks_data);
   model->generation = ++backend->generation;
   g_debug("model %" G_GUINT64_FORMAT ": %u domains", model->generation, model->domains->len);
 
@@ -357,19 +291,6 @@ backend_set_listener(Backend *backend, BackendChangeFunc func, gpointer user_dat
   backend->listener_data = user_data;
 }
 
-GMutex *
-backend_domain_lock(Backend *backend, const char *domain)
-{
-  g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->freeze_lock);
-  GMutex *mutex = g_hash_table_lookup(backend->domain_locks, domain);
-  if (!mutex) {
-    mutex = g_new0(GMutex, 1);
-    g_mutex_init(mutex);
-    g_hash_table_insert(backend->domain_locks, g_strdup(domain), mutex);
-  }
-  return mutex;
-}
-
 /* ------------------------------------------------------------------ */
 /* Worker                                                              */
 
@@ -380,8 +301,8 @@ backend_is_ready(Backend *backend)
   return backend->ready;
 }
 
-/* The start-up repairs of a backend that started without a connection,
- * on its first one; until they are done nobody else gets it. */
+/* The ready hook of a backend that started without a connection, on its
+ * first one; until it is done nobody else gets the connection. */
 static void
 repair_late(Backend *backend)
 {
@@ -389,8 +310,8 @@ repair_late(Backend *backend)
     g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
     backend->repairing = g_thread_self();
   }
-  backend_freeze_repair(backend);
-  backend_exec_recover(backend);
+  if (backend->hooks.ready)
+    backend->hooks.ready(backend->hooks_data);
   g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
   backend->repairing = NULL;
   backend->ready = TRUE;
@@ -464,13 +385,11 @@ worker_run(gpointer data)
 /* ------------------------------------------------------------------ */
 /* Life cycle                                                          */
 
-static void
-backend_destroy(Backend *backend, gboolean thaw)
+void
+backend_free(Backend *backend)
 {
   if (!backend)
     return;
-  if (thaw)
-    backend_freeze_thaw_all(backend);
   if (backend->worker) {
     {
       g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->lock);
@@ -479,113 +398,71 @@ backend_destroy(Backend *backend, gboolean thaw)
     }
     g_thread_join(g_steal_pointer(&backend->worker));
   }
-  {
-    g_autoptr(GMutexLocker) locker = g_mutex_locker_new(&backend->sink->lock);
-    backend->sink->backend = NULL;
-  }
+  backend_events_detach(backend);
   connect_drop(backend);
-  backend_event_loop_free_later(g_steal_pointer(&backend->sink), sink_free);
-  backend_exec_free(backend);
-  backend_freeze_table_free(backend);
-  g_hash_table_unref(backend->domain_locks);
-  g_hash_table_unref(backend->job_events);
+  backend_jobs_clear(backend);
   g_hash_table_unref(backend->logged);
   g_hash_table_unref(backend->unresolved_since);
   backend_model_unref(backend->model);
   g_free(backend->fingerprint);
   g_free(backend->uri);
-  g_free(backend->state_dir);
   g_strfreev(backend->image_dirs);
   g_mutex_clear(&backend->lock);
   g_mutex_clear(&backend->build_lock);
-  g_mutex_clear(&backend->freeze_lock);
-  g_mutex_clear(&backend->job_lock);
   g_cond_clear(&backend->wake);
-  g_cond_clear(&backend->job_cond);
   g_free(backend);
   backend_event_loop_stop();
 }
 
-static void
-domain_lock_free(gpointer data)
-{
-  g_mutex_clear(data);
-  g_free(data);
-}
-
 Backend *
-backend_new(const BackendOptions *options, GError **error)
+backend_new(const BackendOptions *options, const BackendHooks *hooks, gpointer hooks_data,
+            GError **error)
 {
-  g_return_val_if_fail(options && options->uri && options->state_dir, NULL);
+  g_return_val_if_fail(options && options->uri, NULL);
   if (!backend_event_loop_start(error))
     return NULL;
 
   Backend *backend = g_new0(Backend, 1);
   backend->uri = g_strdup(options->uri);
-  backend->state_dir = g_strdup(options->state_dir);
   backend->image_dirs = g_strdupv((char **)options->image_dirs);
   backend->bandwidth_mib = options->bandwidth_mib;
+  backend->connect_later = options->connect_later;
+  if (hooks)
+    backend->hooks = *hooks;
+  backend->hooks_data = hooks_data;
   g_mutex_init(&backend->lock);
   g_mutex_init(&backend->build_lock);
-  g_mutex_init(&backend->freeze_lock);
-  g_mutex_init(&backend->job_lock);
   g_cond_init(&backend->wake);
-  g_cond_init(&backend->job_cond);
   for (guint i = 0; i < G_N_ELEMENTS(backend->callback_ids); i++)
     backend->callback_ids[i] = -1;
   backend->model = backend_model_new_empty();
-  backend->sink = g_new0(BackendSink, 1);
-  g_mutex_init(&backend->sink->lock);
-  backend->sink->backend = backend;
+  backend_events_attach(backend);
   backend->logged = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   backend->unresolved_since = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-  backend->freezes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  backend->domain_locks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, domain_lock_free);
-  backend->job_events = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-  backend_exec_init(backend, options);
+  backend_jobs_init(backend);
+  return backend;
+}
 
-  if (g_mkdir_with_parents(backend->state_dir, 0700) < 0) {
-    int err = errno;
-    g_set_error(error, BACKEND_ERROR, err, "cannot create state directory %s: %s",
-                backend->state_dir, g_strerror(err));
-    backend_destroy(backend, FALSE);
-    return NULL;
-  }
+gboolean
+backend_start(Backend *backend, GError **error)
+{
+  g_return_val_if_fail(!backend->worker, FALSE);
   backend->ready = TRUE;
   g_autoptr(GError) unreachable = NULL;
   if (connect_up(backend, &unreachable)) {
-    backend_freeze_repair(backend);
-    backend_exec_recover(backend);
-    if (!refresh(backend, TRUE, error)) {
-      backend_destroy(backend, FALSE);
-      return NULL;
-    }
-  } else if (options->connect_later) {
+    if (backend->hooks.ready)
+      backend->hooks.ready(backend->hooks_data);
+    if (!refresh(backend, TRUE, error))
+      return FALSE;
+  } else if (backend->connect_later) {
     g_message("%s; starting without it, retrying every %u s at most (further failures are "
               "not logged)", unreachable->message, BACKOFF_MAX_S);
     backend->ready = FALSE;
     backend->start_failed = TRUE;
   } else {
     g_propagate_error(error, g_steal_pointer(&unreachable));
-    backend_destroy(backend, FALSE);
-    return NULL;
+    return FALSE;
   }
   backend->worker = g_thread_try_new("backend", worker_run, backend, error);
-  if (!backend->worker) {
-    backend_destroy(backend, FALSE);
-    return NULL;
-  }
-  return backend;
-}
-
-void
-backend_free(Backend *backend)
-{
-  backend_destroy(backend, TRUE);
-}
-
-void
-backend_abandon(Backend *backend)
-{
-  backend_destroy(backend, FALSE);
+  return backend->worker != NULL;
 }

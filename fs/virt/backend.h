@@ -8,10 +8,14 @@
  * or a periodic poll for changes no event announces) the backend builds a
  * new model, swaps it in atomically, and tells the listener.
  *
+ * This is the part the FUSE front reads: the model, the listener, and
+ * sizes libvirt reports.  Creating a backend and the libvirt-level calls
+ * are in backend-virt.h (for fs/snap, which owns the backend); changing
+ * snapshots is fs/snap's snap.h.
+ *
  * Thread model: backend_get_model() may be called from any thread and never
- * blocks on libvirt; the listener is called from the backend's thread.
- * Operations that change libvirt state (freeze, thaw, plans) block the
- * calling thread and are serialised per domain.
+ * blocks on libvirt; the listener is called from the backend's thread or
+ * from the thread that asked for a refresh.
  */
 #pragma once
 
@@ -22,9 +26,10 @@
 
 G_BEGIN_DECLS
 
-/* Errors of the backend: the code is an errno value (EIO for libvirt and
- * qemu-img failures, ENOENT for an unknown domain, EINVAL for bad XML), and
- * the message carries libvirt's own reason. */
+/* Errors of the backend and of fs/snap on top of it: the code is an errno
+ * value (EIO for libvirt and qemu-img failures, ENOENT for an unknown
+ * domain, EINVAL for bad XML), and the message carries libvirt's own
+ * reason. */
 #define BACKEND_ERROR (backend_error_quark())
 GQuark backend_error_quark(void);
 
@@ -43,8 +48,8 @@ typedef struct {
                             * headers alone name the chain */
 } BackendDisk;
 
-/* DESIGN.md 4.1: for a running domain the chain read from the headers must
- * be the one libvirt reports.  FALSE (EIO) when chain differs from
+/* The image policy: for a running domain the chain read from the headers
+ * must be the one libvirt reports.  FALSE (EIO) when chain differs from
  * disk->backing_paths; TRUE when it matches or libvirt said nothing. */
 gboolean backend_disk_check_chain(const BackendDisk *disk, Chain *chain, GError **error);
 /* The same for the paths of a chain's layers, top first (NULL-terminated). */
@@ -98,36 +103,26 @@ BackendSnapshot *backend_domain_find_snapshot(BackendDomain *domain, const char 
 typedef struct _Backend Backend;
 
 /* Called after a new model was published: from the backend's worker
- * thread, or from the thread of a backend_refresh() / backend_freeze() /
- * backend_thaw() caller.  Calls are serialised and come in generation
- * order.  The listener may call backend_get_model() but must not call
- * backend_refresh(), backend_freeze() or backend_thaw() (it runs under the
- * backend's build lock). */
+ * thread, or from the thread of a backend_refresh() caller (fs/snap
+ * refreshes after every change it makes).  Calls are serialised and come
+ * in generation order.  The listener may call backend_get_model() but
+ * must not call backend_refresh() or anything of fs/snap that changes
+ * libvirt (it runs under the backend's build lock). */
 typedef void (*BackendChangeFunc)(BackendModel *old_model, BackendModel *new_model,
                                   gpointer user_data);
 
 typedef struct {
   const char *uri;               /* libvirt URI */
-  const char *state_dir;         /* journal and freeze records */
   const char *const *image_dirs; /* extra allowed directories, may be NULL */
-  gboolean revert_discard;       /* -o revert=discard: a revert keeps no
-                                  * pre-revert snapshot of the present */
   gboolean connect_later;        /* when libvirt does not answer at start,
                                   * start anyway with an empty model and
                                   * keep trying (a host of several); the
-                                  * freeze repair and journal recovery then
-                                  * run on the first connection, before
+                                  * ready hook (backend-virt.h) then runs
+                                  * on the first connection, before
                                   * anything else may use it */
   unsigned long bandwidth_mib;   /* -o bandwidth=: MiB/s for every block
                                   * job and qemu-img commit; 0 = unlimited */
 } BackendOptions;
-
-/* Connects, reads the first model, repairs freezes a crash left behind,
- * and starts watching for changes (see BackendOptions.connect_later). */
-Backend *backend_new(const BackendOptions *options, GError **error);
-/* Thaws open freezes, stops the event thread, closes the connection. */
-void backend_free(Backend *backend);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(Backend, backend_free)
 
 void backend_set_listener(Backend *backend, BackendChangeFunc func, gpointer user_data);
 
@@ -149,61 +144,5 @@ BackendModel *backend_get_model(Backend *backend);
  * libvirt cannot tell.  Blocks on libvirt. */
 gboolean backend_disk_capacity(Backend *backend, const char *domain, const char *target,
                                const char *path, guint64 *capacity, GError **error);
-
-/* @now (DESIGN.md 4.2).  The first freeze of a domain takes a temporary
- * external overlay of all its disks (no metadata, quiesced when the guest
- * agent answers) and returns the frozen images as BackendDisks; further
- * freezes share it.  Each successful backend_freeze() is paired with one
- * backend_thaw(); the last thaw commits the overlays back and deletes
- * them.  Returns a new array of BackendDisk (free with g_ptr_array_unref).
- * Overlays are named "<active image>.virtsnapfs-now-<usec>-<pid>" beside
- * the active image (STATE_DIR/now/ for block devices); every freeze is
- * recorded in STATE_DIR/freeze/ and repaired by the next backend_new()
- * if the process dies before the thaw.  A thaw that fails is logged and
- * retried at the domain's next freeze or thaw, or at the next start. */
-GPtrArray *backend_freeze(Backend *backend, const char *domain, GError **error);
-void backend_thaw(Backend *backend, const char *domain);
-
-/* ------------------------------------------------------------------ */
-/* Snapshot operations (DESIGN.md 3 and 5), for mkdir, rmdir and rename. */
-
-/* All four block the calling thread until the operation finished (plans
- * can take minutes) and are serialised per domain in arrival order; other
- * domains run in parallel.  On return the published model already shows
- * the result.  Errors are BACKEND_ERROR with an errno code (DESIGN.md 3):
- *   EEXIST      create, or rename onto, an existing name
- *   EINVAL      bad name (empty, too long, control characters)
- *   ENOENT      no such domain or snapshot
- *   EBUSY       a layer the plan must write is pinned by a reader; revert
- *               of a running domain; the domain is frozen for @now
- *   EOPNOTSUPP  a disk the planner cannot handle
- *   EIO         libvirt or qemu-img failed: the message holds their reason;
- *               the chain is as it was, or recovery rolls the plan forward
- * Every changing call logs one line with what the planner chose and why. */
-gboolean backend_snapshot_create(Backend *backend, const char *domain, const char *name,
-                                 GError **error);
-gboolean backend_snapshot_delete(Backend *backend, const char *domain, const char *name,
-                                 GError **error);
-gboolean backend_snapshot_rename(Backend *backend, const char *domain, const char *name,
-                                 const char *new_name, GError **error);
-/* The present being left is kept as snapshot pre-revert-<UTC time>
- * unless discard or BackendOptions.revert_discard says to drop it. */
-gboolean backend_snapshot_revert(Backend *backend, const char *domain, const char *name,
-                                 gboolean discard, GError **error);
-
-/* Pinned layers (DESIGN.md 4.3): the front end pins the chain of every
- * open point in time, snapshot files and @now alike (open), and unpins it
- * (release).  What counts is the chain's top layer, the point image, keyed
- * by device and inode (the planner follows the chain below it); pins
- * count, so a chain may be pinned many times.  A plan never changes what
- * an open reader reads: deleting an open point in time, or a merge with no
- * safe direction, fails with EBUSY.  Any thread; never blocks on a plan. */
-void backend_pin_chain(Backend *backend, const char *domain, Chain *chain);
-void backend_unpin_chain(Backend *backend, const char *domain, Chain *chain);
-
-/* For the user.virtsnapfs.job xattr of a domain directory: the running
- * operation and its progress, e.g. "delete s2: step 3/7 commit vda 45%",
- * or NULL when nothing runs.  Returns a new string.  Any thread. */
-char *backend_job_status(Backend *backend, const char *domain);
 
 G_END_DECLS

@@ -399,10 +399,15 @@ domxml_parse_pool_devices(const char *xml, GError **error)
 /* Writing                                                             */
 
 char *
-domxml_overlay_snapshot_xml(const char *description, const DomXmlOverlay *overlays,
-                            gsize n_overlays, const char *const *no_targets)
+domxml_overlay_snapshot_xml(const char *name, const char *description,
+                            const DomXmlOverlay *overlays, gsize n_overlays,
+                            const char *const *no_targets)
 {
   GString *xml = g_string_new("<domainsnapshot>\n");
+  if (name) {
+    g_autofree char *escaped = g_markup_escape_text(name, -1);
+    g_string_append_printf(xml, "  <name>%s</name>\n", escaped);
+  }
   if (description) {
     g_autofree char *escaped = g_markup_escape_text(description, -1);
     g_string_append_printf(xml, "  <description>%s</description>\n", escaped);
@@ -465,12 +470,17 @@ domxml_set_disk_source(const char *xml, const char *target, const char *path,
     xmlUnlinkNode(store);
     xmlFreeNode(store);
   }
+  return domxml_doc_dump(doc, error);
+}
 
+char *
+domxml_doc_dump(xmlDoc *doc, GError **error)
+{
   xmlChar *out = NULL;
   int len = 0;
   xmlDocDumpMemory(doc, &out, &len);
   if (!out) {
-    g_set_error(error, BACKEND_ERROR, ENOMEM, "cannot serialise domain XML");
+    g_set_error(error, BACKEND_ERROR, ENOMEM, "cannot serialise XML");
     return NULL;
   }
   char *copy = g_strndup((const char *)out, (gsize)len);

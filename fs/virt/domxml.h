@@ -2,7 +2,7 @@
  * structs, and the few XML documents the backend writes.
  *
  * Pure code: no libvirt calls, no I/O; every function is unit-tested on
- * sample strings (tests/backend/test-domxml.c).  Thread model: none needed;
+ * sample strings (tests/fs/virt/test-domxml.c).  Thread model: none needed;
  * libxml2 parsing is reentrant once xmlInitParser() ran (done here lazily).
  */
 #pragma once
@@ -92,22 +92,28 @@ DomXmlDisk *domxml_domain_find_disk(DomXmlDomain *domain, const char *target);
  * stale). */
 void domxml_domain_forget_backing(DomXmlDomain *domain);
 
-/* One disk of a freeze: the overlay to create on top of target. */
+/* One disk of a new snapshot or freeze: the overlay to create on top of
+ * target. */
 typedef struct {
   const char *target;
   const char *overlay;
 } DomXmlOverlay;
 
-/* <domainsnapshot> for virDomainSnapshotCreateXML: an external qcow2
- * overlay for each of overlays[0..n_overlays), snapshot='no' for every
- * other target in no_targets (NULL-terminated, may be NULL). */
-char *domxml_overlay_snapshot_xml(const char *description, const DomXmlOverlay *overlays,
-                                  gsize n_overlays, const char *const *no_targets);
+/* <domainsnapshot> for virDomainSnapshotCreateXML: its name and
+ * description when given (either may be NULL), an external qcow2 overlay
+ * for each of overlays[0..n_overlays), snapshot='no' for every other
+ * target in no_targets (NULL-terminated, may be NULL). */
+char *domxml_overlay_snapshot_xml(const char *name, const char *description,
+                                  const DomXmlOverlay *overlays, gsize n_overlays,
+                                  const char *const *no_targets);
 
 /* A copy of domain XML whose disk target now reads from path in format,
  * with any <backingStore> of that disk removed (libvirt re-detects it). */
 char *domxml_set_disk_source(const char *xml, const char *target, const char *path,
                              ChainFormat format, GError **error);
+
+/* The document as text; ENOMEM when libxml2 cannot write it. */
+char *domxml_doc_dump(xmlDoc *doc, GError **error);
 
 /* Tree helpers, also for the XML the executor rewrites.  NULL-safe:
  * a NULL node is no element, has no children and no attributes. */

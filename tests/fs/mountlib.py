@@ -8,11 +8,12 @@ foreground with its stderr captured, and stop() fails the test when the
 daemon logged a warning or worse that the test did not expect.
 
 The oracle for what a point in time must read as is
-`qemu-img convert -O raw` of its point image (DESIGN.md 7).
+`qemu-img convert -O raw` of its point image.
 """
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -98,6 +99,12 @@ def run(*cmd, check=True, quiet=False, **kw):
     return p.stdout
 
 
+def qemu_caps(how, cache):
+    """Seeds a root's cache of QEMU's capabilities from the run's shared
+    copy, or keeps what it probed there (qemu-caps.sh)."""
+    run("sh", os.path.join(SRCDIR, "qemu-caps.sh"), how, cache)
+
+
 class Env:
     def __init__(self, name, uri=None):
         base = os.environ.get("VIRTSNAPFS_TEST_TMP", "/var/tmp")
@@ -113,8 +120,12 @@ class Env:
         self.share_mountpoint()
         with open(self.root + "/etc/qemu.conf", "w") as f:
             f.write(QEMU_CONF)
+        qemu_caps("seed", self.root + "/cache/qemu/capabilities")
         self.uri = uri or "qemu:///embed?root=" + self.root
         self.domains = []
+        # Objects whose stop() runs after the domains are gone, before the
+        # directory is removed (a PrivateLibvirtd).
+        self.services = []
         self.keep = os.environ.get("VIRTSNAPFS_KEEP_TMP") == "1"
         # libvirt's own log would print a warning about security_driver
         # "none" on every connection: send it to a file.
@@ -124,13 +135,12 @@ class Env:
     def share_mountpoint(self):
         """Put the mount point under a shared mount, as / is on a systemd host.
 
-        libvirt starts each QEMU in a mount namespace of its own (unless
-        qemu.conf says namespaces = [], as the embed roots here do; a
-        private libvirtd reads the system's qemu.conf) and that namespace
-        copies every mount there is, the daemon's FUSE mount too.  Where /
-        is private, as in containers, an unmount does not reach the copy,
-        the FUSE connection stays open and the daemon never exits.  Under
-        a shared mount the copy is a slave and goes with ours."""
+        A new mount namespace (a private libvirtd's, test-install's, a
+        QEMU's unless qemu.conf says namespaces = [] as ours do) copies
+        every mount there is, the daemon's FUSE mount too.  Where / is
+        private, as in containers, an unmount does not reach the copy, the
+        FUSE connection stays open and the daemon never exits.  Under a
+        shared mount the copy is a slave and goes with ours."""
         run("mount", "--bind", self.dir, self.dir)
         run("mount", "--make-shared", self.dir)
 
@@ -233,6 +243,9 @@ class Env:
             out = self.virsh("undefine", dom, check=False)
             if dom in self.virsh("list", "--all", "--name", check=False).split():
                 log("could not undefine", dom, out)
+        for service in self.services:
+            service.stop()
+        qemu_caps("keep", self.root + "/cache/qemu/capabilities")
         self.unshare_mountpoint()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -468,7 +481,7 @@ def thread_stacks(pid):
     return r.stdout
 
 
-def wait_mounted(mnt, proc=None, timeout=30):
+def wait_mounted(mnt, proc=None, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if os.path.ismount(mnt):
@@ -479,7 +492,9 @@ def wait_mounted(mnt, proc=None, timeout=30):
     raise AssertionError("not mounted after %d s" % timeout)
 
 
-def wait_for(pred, timeout=10, what="condition"):
+def wait_for(pred, timeout=60, what="condition"):
+    # The bound is for what never happens; tests run several at once on
+    # loaded machines, so it is not a measure of speed.
     deadline = time.time() + timeout
     while time.time() < deadline:
         if pred():
@@ -521,97 +536,102 @@ class PrivateLibvirtd:
     An embed root belongs to one process, so a test that changes libvirt
     while virtsnapfs is mounted needs a libvirt daemon both can talk to.
     `libvirtd -f CONFIG` with its own unix_sock_dir is reached with
-    qemu:///system?socket=DIR/libvirt-sock.  Run as root, its qemu driver
-    still uses the system paths: /etc/libvirt/qemu.conf (default: QEMU runs
-    as libvirt-qemu with dynamic ownership, so image directories must be
-    traversable by that user: the Env's are 0755), /run/libvirt/qemu and
-    /var/lib/libvirt/qemu, and it logs QEMU's output through virtlogd
-    (/run/libvirt/virtlogd-sock).  So:
-      - if the system libvirtd answers on /run/libvirt/libvirt-sock, the
-        test uses qemu:///system itself (a normal Debian host);
-      - otherwise it starts `virtlogd -d` when its socket is missing, and a
-        private libvirtd; both are stopped at the end.  Only one qemu
-        driver may own /run/libvirt/qemu at a time: if another private
-        libvirtd runs, the test waits for it to go.
-    Domains get the "vsfs-" prefix and are undefined at the end.
+    qemu:///system?socket=DIR/libvirt-sock.  Run as root, libvirtd keeps
+    its state in the system's paths (/etc/libvirt, /run/libvirt,
+    /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt), so it runs in
+    a mount namespace of its own where directories of the env are bound
+    over those: tests with a libvirtd each run in parallel, and none sees
+    the host's or another test's domains.  Its qemu.conf is the embed
+    roots' (QEMU runs as root, logs to a file, no virtlogd).  The
+    namespace is a slave of the host's (unshare --propagation slave): the
+    FUSE mounts of this and other tests, all under shared mounts (Env.
+    share_mountpoint), leave it when they are unmounted.  The directories
+    persist across stop and start(), as a system libvirtd's do across a
+    restart.
+
+    With the system's qemu.conf, QEMU would run as libvirt-qemu; where
+    /dev/kvm is root's alone (0600, as here), libvirt probes QEMU with
+    CAP_DAC_OVERRIDE, finds KVM, then finds /dev/kvm closed to that user
+    and drops its capabilities cache as outdated on every lookup: each
+    define, snapshot or start probed QEMU again (tens of seconds).
     """
 
+    DIRS = (("etc", "/etc/libvirt"), ("run", "/run/libvirt"), ("lib", "/var/lib/libvirt"),
+            ("cache", "/var/cache/libvirt"), ("log", "/var/log/libvirt"))
+    # Runs in the new namespace: $1 is the base directory.
+    START = ('set -e; for d in ' + " ".join("%s:%s" % d for d in DIRS) + '; do '
+             'mkdir -p "${d#*:}"; mount --bind "$1/${d%%:*}" "${d#*:}"; done; '
+             'exec libvirtd -f "$1/libvirtd.conf" -p "$1/libvirtd.pid"')
+
     def __init__(self, env):
-        self.env = env
-        self.proc = None
-        self.virtlogd_pid = None
-        if os.path.exists("/run/libvirt/libvirt-sock") and \
-                subprocess.run(["virsh", "-c", "qemu:///system", "version"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
-            log("using the system libvirtd")
-            env.uri = "qemu:///system"
-            return
-        for tool in ("libvirtd", "virtlogd"):
+        for tool in ("libvirtd", "unshare"):
             if shutil.which(tool) is None and not os.path.exists("/usr/sbin/" + tool):
                 skip(tool + " missing")
-        deadline = time.time() + 600
-        while self.other_libvirtd() and time.time() < deadline:
-            log("another libvirtd runs; waiting for it to exit")
-            time.sleep(5)
-        if not os.path.exists("/run/libvirt/virtlogd-sock"):
-            pidfile = os.path.join(env.dir, "virtlogd.pid")
-            run("virtlogd", "-d", "-p", pidfile)
-            wait_for(lambda: os.path.exists(pidfile) and os.path.exists("/run/libvirt/virtlogd-sock"),
-                     what="virtlogd")
-            self.virtlogd_pid = int(open(pidfile).read().strip())
+        self.env = env
+        self.proc = None
+        self.base = os.path.join(env.dir, "libvirtd")
+        for d, _ in self.DIRS:
+            os.makedirs(os.path.join(self.base, d), exist_ok=True)
+        with open(os.path.join(self.base, "etc", "qemu.conf"), "w") as f:
+            f.write(QEMU_CONF)
+        self.caps = os.path.join(self.base, "cache", "qemu", "capabilities")
+        qemu_caps("seed", self.caps)
         sockdir = os.path.join(env.dir, "sock")
         os.makedirs(sockdir, exist_ok=True)
-        conf = os.path.join(env.dir, "libvirtd.conf")
-        with open(conf, "w") as f:
+        with open(os.path.join(self.base, "libvirtd.conf"), "w") as f:
             f.write('unix_sock_dir = "%s"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n'
                     'log_outputs = "3:file:%s/libvirtd.log"\n' % (sockdir, env.dir))
-        self.proc = subprocess.Popen(["libvirtd", "-f", conf, "-p",
-                                      os.path.join(env.dir, "libvirtd.pid")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         env.uri = "qemu:///system?socket=%s/libvirt-sock" % sockdir
-        wait_for(lambda: subprocess.run(["virsh", "-c", env.uri, "version"],
-                                        stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL).returncode == 0,
-                 timeout=30, what="private libvirtd")
+        env.services.append(self)
+        self.start()
         log("private libvirtd at", env.uri)
-        self.forget_leftovers()
 
-    def forget_leftovers(self):
-        """Undefines the "vsfs-" domains that a killed run left in the
-        system's config directory, which a private libvirtd shares: this
-        run's define of the same name would fail."""
-        for name in self.env.virsh("list", "--all", "--name").split():
-            if name.startswith("vsfs-"):
-                log("undefining %s, left by an earlier run" % name)
-                self.env.virsh("destroy", name, check=False)
-                self.env.virsh("undefine", name, "--snapshots-metadata")
+    def start(self):
+        """Starts libvirtd (again) and waits until it answers."""
+        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "slave", "--",
+                                      "sh", "-c", self.START, "sh", self.base],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    @staticmethod
-    def other_libvirtd():
-        out = subprocess.run(["ps", "-eo", "stat,comm"], stdout=subprocess.PIPE, text=True).stdout
-        return any(l.split()[1] == "libvirtd" and not l.startswith("Z")
-                   for l in out.splitlines()[1:] if len(l.split()) == 2)
+        def answers():
+            return self.proc.poll() is not None or subprocess.run(
+                ["virsh", "-c", self.env.uri, "version"], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL).returncode == 0
+        wait_for(answers, timeout=60, what="private libvirtd")
+        assert self.proc.poll() is None, "libvirtd exited with %d; see %s/libvirtd.log" % (
+            self.proc.returncode, self.env.dir)
+
+    def kill(self, sig=signal.SIGTERM):
+        """Stops libvirtd with sig; its domains' QEMUs go on running."""
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self):
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.virtlogd_pid is not None:
-            with contextlib.suppress(OSError):
-                os.kill(self.virtlogd_pid, signal.SIGTERM)
+        """Stops libvirtd, then any QEMU it left (by its pid files), and
+        keeps what it probed of QEMU for the next tests.  Env.cleanup()
+        calls it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        for pidfile in glob.glob(os.path.join(self.base, "run", "qemu", "*.pid")):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(open(pidfile).read().strip())
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    if b"qemu-system" not in f.read():
+                        continue
+                os.kill(pid, signal.SIGKILL)
+                log("stopped QEMU %d left by the test" % pid)
+        qemu_caps("keep", self.caps)
 
 
 def main_libvirtd(fn, name):
     """main() for tests that need a libvirt daemon (PrivateLibvirtd)."""
     need_tools()
     env = Env(name)
-    lv = None
     try:
-        lv = PrivateLibvirtd(env)
+        PrivateLibvirtd(env)
         fn(env)
     except BaseException:
         env.keep = True
@@ -619,5 +639,3 @@ def main_libvirtd(fn, name):
         raise
     finally:
         env.cleanup()
-        if lv is not None:
-            lv.stop()

@@ -5,7 +5,7 @@ Every attack sits in the chain of a point in time of a domain (shut off,
 but for "live") in one embed root.  The domains are defined and snapshotted with clean images
 (libvirt would refuse some of the attacks), then the images are edited with
 `qemu-img rebase -u` or by patching header bytes: for a shut-off domain
-the daemon reads the chains from the headers (DESIGN.md 4.1).  Each domain
+the daemon reads the chains from the headers.  Each domain
 has the points s1 and s2 made offline: s1 created the overlay o1, s2 the
 overlay o2 (the active image).  For a shut-off domain P(s) is read from
 the header of O(s): P(s1) = backing(o1) (normally the base image), P(s2) =

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""test-change: mkdir, rmdir, rm -r and mv through the mount (DESIGN.md 3).
+"""test-change: mkdir, rmdir, rm -r and mv through the mount.
 
 Against qemu:///embed with real QEMU (TCG):
   - "off": shut off, two virtio disks, snapshots s1..s4 with distinct data

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""test-delta: <disk>.delta files and examples/backup.sh (DESIGN.md 4.1).
+"""test-delta: <disk>.delta files and examples/backup.sh.
 
 Against qemu:///embed with real QEMU (TCG), a shut-off domain "bk" with
 two disks: vda (qcow2, 64 KiB clusters, a base with compressed clusters)

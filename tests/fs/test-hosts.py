@@ -143,14 +143,6 @@ def expect_errno(fn, err, what):
     raise AssertionError("%s: succeeded, expected %s" % (what, errno.errorcode[err]))
 
 
-def start_libvirtd(env):
-    """Starts the private libvirtd again with the configuration
-    PrivateLibvirtd wrote."""
-    conf = os.path.join(env.dir, "libvirtd.conf")
-    return subprocess.Popen(["libvirtd", "-f", conf, "-p", os.path.join(env.dir, "libvirtd.pid")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def test(env, emb, lv):
     lv_uri = env.uri.replace("qemu:///", "qemu+unix:///", 1)
     emb_uri = emb.uri
@@ -216,68 +208,62 @@ def test(env, emb, lv):
     check.ok(len(lines) == 1, "logged once: %s" % lines)
 
     # The private libvirtd goes away.
-    if lv.proc is None:
-        m.log("the system libvirtd is used: not stopping it (outage part not run)")
-    else:
-        before = len(d.log_text().splitlines())
-        lv.proc.terminate()
-        lv.proc.wait(timeout=60)
-        m.wait_for(lambda: "retrying every" in d.log_text(), timeout=60,
-                   what="the daemon to notice the outage")
-        compare_all(env, emb_dir, emb_oracles, "emb with lv down")
-        change_while_reading(env, "emb (lv down)", emb_dir, "down-e",
-                             os.path.join(emb_dir, "s 2", "vda.raw"), emb_oracles["s 2"],
-                             emb_oracles["@now"])
-        check.ok(LV_DOM in os.listdir(os.path.join(mnt, "lv")),
-                 "lv keeps its last known listing while down")
-        # Its snapshots read from the images, which need no libvirt (@now
-        # would: its freeze fails while down).
-        compare_all(env, lv_dir, {k: v for k, v in lv_oracles.items() if k != "@now"},
-                    "lv while down")
-        expect_errno(lambda: os.mkdir(os.path.join(lv_dir, "while-down")), errno.EIO,
-                     "mkdir in lv while down")
-        # Reconnects are tried at 1, 2, 4, 8 s...: let several fail.
-        time.sleep(16)
-        new = d.log_text().splitlines()[before:]
-        # (The refused mkdir logs its own line: asked for, not a storm.)
-        about_lv = [l for l in new if "libvirt-sock" in l and "mkdir" not in l]
-        m.log("log lines during the outage:\n" + "\n".join(new))
-        check.ok(len(about_lv) <= 3 and len(new) <= 30,
-                 "no storm: %d lines in all, %d about lv" % (len(new), len(about_lv)))
+    before = len(d.log_text().splitlines())
+    lv.kill()
+    m.wait_for(lambda: "retrying every" in d.log_text(), timeout=60,
+               what="the daemon to notice the outage")
+    compare_all(env, emb_dir, emb_oracles, "emb with lv down")
+    change_while_reading(env, "emb (lv down)", emb_dir, "down-e",
+                         os.path.join(emb_dir, "s 2", "vda.raw"), emb_oracles["s 2"],
+                         emb_oracles["@now"])
+    check.ok(LV_DOM in os.listdir(os.path.join(mnt, "lv")),
+             "lv keeps its last known listing while down")
+    # Its snapshots read from the images, which need no libvirt (@now
+    # would: its freeze fails while down).
+    compare_all(env, lv_dir, {k: v for k, v in lv_oracles.items() if k != "@now"},
+                "lv while down")
+    expect_errno(lambda: os.mkdir(os.path.join(lv_dir, "while-down")), errno.EIO,
+                 "mkdir in lv while down")
+    # Reconnects are tried at 1, 2, 4, 8 s...: let several fail.
+    time.sleep(16)
+    new = d.log_text().splitlines()[before:]
+    # (The refused mkdir logs its own line: asked for, not a storm.)
+    about_lv = [l for l in new if "libvirt-sock" in l and "mkdir" not in l]
+    m.log("log lines during the outage:\n" + "\n".join(new))
+    check.ok(len(about_lv) <= 3 and len(new) <= 30,
+             "no storm: %d lines in all, %d about lv" % (len(new), len(about_lv)))
 
-        lv.proc = start_libvirtd(env)
-        m.wait_for(lambda: "reconnected to " + lv_uri in d.log_text(), timeout=90,
-                   what="the daemon to reconnect to lv")
-        check.ok(True, "lv reconnected")
-        change_while_reading(env, "lv (back)", lv_dir, "back-l",
-                             os.path.join(emb_dir, "s1", "vda.raw"), emb_oracles["s1"],
-                             lv_oracles["@now"])
-        compare_all(env, lv_dir, lv_oracles, "lv back")
+    lv.start()
+    m.wait_for(lambda: "reconnected to " + lv_uri in d.log_text(), timeout=90,
+               what="the daemon to reconnect to lv")
+    check.ok(True, "lv reconnected")
+    change_while_reading(env, "lv (back)", lv_dir, "back-l",
+                         os.path.join(emb_dir, "s1", "vda.raw"), emb_oracles["s1"],
+                         lv_oracles["@now"])
+    compare_all(env, lv_dir, lv_oracles, "lv back")
     d.stop()
     state = sorted(os.listdir(env.state))
     check.ok(state == ["emb", "lv"], "per-host state directories: %s" % state)
 
     # Mounting while lv does not answer: mounted anyway, lv empty until
     # its libvirtd is back.
-    if lv.proc is not None:
-        lv.proc.terminate()
-        lv.proc.wait(timeout=60)
-        d = m.Daemon(env, "uri=emb=" + emb_uri, "uri=lv=" + lv_uri, "image_dir=" + emb.images,
-                     uri="virtsnapfs")
-        check.ok(sorted(os.listdir(mnt)) == ["emb", "lv"], "mounted with lv down")
-        check.ok(os.listdir(os.path.join(mnt, "lv")) == [], "lv is empty while it never answered")
-        compare_all(env, emb_dir, emb_oracles, "emb, mounted with lv down")
-        lv.proc = start_libvirtd(env)
-        m.wait_for(lambda: LV_DOM in os.listdir(os.path.join(mnt, "lv")), timeout=90,
-                   what="lv to fill once its libvirtd answers")
-        check.ok(True, "lv lists its domains once it answers")
-        compare_all(env, lv_dir, lv_oracles, "lv, late")
-        change_while_reading(env, "lv (late)", lv_dir, "late-l",
-                             os.path.join(emb_dir, "s1", "vda.raw"), emb_oracles["s1"],
-                             lv_oracles["@now"])
-        d.stop()
-        check.ok(d.log_text().count("starting without it") == 1,
-                 "the failed start is logged once")
+    lv.kill()
+    d = m.Daemon(env, "uri=emb=" + emb_uri, "uri=lv=" + lv_uri, "image_dir=" + emb.images,
+                 uri="virtsnapfs")
+    check.ok(sorted(os.listdir(mnt)) == ["emb", "lv"], "mounted with lv down")
+    check.ok(os.listdir(os.path.join(mnt, "lv")) == [], "lv is empty while it never answered")
+    compare_all(env, emb_dir, emb_oracles, "emb, mounted with lv down")
+    lv.start()
+    m.wait_for(lambda: LV_DOM in os.listdir(os.path.join(mnt, "lv")), timeout=90,
+               what="lv to fill once its libvirtd answers")
+    check.ok(True, "lv lists its domains once it answers")
+    compare_all(env, lv_dir, lv_oracles, "lv, late")
+    change_while_reading(env, "lv (late)", lv_dir, "late-l",
+                         os.path.join(emb_dir, "s1", "vda.raw"), emb_oracles["s1"],
+                         lv_oracles["@now"])
+    d.stop()
+    check.ok(d.log_text().count("starting without it") == 1,
+             "the failed start is logged once")
     print("%d checks passed" % check.n)
 
 
@@ -285,10 +271,8 @@ def main():
     m.need_tools()
     env = m.Env("hosts")
     emb = m.Env("hosts-embed")
-    lv = None
     try:
-        lv = m.PrivateLibvirtd(env)
-        test(env, emb, lv)
+        test(env, emb, m.PrivateLibvirtd(env))
     except BaseException:
         env.keep = emb.keep = True
         subprocess.run(["fusermount3", "-u", "-z", env.mnt], stderr=subprocess.DEVNULL)
@@ -296,8 +280,6 @@ def main():
     finally:
         env.cleanup()
         emb.cleanup()
-        if lv is not None:
-            lv.stop()
 
 
 if __name__ == "__main__":

@@ -21,10 +21,12 @@ then:
 systemd is not PID 1 here, so the unit's commands run from this test.
 mount(8) runs helpers with a fixed PATH (/usr/local/sbin:/usr/local/bin:
 /usr/sbin:/usr/bin:/sbin:/bin), and mount.fuse3 finds the daemon there:
-so the test runs in a private mount namespace (unshare -m) where the
+so the test runs in a mount namespace of its own (unshare -m) where the
 installed bindir (/usr/local/bin by default) is a directory of symlinks
 to the real one's entries plus D's virtsnapfs.  Mounts made in there are
-invisible outside and go with the namespace.
+invisible outside and go with the namespace.  It is a slave of the
+host's, so that the FUSE mounts of tests running beside this one leave
+it when they are unmounted (mountlib.Env.share_mountpoint).
 The daemons run in the background (as installed), so their log goes to
 syslog: the test becomes their subreaper to collect their exit status.
 """
@@ -44,7 +46,7 @@ import mountlib as m  # noqa: E402
 
 if os.environ.get("VIRTSNAPFS_TEST_NAMESPACE") != "1" and shutil.which("unshare"):
     os.environ["VIRTSNAPFS_TEST_NAMESPACE"] = "1"
-    os.execvp("unshare", ["unshare", "--mount", "--propagation", "private", sys.executable]
+    os.execvp("unshare", ["unshare", "--mount", "--propagation", "slave", sys.executable]
               + sys.argv)
 
 MiB = 1 << 20
