@@ -99,8 +99,8 @@ snap_guard_policy(const SnapGuard *guard)
 
 gboolean
 snap_guard_chain(SnapGuard *guard, const char *path, ChainFormat format,
-                    const ChainFormat *backing_formats, guint limit, ChainWalk *walk,
-                    GError **error)
+                 const ChainFormat *backing_formats, guint limit, ChainWalk *walk,
+                 GError **error)
 {
   g_auto(ChainWalk) own = {0};
   ChainWalk *into = walk ? walk : &own;
@@ -141,7 +141,7 @@ snap_guard_step(SnapGuard *guard, const PlanStep *step, GError **error)
   case PLAN_STEP_PULL:
     return snap_guard_chain(guard, step->image, step->format, NULL, 0, NULL, error) &&
            (!step->backing || snap_guard_chain(guard, step->backing, step->backing_format,
-                                                  NULL, 0, NULL, error));
+                                               NULL, 0, NULL, error));
   case PLAN_STEP_REBASE_UNSAFE:
     return snap_guard_chain(guard, step->image, step->format, NULL, 1, NULL, error) &&
            snap_guard_chain(guard, step->backing, step->backing_format, NULL, 0, NULL, error);
