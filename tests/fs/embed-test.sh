@@ -14,7 +14,12 @@ for pidfile in "$dir"/*/root/run/qemu/*.pid; do
   pid=$(cat "$pidfile")
   case $pid in
   '' | *[!0-9]*) ;;
-  *) kill "$pid" 2>/dev/null && echo "# $0: stopped QEMU $pid left by the test" ;;
+  *)
+    # A pid file can outlive its QEMU, and with tests running side by
+    # side its number may already belong to another test's process.
+    grep -q qemu-system "/proc/$pid/cmdline" 2>/dev/null || continue
+    kill "$pid" 2>/dev/null && echo "# $0: stopped QEMU $pid left by the test"
+    ;;
   esac
 done
 rm -rf "$dir"

@@ -52,6 +52,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mountlib as m  # noqa: E402
@@ -368,17 +369,28 @@ def test_block_device(env):
 
 def hold_lock(image):
     """qemu-io with image open read-write (its backing files read-only,
-    shared with readers only) until its stdin closes."""
-    p = subprocess.Popen(["qemu-io", "-f", "qcow2", image], stdin=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shared with readers only) until its stdin closes.  A qemu-io that
+    exits before it holds the lock is logged with its reason and started
+    again (three tries)."""
+    for _ in range(3):
+        with tempfile.TemporaryFile() as err:
+            p = subprocess.Popen(["qemu-io", "-f", "qcow2", image], stdin=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=err)
 
-    def locked():
-        r = subprocess.run(["qemu-img", "info", image], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-        return "lock" in r.stderr
+            def locked():
+                if p.poll() is not None:
+                    return True
+                r = subprocess.run(["qemu-img", "info", image], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+                return "lock" in r.stderr
 
-    m.wait_for(locked, timeout=60, what="qemu-io to lock " + image)
-    return p
+            m.wait_for(locked, timeout=60, what="qemu-io to lock " + image)
+            if p.poll() is None:
+                return p
+            err.seek(0)
+            m.log("qemu-io on %s exited (%d) before it held the lock: %s"
+                  % (image, p.returncode, err.read().decode(errors="replace").strip()))
+    raise AssertionError("qemu-io could not hold the lock of " + image)
 
 
 def test_parked(env, d, parked):
