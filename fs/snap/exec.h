@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "guard.h"
+#include "policy.h"
 
 G_BEGIN_DECLS
 
@@ -110,7 +111,7 @@ read_backing(Exec *x, const char *image, ChainFormat format, char **backing, GEr
   g_auto(ChainWalk) walk = {0};
   if (!snap_guard_chain(x->guard, image, format, NULL, 1, &walk, error))
     return FALSE;
-  *backing = walk.rest ? backend_exec_canonical(walk.rest) : NULL;
+  *backing = walk.rest ? backend_path_canonical(walk.rest) : NULL;
   return TRUE;
 }
 

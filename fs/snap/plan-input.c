@@ -29,18 +29,6 @@
 
 #define DEFAULT_GRANULARITY 65536
 
-char *
-backend_exec_canonical(const char *path)
-{
-  char *real = realpath(path, NULL);
-  if (real) {
-    char *copy = g_strdup(real);
-    free(real);
-    return copy;
-  }
-  return g_canonicalize_filename(path, "/");
-}
-
 void
 snap_plan_input_free(SnapPlanInput *input)
 {
@@ -153,7 +141,7 @@ walk_chain(SnapGuard *guard, const DomXmlDomain *domain, const DomXmlDisk *disk,
            gboolean running, const char *top, ChainFormat format, GHashTable *found,
            GError **error)
 {
-  g_autofree char *path = backend_exec_canonical(top);
+  g_autofree char *path = backend_path_canonical(top);
   if (g_hash_table_contains(found, path))
     return TRUE;
   g_autofree ChainFormat *formats = libvirt_formats(disk, running, top);
@@ -246,7 +234,7 @@ add_disk(Snap *snap, SnapGuard *guard, SnapPlanInput *input, const DomXmlDomain 
   if (granularity == 0)
     granularity = DEFAULT_GRANULARITY;
 
-  g_autofree char *active = backend_exec_canonical(disk->source);
+  g_autofree char *active = backend_path_canonical(disk->source);
   PlanDisk *pdisk = plan_state_add_disk(input->state, disk->target, active);
   gboolean disk_shared = g_hash_table_contains(shared_targets, disk->target);
   for (guint i = 0; i < images->len; i++) {
@@ -380,7 +368,7 @@ snap_plan_input_read(Snap *snap, virDomainPtr dom, GError **error)
         plan_snapshot_set_overlay(ps, pdisk->target, sd->source);
         continue;
       }
-      g_autofree char *overlay = backend_exec_canonical(sd->source);
+      g_autofree char *overlay = backend_path_canonical(sd->source);
       plan_snapshot_set_overlay(ps, pdisk->target, overlay);
     }
   }

@@ -225,9 +225,6 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(SnapPlanInput, snap_plan_input_free)
  * of every image of every disk (all branches), and marks pinned and
  * shared layers.  Blocks; call in the domain's turn. */
 SnapPlanInput *snap_plan_input_read(Snap *snap, virDomainPtr dom, GError **error);
-/* The path the planner and journal use for a file: canonical when it
- * exists, lexically cleaned otherwise. */
-char *backend_exec_canonical(const char *path);
 
 /* ------------------------------------------------------------------ */
 /* executor.c (its steps: exec.h) */

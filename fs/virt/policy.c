@@ -38,18 +38,23 @@ backend_places_free(BackendPlaces *places)
   g_free(places);
 }
 
+char *
+backend_path_canonical(const char *path)
+{
+  char *real = realpath(path, NULL);
+  if (real == NULL)
+    return g_canonicalize_filename(path, "/");
+  char *copy = g_strdup(real);
+  free(real);
+  return copy;
+}
+
 void
 backend_places_add_dir(BackendPlaces *places, const char *dir)
 {
   if (!dir || !g_path_is_absolute(dir))
     return;
-  char *real = realpath(dir, NULL);
-  if (real) {
-    g_hash_table_add(places->dirs, g_strdup(real));
-    free(real);
-  } else {
-    g_hash_table_add(places->dirs, g_canonicalize_filename(dir, "/"));
-  }
+  g_hash_table_add(places->dirs, backend_path_canonical(dir));
 }
 
 static gboolean

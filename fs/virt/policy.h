@@ -18,6 +18,10 @@
 
 G_BEGIN_DECLS
 
+/* path canonical when it exists, lexically cleaned otherwise: how the
+ * policy, the planner and the journal name a file. */
+char *backend_path_canonical(const char *path);
+
 /* The places a model's policy allows, while they are collected. */
 typedef struct _BackendPlaces BackendPlaces;
 

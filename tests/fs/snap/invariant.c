@@ -1,5 +1,6 @@
 /* invariant.c: see invariant.h. */
 #include "invariant.h"
+#include "policy.h"
 
 #include <string.h>
 
@@ -199,7 +200,7 @@ fixture_check(Fixture *fixture, const char *name, GHashTable *expect)
   const char *entry;
   while ((entry = g_dir_read_name(listing))) {
     g_autofree char *path = g_build_filename(dir, entry, NULL);
-    g_autofree char *canonical = backend_exec_canonical(path);
+    g_autofree char *canonical = backend_path_canonical(path);
     gpointer format;
     if (!g_hash_table_lookup_extended(reachable, canonical, NULL, &format))
       g_error("domain %s: %s is left over: no chain uses it", name, path);
